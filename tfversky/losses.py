@@ -1,0 +1,312 @@
+"""The Tversky loss family (Salehi et al. 2017), pure TensorFlow/Keras.
+
+Convention, as in the paper: **alpha weighs false positives, beta weighs false negatives.**
+Per sample b and class c, over voxels i, with p the predicted probability and g the label:
+
+    TP = sum_i p g      FP = sum_i p (1 - g)      FN = sum_i (1 - p) g
+    T  = (TP + smooth_nr) / (TP + alpha FP + beta FN + smooth_dr)
+    loss = (1 - T) ** gamma
+
+alpha = beta = 0.5 is the Dice loss, alpha = beta = 1 the Tanimoto (Jaccard) loss, and
+alpha + beta = 1 gives the F-beta family; beta > alpha trades precision for recall.
+
+The computation has two halves, each with one home:
+
+* ``confusion_sums``: the heavy part, one pass over the volume, giving TP, FP, FN per
+  (sample, class). It has two implementations: the pure one here and the fused C++/CUDA op
+  (``tfversky.fused``); ``implementation=`` picks one in ``_confusion_sums``.
+* ``loss_from_sums``: the Tversky index, focal exponent, class selection and batch pooling,
+  computed on the (batch, classes) sums. Both implementations share it, so every option
+  means the same in both, and the gradient of the fused op only has to map dloss/dsums back
+  onto the voxels.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfversky import _checks
+
+_ACTIVATIONS = ("softmax", "sigmoid")
+_IMPLEMENTATIONS = ("auto", "tf", "fused")
+
+_DOC_OPTIONS = """
+        alpha: Weight of false positives (precision side). Defaults to 0.3 (the paper's best).
+        beta: Weight of false negatives (recall side); raise it to raise sensitivity.
+            Defaults to 0.7.
+        gamma: Focal exponent: loss = (1 - T) ** gamma. gamma < 1 emphasises samples that
+            are nearly right, gamma > 1 hard ones. Defaults to 1.0 (plain Tversky).
+        from_logits: Whether ``y_pred`` holds logits (the activation is then applied here,
+            or fused into the op). Defaults to False (probabilities).
+        activation: ``"softmax"`` (classes exclusive, channel 0 is background) or
+            ``"sigmoid"`` (every channel an independent binary map). With probabilities it
+            only decides how labels map onto channels. Defaults to ``"softmax"``.
+        include_background: With softmax, whether class 0 enters the loss. The paper's Eq. 3
+            scores the lesion class only. Ignored with sigmoid (every channel is scored).
+            Defaults to False.
+        smooth_nr: Added to the numerator. Defaults to 1e-5.
+        smooth_dr: Added to the denominator; must be > 0 so that an empty class (no lesion
+            in label and prediction) gives T = smooth_nr / smooth_dr instead of 0 / 0.
+            Defaults to 1e-5.
+        batch: False: one T per sample and class, then the mean over classes. True: TP, FP,
+            FN pooled over the whole batch (nnU-Net's "batch dice"); every sample then
+            carries the pooled loss, so the batch mean equals it. Defaults to False.
+        ignore_index: Label value whose voxels are left out (e.g. outside the brain mask).
+            Needs sparse labels. Defaults to None.
+        implementation: ``"tf"`` (pure TensorFlow), ``"fused"`` (the C++/CUDA op; an error if
+            it cannot be used) or ``"auto"`` (fused where available and supported, pure TF
+            otherwise). Defaults to ``"auto"``."""
+
+
+def _validate_options(alpha, beta, gamma, activation, smooth_nr, smooth_dr, ignore_index,
+                      implementation):
+    """Raises ValueError naming the argument, the value and the fix."""
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(
+                f"Invalid value for argument `{name}`: expected a finite number >= 0 "
+                f"(alpha weighs false positives, beta false negatives). Received: {name}={value!r}")
+    if alpha == 0 and beta == 0:
+        raise ValueError(
+            "Invalid values for arguments `alpha` and `beta`: both are 0, so the loss ignores "
+            "every error and is constant. Received: alpha=0, beta=0. Use e.g. alpha=0.3, "
+            "beta=0.7 (the paper), or 0.5, 0.5 for the Dice loss.")
+    if not np.isfinite(gamma) or gamma <= 0:
+        raise ValueError(
+            f"Invalid value for argument `gamma`: expected a finite number > 0 (1.0 is the plain "
+            f"Tversky loss). Received: gamma={gamma!r}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"Invalid value for argument `activation`: expected one of {_ACTIVATIONS}. "
+            f"Received: activation={activation!r}")
+    if not np.isfinite(smooth_nr) or smooth_nr < 0:
+        raise ValueError(
+            f"Invalid value for argument `smooth_nr`: expected a finite number >= 0. "
+            f"Received: smooth_nr={smooth_nr!r}")
+    if not np.isfinite(smooth_dr) or smooth_dr <= 0:
+        raise ValueError(
+            f"Invalid value for argument `smooth_dr`: expected a finite number > 0 (with 0, a "
+            f"class absent from both label and prediction gives 0/0 = NaN). "
+            f"Received: smooth_dr={smooth_dr!r}. The default is 1e-5.")
+    if ignore_index is not None and not isinstance(ignore_index, (int, np.integer)):
+        raise ValueError(
+            f"Invalid value for argument `ignore_index`: expected None or an integer label "
+            f"value. Received: ignore_index={ignore_index!r}")
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(
+            f"Invalid value for argument `implementation`: expected one of {_IMPLEMENTATIONS}. "
+            f"Received: implementation={implementation!r}")
+
+
+def compute_dtype(dtype) -> str:
+    """The accumulation and output dtype: float64 stays, everything else is float32.
+
+    float16/bfloat16 sums over a volume overflow or lose all precision (2^18 voxels of
+    probability ~1 exceed float16's maximum 65504), so they accumulate in float32.
+    """
+    return "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
+
+
+def probabilities(y_pred, from_logits: bool, activation: str):
+    """Class probabilities in the compute dtype, from probabilities or logits."""
+    y_pred = ops.cast(y_pred, compute_dtype(y_pred.dtype))
+    if not from_logits:
+        return y_pred
+    if activation == "softmax":
+        return ops.softmax(y_pred, axis=-1)
+    return ops.sigmoid(y_pred)
+
+
+def pure_confusion_sums(labels, y_pred, *, sparse: bool, from_logits: bool, activation: str,
+                        ignore_index):
+    """TP, FP, FN per sample and class: three tensors of shape (batch, classes).
+
+    Args:
+        labels: Standardised labels (see ``_checks.standardize_labels``): sparse class ids of
+            shape (B, *spatial) or dense one-hot/soft targets of shape (B, *spatial, C).
+        y_pred: (B, *spatial, C) probabilities or logits.
+        sparse: Whether ``labels`` are class ids.
+    """
+    probs = probabilities(y_pred, from_logits, activation)
+    num_channels = probs.shape[-1]
+    dtype = probs.dtype
+    if sparse:
+        valid = None if ignore_index is None else ops.not_equal(labels, ignore_index)
+        ids = labels if valid is None else ops.where(valid, labels, ops.zeros_like(labels))
+        if num_channels == 1:  # sigmoid, binary: the label is the target itself
+            targets = ops.expand_dims(ops.cast(ids, dtype), -1)
+        else:
+            targets = ops.one_hot(ops.cast(ids, "int32"), num_channels, dtype=dtype)
+        if valid is not None:
+            weight = ops.expand_dims(ops.cast(valid, dtype), -1)
+            targets = targets * weight
+            probs = probs * weight
+    else:
+        targets = ops.cast(labels, dtype)
+    spatial_axes = tuple(range(1, len(probs.shape) - 1))
+    tp = ops.sum(probs * targets, axis=spatial_axes)
+    fp = ops.sum(probs * (1 - targets), axis=spatial_axes)
+    fn = ops.sum((1 - probs) * targets, axis=spatial_axes)
+    return tp, fp, fn
+
+
+def loss_from_sums(tp, fp, fn, *, alpha, beta, gamma, smooth_nr, smooth_dr, batch,
+                   scored_classes):
+    """Per-sample focal Tversky loss, shape (batch,), from (batch, classes) sums.
+
+    ``scored_classes`` is a Python slice over the class axis (background excluded or not).
+    With ``batch=True`` the sums are pooled over the batch first and every sample gets the
+    pooled loss.
+    """
+    tp, fp, fn = (s[:, scored_classes] for s in (tp, fp, fn))
+    batch_size = ops.shape(tp)[0]
+    if batch:
+        tp, fp, fn = (ops.sum(s, axis=0, keepdims=True) for s in (tp, fp, fn))
+    index = (tp + smooth_nr) / (tp + alpha * fp + beta * fn + smooth_dr)
+    # T can exceed 1 only by rounding or smooth_nr > smooth_dr; clamp so (1 - T)**gamma is real.
+    distance = ops.maximum(1 - index, 0)
+    if gamma != 1:
+        # x**gamma has an infinite slope at 0 for gamma < 1: route x == 0 around the power so
+        # both the value (0) and the gradient (0, a subgradient) stay finite.
+        positive = distance > 0
+        safe = ops.where(positive, distance, ops.ones_like(distance))
+        distance = ops.where(positive, ops.power(safe, gamma), ops.zeros_like(distance))
+    per_sample = ops.mean(distance, axis=-1)
+    if batch:
+        per_sample = ops.broadcast_to(per_sample, (batch_size,))
+    return per_sample
+
+
+def _scored_classes(activation: str, include_background: bool) -> slice:
+    if activation == "softmax" and not include_background:
+        return slice(1, None)
+    return slice(None)
+
+
+def _confusion_sums(labels, y_pred, *, sparse, implementation, options):
+    """The one dispatch point between the pure sums and the fused op."""
+    from tfversky import fused  # local: fused imports this module
+
+    use_fused = fused.should_use(implementation, labels, y_pred, sparse=sparse, options=options)
+    compute = fused.confusion_sums if use_fused else pure_confusion_sums
+    return compute(labels, y_pred, sparse=sparse, **options)
+
+
+def tversky_loss(y_true, y_pred, alpha=0.3, beta=0.7, gamma=1.0, from_logits=False,
+                 activation="softmax", include_background=False, smooth_nr=1e-5,
+                 smooth_dr=1e-5, batch=False, ignore_index=None, implementation="auto"):
+    """Per-sample (focal) Tversky loss of Salehi et al. (2017).
+
+    alpha weighs false positives, beta weighs false negatives, as in the paper:
+
+        T = (TP + smooth_nr) / (TP + alpha * FP + beta * FN + smooth_dr),   loss = (1 - T)^gamma
+
+    with TP, FP, FN the soft counts per sample and class (see the module docstring). The loss
+    is averaged over the scored classes. A sample without any lesion gets, with the default
+    smoothing, a loss near 0 when it predicts no lesion and near 1 when it does: finite, and
+    rewarding an empty prediction.
+
+    Args:
+        y_true: Labels, channels-last. Sparse class ids of shape (B, D, H, W) or
+            (B, D, H, W, 1) (any integer dtype, or floats holding integers), or one-hot/soft
+            targets of shape (B, D, H, W, C). Any number >= 1 of spatial dims works.
+        y_pred: (B, D, H, W, C) probabilities (or logits with ``from_logits=True``).
+            float16 and bfloat16 accumulate in float32.
+{options}
+
+    Returns:
+        A float32 tensor of shape (B,) (float64 for float64 inputs).
+
+    Raises:
+        ValueError: on an invalid option, a shape mismatch, labels outside [0, C), or
+            NaN/Inf in the inputs (in eager mode). Inside a ``tf.function`` the data checks
+            raise ``tf.errors.InvalidArgumentError`` instead; under XLA they are skipped.
+
+    Example:
+
+    >>> import numpy as np, tfversky
+    >>> labels = np.zeros((1, 4, 4, 4), "int32"); labels[0, 1:3, 1:3, 1:3] = 1
+    >>> probs = np.stack([1 - 0.8 * labels, 0.8 * labels], axis=-1).astype("float32")
+    >>> loss = tfversky.tversky_loss(labels, probs, alpha=0.3, beta=0.7)
+    >>> [round(float(v), 4) for v in loss]   # TP=6.4, FP=0, FN=1.6: 1 - 6.4 / 7.52
+    [0.1489]
+
+    Reference:
+        S. S. M. Salehi, D. Erdogmus, A. Gholipour. Tversky loss function for image
+        segmentation using 3D fully convolutional deep networks. MLMI (MICCAI) 2017.
+        https://arxiv.org/abs/1706.05721
+    """
+    _validate_options(alpha, beta, gamma, activation, smooth_nr, smooth_dr, ignore_index,
+                      implementation)
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
+    _checks.check_prediction(y_pred, from_logits=from_logits, activation=activation)
+    labels, sparse = _checks.standardize_labels(y_true, y_pred, activation=activation,
+                                                ignore_index=ignore_index)
+    options = dict(from_logits=from_logits, activation=activation, ignore_index=ignore_index)
+    tp, fp, fn = _confusion_sums(labels, y_pred, sparse=sparse, implementation=implementation,
+                                 options=options)
+    tp, fp, fn = _checks.check_finite_sums(tp, fp, fn)
+    return loss_from_sums(
+        tp, fp, fn, alpha=alpha, beta=beta, gamma=gamma, smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr, batch=batch,
+        scored_classes=_scored_classes(activation, include_background))
+
+
+tversky_loss.__doc__ = tversky_loss.__doc__.format(options=_DOC_OPTIONS)
+
+
+@keras.saving.register_keras_serializable(package="tfversky")
+class TverskyLoss(keras.losses.Loss):
+    """Keras loss wrapper of ``tversky_loss``: alpha weighs FP, beta weighs FN (the paper).
+
+    Args:
+{options}
+        reduction: Keras reduction over the per-sample losses. Defaults to
+            ``"sum_over_batch_size"`` (the mean).
+        name: Defaults to ``"tversky_loss"``.
+
+    Example:
+
+    >>> import keras, tfversky
+    >>> model = keras.Sequential([keras.Input((8, 8, 8, 1)),
+    ...                           keras.layers.Conv3D(2, 3, padding="same", activation="softmax")])
+    >>> model.compile(optimizer="adam", loss=tfversky.TverskyLoss(0.3, 0.7))
+
+    Reference:
+        Salehi, Erdogmus, Gholipour, MLMI 2017, https://arxiv.org/abs/1706.05721
+    """
+
+    def __init__(self, alpha=0.3, beta=0.7, gamma=1.0, from_logits=False, activation="softmax",
+                 include_background=False, smooth_nr=1e-5, smooth_dr=1e-5, batch=False,
+                 ignore_index=None, implementation="auto", reduction="sum_over_batch_size",
+                 name="tversky_loss", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        _validate_options(alpha, beta, gamma, activation, smooth_nr, smooth_dr, ignore_index,
+                          implementation)
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.from_logits = bool(from_logits)
+        self.activation = activation
+        self.include_background = bool(include_background)
+        self.smooth_nr, self.smooth_dr = float(smooth_nr), float(smooth_dr)
+        self.batch = bool(batch)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.implementation = implementation
+
+    def _loss_options(self):
+        return dict(alpha=self.alpha, beta=self.beta, gamma=self.gamma,
+                    from_logits=self.from_logits, activation=self.activation,
+                    include_background=self.include_background, smooth_nr=self.smooth_nr,
+                    smooth_dr=self.smooth_dr, batch=self.batch, ignore_index=self.ignore_index,
+                    implementation=self.implementation)
+
+    def call(self, y_true, y_pred):
+        return tversky_loss(y_true, y_pred, **self._loss_options())
+
+    def get_config(self):
+        return {"name": self.name, "reduction": self.reduction, **self._loss_options()}
+
+
+TverskyLoss.__doc__ = TverskyLoss.__doc__.format(options=_DOC_OPTIONS)
