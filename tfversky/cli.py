@@ -117,6 +117,8 @@ def _check_output(path: str, flag: str, inputs) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{flag} {path!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path!r}: the folder {folder!r} is not writable")
     if os.path.realpath(path) in {os.path.realpath(p) for p in inputs}:
         raise UsageError(f"{flag} {path!r} is one of the input files: choose another name")
 
@@ -173,9 +175,9 @@ def _predict(args) -> int:
                                from_logits=args.from_logits,
                                activation="softmax" if classes == 2 else "sigmoid",
                                progress=not args.quiet)
-    except ValueError as err:  # our own checks: messages written for the user
-        raise UsageError(str(err)) from None
-    lesion = probs[..., classes - 1]  # softmax: channel 1 is the lesion class
+    except ValueError as err:  # our own checks; a model's shape error spans several lines
+        raise UsageError(" ".join(str(err).split())) from None
+    lesion = probs[..., classes - 1]  # softmax: channel 1 is the lesion; sigmoid: the only one
     mask = (lesion >= args.threshold).astype(np.uint8)
     save_like(mask, reference, args.out)
     if args.probabilities:
