@@ -219,3 +219,16 @@ def test_module_entry_point(files, tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"T1 file {str(tmp_path / 'missing.nii.gz')!r} does not exist" in result.stderr
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root may write into any folder")
+def test_unwritable_output_folder(files, tmp_path, capsys):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        err = _error(capsys, _args(files, folder / "seg.nii.gz"))
+    finally:
+        folder.chmod(0o700)
+    assert "not writable" in err
