@@ -207,7 +207,8 @@ def unet3d(input_shape=(None, None, None, 3), num_classes: int = 2,
     x = _conv_block(x, base_filters * 2 ** (depth - 1), f"bottom{depth - 1}", **block)
     for level in reversed(range(depth - 1)):
         filters = base_filters * 2 ** level
-        x = keras.layers.Conv3DTranspose(filters, 2, strides=2, kernel_initializer=kernel_initializer,
+        x = keras.layers.Conv3DTranspose(filters, 2, strides=2,
+                                         kernel_initializer=kernel_initializer,
                                          name=f"up{level}")(x)
         x = keras.layers.Concatenate(name=f"concat{level}")([skips[level], x])
         x = _conv_block(x, filters, f"dec{level}", **block)

@@ -25,9 +25,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 def _affine(shift=0.0):
-    affine = np.array([[-1.0, 0, 0, 90 + shift], [0, 1.0, 0, -126], [0, 0, 1.2, -72],
-                       [0, 0, 0, 1]])
-    return affine
+    return np.array([[-1.0, 0, 0, 90 + shift], [0, 1.0, 0, -126], [0, 0, 1.2, -72],
+                     [0, 0, 0, 1]])
 
 
 def _write_scan(path, data, affine=None):

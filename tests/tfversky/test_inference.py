@@ -163,8 +163,7 @@ def test_logits_without_from_logits_are_refused():
 
 
 def _affine():
-    affine = np.array([[0, 0, -1.2, 90], [0.9, 0, 0, -126], [0, 1.1, 0, -72], [0, 0, 0, 1]])
-    return affine
+    return np.array([[0, 0, -1.2, 90], [0.9, 0, 0, -126], [0, 1.1, 0, -72], [0, 0, 0, 1]])
 
 
 def _write(path, data, affine=None, qform_code=1, sform_code=4):
