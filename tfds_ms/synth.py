@@ -150,8 +150,14 @@ def load_anatomy(resolution: float = 1.0) -> Anatomy:
     ventricles = (csf > 0.5) & (depth > 15)
     to_ventricle = ndimage.distance_transform_edt(~ventricles) * mm
     wm_depth = ndimage.distance_transform_edt(wm > 0.5) * mm
-    periventricular = np.argwhere((wm > 0.8) & (to_ventricle > 1) & (to_ventricle <= 6))
+    # Distances below a voxel do not resolve at coarse resolutions: never ask for less.
+    periventricular = np.argwhere((wm > 0.8) & (to_ventricle > 1)
+                                  & (to_ventricle <= max(6, 1.5 * mm)))
     deep_wm = np.argwhere((wm > 0.9) & (to_ventricle > 10) & (wm_depth > 3))
+    if not len(periventricular) or not len(deep_wm):
+        raise ValueError(f"Invalid value for argument `resolution`: at {resolution} mm the "
+                         f"template has no room for periventricular or deep white-matter "
+                         f"lesions; use 8 mm or less.")
     return Anatomy(affine, t1, gm.astype(np.float32), wm.astype(np.float32), csf,
                    periventricular, deep_wm, float(brain.sum() * mm ** 3 / 1000))
 
@@ -184,21 +190,24 @@ def _add_ellipsoid(lesions, anatomy, rng, center, radii_mm):
 def _lesion_map(anatomy: Anatomy, rng, target_ml: float) -> np.ndarray:
     """Soft lesion map in [0, 1] on the template grid, with a hard volume of ~target_ml."""
     lesions = np.zeros(anatomy.wm.shape, np.float32)
+    # Coarse working grids (tests, quick demos) get proportionally larger lesions, so that
+    # lesions still cover whole voxels.
+    scale = max(1.0, anatomy.voxel_mm / 2)
     voxel_ml = anatomy.voxel_mm ** 3 / 1000
     volume = 0.0
     while volume < target_ml:
         kind = rng.choice(["periventricular", "deep", "confluent"], p=[0.55, 0.3, 0.15])
         if kind == "deep":
             center = anatomy.deep_wm[rng.integers(len(anatomy.deep_wm))]
-            shapes = [(center, rng.uniform(1.5, 3.5, 3))]
+            shapes = [(center, scale * rng.uniform(1.5, 3.5, 3))]
         else:
             center = anatomy.periventricular[rng.integers(len(anatomy.periventricular))]
             # Dawson's fingers: elongated ovoids; confluent blobs: several overlapping ones.
             count = 1 if kind == "periventricular" else int(rng.integers(3, 7))
             shapes = []
             for _ in range(count):
-                shift = 0 if count == 1 else rng.normal(0, 4 / anatomy.voxel_mm, 3)
-                radii = rng.uniform(2, 4.5, 3) * np.array([1, 1, rng.uniform(1.3, 2.2)])
+                shift = 0 if count == 1 else rng.normal(0, 4 * scale / anatomy.voxel_mm, 3)
+                radii = scale * rng.uniform(2, 4.5, 3) * np.array([1, 1, rng.uniform(1.3, 2.2)])
                 shapes.append((np.round(center + shift).astype(int), radii))
         for c, radii in shapes:
             c = np.clip(c, 0, np.array(lesions.shape) - 1)
