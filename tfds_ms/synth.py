@@ -108,8 +108,8 @@ def load_anatomy(resolution: float = 1.0) -> Anatomy:
     """Loads the MNI152 template from nilearn's package data, at ``resolution`` mm.
 
     Args:
-        resolution: Isotropic voxel size in mm to work at; > 1 makes every subject faster
-            to synthesise (the template is 1 mm). Defaults to 1.0.
+        resolution: Isotropic voxel size in mm to work at, 1 to 8; > 1 makes every subject
+            faster to synthesise (the template is 1 mm). Defaults to 1.0.
 
     Example:
 
@@ -117,9 +117,10 @@ def load_anatomy(resolution: float = 1.0) -> Anatomy:
     >>> anatomy.t1.shape, 1500 < anatomy.brain_ml < 2200
     ((50, 59, 48), True)
     """
-    if not np.isfinite(resolution) or resolution < 1:
+    if not 1 <= resolution <= 8:
         raise ValueError(f"Invalid value for argument `resolution`: expected a voxel size in mm "
-                         f">= 1 (the template's). Received: resolution={resolution!r}")
+                         f"from 1 (the template's) to 8 (coarser leaves no room for lesions). "
+                         f"Received: resolution={resolution!r}")
     folder = _nilearn_data_dir()
     images = {key: nib.load(folder / name) for key, name in _TEMPLATE_FILES.items()}
     affine = images["t1"].affine
@@ -154,10 +155,6 @@ def load_anatomy(resolution: float = 1.0) -> Anatomy:
     periventricular = np.argwhere((wm > 0.8) & (to_ventricle > 1)
                                   & (to_ventricle <= max(6, 1.5 * mm)))
     deep_wm = np.argwhere((wm > 0.9) & (to_ventricle > 10) & (wm_depth > 3))
-    if not len(periventricular) or not len(deep_wm):
-        raise ValueError(f"Invalid value for argument `resolution`: at {resolution} mm the "
-                         f"template has no room for periventricular or deep white-matter "
-                         f"lesions; use 8 mm or less.")
     return Anatomy(affine, t1, gm.astype(np.float32), wm.astype(np.float32), csf,
                    periventricular, deep_wm, float(brain.sum() * mm ** 3 / 1000))
 
