@@ -32,10 +32,11 @@ import tensorflow as tf
 _SEED_SALT = 0x5EED  # separates this pipeline's random streams from other users of `seed`
 
 
-def _as_dict(element):
-    if isinstance(element, dict):
-        return {"image": element["image"], "label": element["label"]}
-    image, label = element
+def _as_dict(*element):
+    """A dict element, or an (image, label) tuple (which ``map`` passes as two arguments)."""
+    if len(element) == 1:
+        return {"image": element[0]["image"], "label": element[0]["label"]}
+    image, label = element[:2]
     return {"image": image, "label": label}
 
 
@@ -142,8 +143,8 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
         volumes.element_spec, dict) else volumes.element_spec[0].shape[-1]
     flip_axes = sorted(set(flip_axes))
 
-    def prepare(element):
-        element = _as_dict(element)
+    def prepare(*element):
+        element = _as_dict(*element)
         image = _pad_to(tf.cast(element["image"], tf.float32), patch_size)
         label = _pad_to(tf.cast(element["label"], tf.uint8), patch_size)
         return {"image": image, "label": label,
