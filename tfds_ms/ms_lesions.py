@@ -95,6 +95,9 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
         num_folds: Number of cross-validation folds (splits). Defaults to 2 (the paper).
         synth_subjects, synth_seed, synth_resolution: The phantom's subjects, seed and
             working resolution (mm), for ``source="synthetic"``. Default 15, 0, 1.0.
+        register: Place the grid by rigid registration of each T1 to the MNI152 template
+            (removes head rotations; needs the optional SimpleITK). Defaults to False: the
+            grid is axis-aligned and centred on each brain.
     """
 
     layout: str = "msseg2016"
@@ -105,6 +108,7 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
     synth_subjects: int = 15
     synth_seed: int = 0
     synth_resolution: float = 1.0
+    register: bool = False
 
     def __post_init__(self):
         if self.layout not in layouts.READERS:
@@ -218,4 +222,5 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, fold_scans):
         # One scan at a time: memory stays bounded by one subject, whatever the dataset's size.
         for scan in fold_scans:
-            yield scan.scan_id, scans.make_example(scan, self.builder_config.grid)
+            yield scan.scan_id, scans.make_example(scan, self.builder_config.grid,
+                                                   self.builder_config.register)

@@ -121,8 +121,11 @@ def load_scan(scan: Scan) -> LoadedScan:
     return LoadedScan(image, label, ref[3], ref[4], ref[5])
 
 
-def make_example(scan: Scan, grid: preprocessing.ReferenceGrid) -> dict:
+def make_example(scan: Scan, grid: preprocessing.ReferenceGrid, register: bool = False) -> dict:
     """One ``ms_lesions`` example: the scan on ``grid``, normalised, with its provenance.
+
+    With ``register``, the grid is placed by rigid registration of the T1 to the MNI152
+    template (``tfds_ms.registration``, needs SimpleITK) instead of centred on the brain.
 
     Example:
 
@@ -136,9 +139,15 @@ def make_example(scan: Scan, grid: preprocessing.ReferenceGrid) -> dict:
     ((16, 24, 24, 3), dtype('uint8'), 'training01')
     """
     loaded = load_scan(scan)
+    grid_affine = None
+    if register:
+        from tfds_ms import registration  # SimpleITK is optional: import it only when asked
+
+        grid_affine = registration.registered_grid_affine(loaded.image[..., 0], loaded.affine,
+                                                          grid)
     try:
-        image, label, grid_affine = preprocessing.prepare_volume(loaded.image, loaded.affine,
-                                                                 grid, loaded.label)
+        image, label, grid_affine = preprocessing.prepare_volume(
+            loaded.image, loaded.affine, grid, loaded.label, grid_affine=grid_affine)
     except ValueError as err:
         raise InvalidScanError(f"Subject {scan.subject} ({scan.images['t1']}): {err}") from err
     return {

@@ -232,6 +232,7 @@ class Subject:
             ``lesion >= threshold`` (0.5 is the ground truth).
         wm: float32 white-matter probability before lesions were painted.
         affine: voxel-to-world affine of the scan grid.
+        pose: 4x4 rigid map from template (MNI) world to the scan's world: the misalignment.
         info: geometry and lesion load, as written to ``phantom.json``.
     """
 
@@ -239,6 +240,7 @@ class Subject:
     lesion: np.ndarray
     wm: np.ndarray
     affine: np.ndarray
+    pose: np.ndarray
     info: dict
 
 
@@ -324,7 +326,7 @@ def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
         "rotation_degrees": round(float(np.rad2deg(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1)))), 2),
         "translation_mm": np.round(translation, 2).tolist(),
     }
-    return Subject(images, lesion.astype(np.float32), wm, affine, info)
+    return Subject(images, lesion.astype(np.float32), wm, affine, pose, info)
 
 
 def _save(volume, affine, path: pathlib.Path, dtype) -> None:

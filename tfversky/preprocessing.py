@@ -265,7 +265,7 @@ def normalize_intensity(image: np.ndarray, mask: np.ndarray | None = None,
 
 
 def prepare_volume(image: np.ndarray, affine: np.ndarray, grid: ReferenceGrid = PAPER_GRID,
-                   label: np.ndarray | None = None):
+                   label: np.ndarray | None = None, *, grid_affine: np.ndarray | None = None):
     """Scan -> network input: centre the grid on the brain, resample, normalise.
 
     Args:
@@ -275,6 +275,9 @@ def prepare_volume(image: np.ndarray, affine: np.ndarray, grid: ReferenceGrid = 
         affine: The scan's 4x4 voxel-to-world affine.
         grid: The reference grid. Defaults to ``PAPER_GRID`` (128x224x256).
         label: Optional (X, Y, Z) binary lesion mask on the same voxels.
+        grid_affine: Where to place the grid (voxel-to-world), e.g. from a registration
+            (``tfds_ms.registration``). Defaults to ``grid`` centred on the brain's bounding
+            box, axis-aligned.
 
     Returns:
         ``(image, label, grid_affine)``: float32 (*grid.shape, M) normalised image; uint8
@@ -290,7 +293,8 @@ def prepare_volume(image: np.ndarray, affine: np.ndarray, grid: ReferenceGrid = 
     >>> out.shape, out.dtype, grid_affine[:3, 3].tolist()
     ((16, 16, 16, 3), dtype('float32'), [-0.5, -0.5, -0.5])
     """
-    grid_affine = grid.affine(brain_center(image, affine))
+    if grid_affine is None:
+        grid_affine = grid.affine(brain_center(image, affine))
     on_grid = resample_to_grid(image, affine, grid_affine, grid.shape)
     on_label = None if label is None else resample_label(label, affine, grid_affine, grid.shape)
     return normalize_intensity(on_grid), on_label, grid_affine

@@ -3,6 +3,7 @@
 import gzip
 import pathlib
 import shutil
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -201,3 +202,10 @@ def test_build_reports_the_bad_subject(msseg, tmp_path):
     with pytest.raises(scans.InvalidScanError, match=f"Subject {SUBJECT}: the mask file"):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=root))
+
+
+def test_registration_without_simpleitk_says_how_to_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # as if it were not installed
+    scan = layouts.find_scans(DUMMY / "msseg2016", "msseg2016")[0]
+    with pytest.raises(ImportError, match="pip install SimpleITK.*register=False"):
+        scans.make_example(scan, TINY, register=True)
