@@ -4,8 +4,8 @@ Configs:
 
 * ``synthetic`` (default): the phantom of ``tfds_ms.synth`` (15 subjects, seed 0), made at
   build time with no download and no manual step, on the paper's 128x224x256 grid.
-* ``synthetic_lowres``: the same subjects on a 64x112x128 grid (same field of view, voxels
-  twice as large per axis), 8x less data: for CPU demos.
+* ``synthetic_lowres``: the same phantom recipe (made at 1.5 mm, faster) on a 64x112x128
+  grid (same field of view, voxels twice as large per axis), 8x less data: for CPU demos.
 * ``isbi2015`` / ``isbi2015_mask2``: the ISBI 2015 training set from ``manual_dir``, with
   rater 1's (rater 2's) masks as labels.
 * ``msseg2016``: the MSSEG 2016 training set (15 subjects) from ``manual_dir``, consensus masks.

@@ -115,7 +115,7 @@ def load_anatomy(resolution: float = 1.0) -> Anatomy:
 
     >>> anatomy = load_anatomy(4.0)
     >>> anatomy.t1.shape, 1500 < anatomy.brain_ml < 2200
-    ((50, 59, 48), True)
+    ((42, 50, 42), True)
     """
     if not 1 <= resolution <= 8:
         raise ValueError(f"Invalid value for argument `resolution`: expected a voxel size in mm "

@@ -165,3 +165,11 @@ def test_too_few_subjects_for_the_folds(tmp_path):
 def test_manual_download_instructions_name_both_layouts():
     text = tfds_ms.MANUAL_DOWNLOAD_INSTRUCTIONS
     assert "training01_01_" in text and "Consensus.nii.gz" in text
+
+
+def test_build_cli_rejects_unknown_config(capsys):
+    from tfds_ms.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--config", "miccai2008"])
+    assert "invalid choice: 'miccai2008'" in capsys.readouterr().err
