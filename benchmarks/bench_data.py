@@ -48,7 +48,8 @@ def measure(volumes, count, patch_size, batch_size, batches) -> dict:
     for _ in range(batches):
         next(iterator)
     steady = time.perf_counter() - start
-    return {"cache_fill_s": round(warm, 2), "patches_per_s": round(batches * batch_size / steady, 1),
+    return {"cache_fill_s": round(warm, 2),
+            "patches_per_s": round(batches * batch_size / steady, 1),
             "batches": batches, "batch_size": batch_size, "patch_size": list(patch_size)}
 
 

@@ -13,6 +13,7 @@ Modules: ``ms_lesions`` (the builder and its configs), ``layouts`` (each dataset
 ``scans`` (reading and checking one scan), ``synth`` (the phantom, ``python -m tfds_ms.synth``).
 """
 
-from tfds_ms.ms_lesions import MANUAL_DOWNLOAD_INSTRUCTIONS, MsLesions, MsLesionsConfig, assign_folds
+from tfds_ms.ms_lesions import (MANUAL_DOWNLOAD_INSTRUCTIONS, MsLesions, MsLesionsConfig,
+                                 assign_folds)
 
 __all__ = ["MANUAL_DOWNLOAD_INSTRUCTIONS", "MsLesions", "MsLesionsConfig", "assign_folds"]

@@ -67,7 +67,8 @@ def _msseg_files(folder: pathlib.Path, suffix: str) -> dict:
     files = {key: folder / "Preprocessed_Data" / f"{part}_preprocessed{suffix}"
              for key, part in MSSEG_NAMES.items()}
     files["consensus"] = folder / "Masks" / f"Consensus{suffix}"
-    files.update({str(k): folder / "Masks" / f"ManualSegmentation_{k}{suffix}" for k in range(1, 8)})
+    files.update({str(k): folder / "Masks" / f"ManualSegmentation_{k}{suffix}"
+                  for k in range(1, 8)})
     return files
 
 

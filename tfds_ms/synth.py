@@ -257,7 +257,8 @@ def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
     lesions = _lesion_map(anatomy, rng, _lesion_target_ml(index, anatomy.brain_ml, rng))
 
     # Scan geometry: voxel size, axis orientation, rigid pose of the head in the scanner.
-    spacing = anatomy.voxel_mm * np.concatenate([rng.uniform(0.9, 1.2, 2), rng.uniform(1.0, 1.5, 1)])
+    spacing = anatomy.voxel_mm * np.concatenate([rng.uniform(0.9, 1.2, 2),
+                                                 rng.uniform(1.0, 1.5, 1)])
     axes = rng.permutation(3)
     signs = rng.choice([-1.0, 1.0], 3)
     orientation = np.zeros((3, 3))
@@ -323,7 +324,8 @@ def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
         "shape": shape.tolist(),
         "spacing_mm": np.round(spacing, 3).tolist(),
         "axis_codes": "".join(nib.aff2axcodes(affine)),
-        "rotation_degrees": round(float(np.rad2deg(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1)))), 2),
+        "rotation_degrees": round(float(np.rad2deg(np.arccos(
+            np.clip((np.trace(rotation) - 1) / 2, -1, 1)))), 2),
         "translation_mm": np.round(translation, 2).tolist(),
     }
     return Subject(images, lesion.astype(np.float32), wm, affine, pose, info)

@@ -77,7 +77,8 @@ class ReferenceGrid:
     def affine(self, center) -> np.ndarray:
         """Voxel-to-world affine with the grid's centre at world point ``center`` (mm)."""
         affine = np.diag([*self.spacing, 1.0])
-        affine[:3, 3] = np.asarray(center, float) - affine[:3, :3] @ ((np.array(self.shape) - 1) / 2)
+        middle = (np.array(self.shape) - 1) / 2
+        affine[:3, 3] = np.asarray(center, float) - affine[:3, :3] @ middle
         return affine
 
 

@@ -125,7 +125,8 @@ def test_synthetic_builds_offline(tmp_path, monkeypatch):
 def test_tfds_load_with_manual_dir(tmp_path):
     """The documented tfds.load call (on the tiny grid: the named configs use the paper's)."""
     config = MsLesionsConfig(name="msseg2016_tiny", layout="msseg2016", grid=TINY)
-    ds = tfds.load("ms_lesions", split="fold1", data_dir=tmp_path, builder_kwargs={"config": config},
+    ds = tfds.load("ms_lesions", split="fold1", data_dir=tmp_path,
+                   builder_kwargs={"config": config},
                    download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(
                        manual_dir=DUMMY / "msseg2016")})
     subjects = sorted(ex["subject"].decode() for ex in tfds.as_numpy(ds))

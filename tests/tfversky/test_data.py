@@ -196,3 +196,8 @@ def test_mirrored_strategy_with_two_cpu_replicas():
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"replicas": 2, "shapes": [[2, 2]] * 3}
+
+
+def test_load_dataset_registers_ms_lesions_and_names_bad_configs(tmp_path):
+    with pytest.raises(ValueError, match="BuilderConfig miccai2008 not found"):
+        data.load_dataset("ms_lesions/miccai2008", "fold0", data_dir=str(tmp_path))
