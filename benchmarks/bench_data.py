@@ -1,0 +1,83 @@
+"""Throughput of the patch pipeline (tfversky.data.patch_dataset), in patches per second.
+
+    python benchmarks/bench_data.py                                   # random paper-size volumes
+    python benchmarks/bench_data.py --dataset ms_lesions/synthetic --data-dir ~/tensorflow_datasets
+
+Reports the time to fill the volume cache (first pass: reading and decoding every volume)
+and the steady-state rate afterwards, which is what training sees. Compare it with the
+training step's consumption: a 3D U-Net step on 2 x 64^3 patches takes ~0.8 s on a 2-core
+CPU (DESIGN.md), i.e. ~2.5 patches/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import tensorflow as tf  # noqa: E402
+
+from tfversky import data  # noqa: E402
+
+
+def random_volumes(count: int, shape) -> tf.data.Dataset:
+    """Volumes of the given grid with 0.1 % lesion voxels, generated in memory."""
+    def make(index):
+        seed = tf.stack([tf.constant(0, tf.int64), index])
+        image = tf.random.stateless_normal((*shape, 3), seed)
+        label = tf.cast(tf.random.stateless_uniform(shape, seed) < 0.001, tf.uint8)
+        return {"image": image, "label": label}
+
+    return tf.data.Dataset.range(count).map(make)
+
+
+def measure(volumes, count, patch_size, batch_size, batches) -> dict:
+    ds = data.patch_dataset(volumes, patch_size=patch_size, batch_size=batch_size)
+    iterator = iter(ds)
+    start = time.perf_counter()
+    for _ in range(max(1, count // batch_size + 1)):  # every volume visited once: cache full
+        next(iterator)
+    warm = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    steady = time.perf_counter() - start
+    return {"cache_fill_s": round(warm, 2),
+            "patches_per_s": round(batches * batch_size / steady, 1),
+            "batches": batches, "batch_size": batch_size, "patch_size": list(patch_size)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default=None,
+                        help="TFDS name, e.g. ms_lesions/synthetic (default: random volumes)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir of --dataset")
+    parser.add_argument("--split", default="fold0")
+    parser.add_argument("--grid", type=int, nargs=3, default=(128, 224, 256),
+                        help="random volumes' shape (default 128 224 256)")
+    parser.add_argument("--volumes", type=int, default=8, help="random volumes (default 8)")
+    parser.add_argument("--patch-size", type=int, nargs=3, default=(64, 64, 64))
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=200)
+    args = parser.parse_args(argv)
+
+    if args.dataset:
+        volumes = data.load_dataset(args.dataset, args.split, data_dir=args.data_dir)
+        count, source = int(volumes.cardinality()), f"{args.dataset}[{args.split}]"
+    else:
+        volumes, count = random_volumes(args.volumes, tuple(args.grid)), args.volumes
+        source = f"random {args.volumes} x {tuple(args.grid)}"
+    result = {"source": source, "volumes": count, "cpus": os.cpu_count(),
+              **measure(volumes, count, tuple(args.patch_size), args.batch_size, args.batches)}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The synthetic MS phantom: lesions where MS puts them, with MS contrast, deterministic."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tfds_ms import layouts, synth
+
+
+@pytest.fixture(scope="module")
+def anatomy():
+    return synth.load_anatomy(2.0)
+
+
+@pytest.fixture(scope="module")
+def subjects(anatomy):
+    indices = (0, synth.HIGH_LOAD_SUBJECT, synth.LOW_LOAD_SUBJECT)
+    return {i: synth.synthesize_subject(anatomy, i, seed=0) for i in indices}
+
+
+def test_lesions_lie_in_white_matter(subjects):
+    for subject in subjects.values():
+        lesion = subject.lesion >= 0.5
+        assert lesion.sum() > 0
+        assert np.mean(subject.wm[lesion] > 0.5) > 0.9
+
+
+def test_lesion_contrast(subjects):
+    """Hyperintense on FLAIR and T2, hypointense on T1, against normal white matter."""
+    for subject in subjects.values():
+        lesion = subject.lesion >= 0.5
+        normal_wm = (subject.wm > 0.9) & (subject.lesion < 0.01)
+        ratio = {m: subject.images[m][lesion].mean() / subject.images[m][normal_wm].mean()
+                 for m in ("flair", "t2", "t1")}
+        assert ratio["flair"] > 1.4, ratio
+        assert ratio["t2"] > 1.4, ratio
+        assert ratio["t1"] < 0.8, ratio
+
+
+def test_partial_volume_edges(subjects):
+    soft = subjects[synth.HIGH_LOAD_SUBJECT].lesion
+    assert ((soft > 0.05) & (soft < 0.95)).sum() > 0.2 * (soft >= 0.5).sum()
+
+
+def test_lesion_load_range_and_extremes(subjects):
+    fraction = {i: s.info["lesion_fraction_of_brain"] for i, s in subjects.items()}
+    assert all(0.0005 < f < 0.012 for f in fraction.values()), fraction
+    assert fraction[synth.HIGH_LOAD_SUBJECT] > 0.006
+    assert fraction[synth.LOW_LOAD_SUBJECT] < 0.002
+    assert fraction[synth.LOW_LOAD_SUBJECT] < fraction[0] < fraction[synth.HIGH_LOAD_SUBJECT]
+
+
+def test_skull_stripped_and_scan_geometry_differs(subjects):
+    a, b = subjects[0], subjects[synth.HIGH_LOAD_SUBJECT]
+    for subject in (a, b):
+        brain = subject.images["t1"] > 0
+        assert 0.1 < brain.mean() < 0.7  # zero background around the brain
+        assert all((subject.images[m] > 0).sum() == brain.sum() for m in subject.images)
+    assert a.images["t1"].shape != b.images["t1"].shape
+    assert not np.allclose(a.affine, b.affine)
+
+
+def test_deterministic_with_seed(anatomy, subjects):
+    again = synth.synthesize_subject(anatomy, 0, seed=0)
+    np.testing.assert_array_equal(again.images["flair"], subjects[0].images["flair"])
+    other = synth.synthesize_subject(anatomy, 0, seed=1)
+    assert other.info["lesion_ml"] != subjects[0].info["lesion_ml"]
+
+
+@pytest.mark.parametrize("layout", synth.LAYOUTS)
+def test_cli_writes_a_readable_layout(tmp_path, layout):
+    assert synth.main(["--out", str(tmp_path), "--subjects", "2", "--layout", layout,
+                       "--resolution", "8", "--seed", "3", "--rater-masks"]) == 0
+    found = layouts.find_scans(tmp_path, layout)
+    assert len(found) == 2
+    manifest = json.loads((tmp_path / "phantom.json").read_text())
+    assert manifest["seed"] == 3 and [s["subject"] for s in manifest["subjects"]] == [
+        s.subject for s in found]
+    flair = nib.load(found[0].images["flair"])
+    assert flair.get_data_dtype() == np.int16 and flair.header["qform_code"] == 1
+    if layout == "msseg2016":
+        assert layouts._existing(layouts.msseg2016_files(tmp_path, 1, 1)["7"]) is not None
+    else:
+        assert found[0].images["t1"].name == "training01_01_mprage_pp.nii.gz"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layout", "miccai2008"], "invalid choice"),
+    (["--subjects", "0"], "subjects"),
+    (["--resolution", "0.5"], "resolution"),
+    (["--resolution", "30"], "resolution"),
+])
+def test_cli_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        synth.main(["--out", str(tmp_path)] + argv)
+    assert message in capsys.readouterr().err

@@ -1,0 +1,221 @@
+"""Evaluation metrics: hand counts, scikit-learn agreement, streaming, Keras metrics, lesions."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.metrics import average_precision_score, confusion_matrix
+from sklearn.metrics import precision_recall_curve as sk_pr_curve
+
+from tfversky import metrics
+
+
+def scores(kind, rng, n=400_000, lesion=0.01):
+    truth = rng.random(n) < lesion
+    if kind == "beta":
+        prob = np.where(truth, rng.beta(3, 2, n), rng.beta(1, 5, n))
+    elif kind == "saturated":  # a confident network: most mass within 1e-4 of 0 or 1
+        prob = 1 / (1 + np.exp(-np.where(truth, rng.normal(8, 6, n), rng.normal(-10, 6, n))))
+    elif kind == "ties":
+        prob = np.round(np.where(truth, rng.random(n) * 0.8 + 0.2, rng.random(n) * 0.6), 2)
+    else:  # binary output
+        prob = (rng.random(n) < np.where(truth, 0.7, 0.002)).astype(float)
+    return truth, prob.astype(np.float32)
+
+
+HAND = [
+    # truth, prob, expected (tp, fp, fn, tn)
+    ([0, 0, 1, 1, 0, 1], [0.1, 0.6, 0.7, 0.4, 0.2, 0.9], (2, 1, 1, 2)),
+    ([1, 1, 1], [0.5, 0.49, 1.0], (2, 0, 1, 0)),  # threshold 0.5 counts as lesion
+    ([0, 0, 0], [0.0, 0.2, 0.3], (0, 0, 0, 3)),
+]
+
+
+@pytest.mark.parametrize("truth, prob, counts", HAND)
+def test_hand_counts_and_formulas(truth, prob, counts):
+    m = metrics.evaluate(np.array(truth), np.array(prob))
+    tp, fp, fn, tn = counts
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == counts
+    assert m["dsc"] == (2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 1.0)
+    assert m["f2"] == (5 * tp / (5 * tp + 4 * fn + fp) if 5 * tp + 4 * fn + fp else 1.0)
+    if tp + fn:
+        assert m["sensitivity"] == tp / (tp + fn)
+    else:
+        assert math.isnan(m["sensitivity"]) and math.isnan(m["apr"])
+    assert m["specificity"] == (tn / (tn + fp) if tn + fp else pytest.approx(math.nan,
+                                                                             nan_ok=True))
+
+
+@pytest.mark.parametrize("kind", ["beta", "saturated", "ties", "binary"])
+def test_against_scikit_learn(kind, rng):
+    truth, prob = scores(kind, rng)
+    m = metrics.evaluate(truth.reshape(40, 100, 100), prob.reshape(40, 100, 100))
+    tn, fp, fn, tp = confusion_matrix(truth, prob >= 0.5).ravel()
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (tp, fp, fn, tn)
+    assert m["apr"] == pytest.approx(average_precision_score(truth, prob), abs=1e-4)
+
+
+def test_streaming_pools_volumes_exactly(rng):
+    truth, prob = scores("beta", rng)
+    evaluator = metrics.Evaluator()
+    per_volume = [evaluator.update(t, p) for t, p in zip(np.split(truth, 4), np.split(prob, 4))]
+    pooled, whole = evaluator.result(), metrics.evaluate(truth, prob)
+    assert pooled == whole
+    assert per_volume[0]["apr"] == pytest.approx(
+        average_precision_score(np.split(truth, 4)[0], np.split(prob, 4)[0]), abs=1e-4)
+    assert evaluator.counts.dtype == np.int64
+
+
+def test_large_counts_stay_exact():
+    tn = 2 ** 25 + 1  # not representable in float32
+    m = metrics.scores_from_counts(tp=3, fp=1, fn=0, tn=tn)
+    assert m["tn"] == tn and m["specificity"] == tn / (tn + 1)
+
+
+def test_precision_recall_curve_matches_scikit_learn_at_recall_steps(rng):
+    truth, prob = scores("ties", rng)
+    precision, recall, thresholds = metrics.precision_recall_curve(truth, prob)
+    sk_precision, sk_recall, sk_thresholds = sk_pr_curve(truth, prob)
+    assert np.all(np.diff(thresholds) <= 0) and np.all(np.diff(recall) >= 0)
+    for p, r, t in zip(precision, recall, thresholds):
+        # Our threshold is the lower edge of the score's bin (relative width 2^-13).
+        i = np.flatnonzero((sk_thresholds >= t) & (sk_thresholds < t + 1e-4))
+        assert i.size == 1, t
+        assert (p, r) == pytest.approx((sk_precision[i[0]], sk_recall[i[0]]))
+
+
+def test_empty_truth_and_prediction_conventions():
+    m = metrics.evaluate(np.zeros(10), np.zeros(10))
+    assert m["dsc"] == 1.0 and m["f2"] == 1.0 and m["specificity"] == 1.0
+    assert math.isnan(m["sensitivity"]) and math.isnan(m["apr"])
+    m = metrics.evaluate(np.zeros(10), np.full(10, 0.9))
+    assert m["dsc"] == 0.0 and m["specificity"] == 0.0
+
+
+@pytest.mark.parametrize("truth, prob, message", [
+    (np.zeros((4, 4)), np.zeros((4, 4, 2)), r"y_prob\[\.\.\., 1\]"),
+    (np.zeros((4, 4)), np.zeros((4, 5)), "Shape mismatch"),
+    (np.full((4,), 2), np.zeros(4), "binary lesion mask"),
+    (np.zeros(4), np.array([0, 1.5, 0, 0]), r"\[0, 1\]"),
+    (np.zeros(4), np.array([0, np.nan, 0, 0]), "NaN"),
+    (np.zeros(0), np.zeros(0), "empty"),
+])
+def test_evaluate_errors(truth, prob, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.evaluate(truth, prob)
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(threshold=1.0), "`threshold`"),
+                                             (dict(mantissa_bits=30), "`mantissa_bits`")])
+def test_evaluator_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.Evaluator(**kwargs)
+
+
+# --- Keras metrics ----------------------------------------------------------------------------
+
+
+def _batches(rng, sparse=True):
+    labels = (rng.random((4, 6, 7, 8)) < 0.1).astype(np.int32)
+    lesion = np.clip(labels * 0.6 + rng.random(labels.shape) * 0.5, 0, 1).astype(np.float32)
+    y_pred = np.stack([1 - lesion, lesion], -1)
+    y_true = labels if sparse else np.eye(2, dtype=np.float32)[labels]
+    return y_true, y_pred, labels, lesion
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_keras_confusion_metrics_match_evaluate(rng, sparse):
+    y_true, y_pred, labels, lesion = _batches(rng, sparse)
+    expected = metrics.evaluate(labels, lesion)
+    for metric, key in [(metrics.DiceScore(), "dsc"), (metrics.Sensitivity(), "sensitivity"),
+                        (metrics.Specificity(), "specificity"), (metrics.FBetaScore(2.0), "f2")]:
+        for half in (slice(0, 2), slice(2, 4)):  # streamed over two batches
+            metric.update_state(y_true[half], y_pred[half])
+        assert float(metric.result()) == pytest.approx(expected[key], rel=1e-6), key
+        metric.reset_state()
+        assert float(metric.result()) in (0.0, 1.0) or math.isnan(float(metric.result()))
+
+
+def test_keras_apr_metric_close_to_scikit_learn(rng):
+    y_true, y_pred, labels, lesion = _batches(rng)
+    metric = metrics.AreaUnderPRCurve()
+    metric.update_state(y_true, y_pred)
+    assert float(metric.result()) == pytest.approx(
+        average_precision_score(labels.ravel(), lesion.ravel()), abs=1e-3)
+
+
+def test_keras_metrics_single_channel_sigmoid(rng):
+    _, _, labels, lesion = _batches(rng)
+    metric = metrics.DiceScore()
+    metric.update_state(labels[..., None].astype(np.float32), lesion[..., None])
+    assert float(metric.result()) == pytest.approx(metrics.evaluate(labels, lesion)["dsc"])
+
+
+def test_keras_metrics_in_a_graph(rng):
+    y_true, y_pred, labels, lesion = _batches(rng)
+    metric = metrics.DiceScore()
+    tf.function(metric.update_state)(tf.constant(y_true), tf.constant(y_pred))
+    assert float(metric.result()) == pytest.approx(metrics.evaluate(labels, lesion)["dsc"])
+
+
+def test_keras_metric_config_round_trip():
+    metric = metrics.FBetaScore(beta=1.5, threshold=0.4, class_id=2)
+    clone = keras.metrics.deserialize(keras.metrics.serialize(metric))
+    assert isinstance(clone, metrics.FBetaScore)
+    assert clone.get_config() == metric.get_config()
+
+
+@pytest.mark.parametrize("factory, message", [
+    (lambda: metrics.DiceScore(threshold=0), "`threshold`"),
+    (lambda: metrics.Sensitivity(class_id=-1), "`class_id`"),
+    (lambda: metrics.FBetaScore(beta=0), "`beta`"),
+    (lambda: metrics.AreaUnderPRCurve(mantissa_bits=0), "`mantissa_bits`"),
+])
+def test_keras_metric_argument_errors(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+# --- lesion-wise ----------------------------------------------------------------------------
+
+
+def test_lesion_metrics_hand_case():
+    truth = np.zeros((10, 10, 10), bool)
+    truth[1:3, 1:3, 1:3] = True  # detected
+    truth[6:8, 6:8, 6:8] = True  # missed
+    truth[1, 8, 8] = True  # one voxel, dropped by min_lesion_size=2
+    pred = np.zeros_like(truth)
+    pred[2:4, 2:4, 2:4] = True  # overlaps the first
+    pred[5, 0, 0] = True  # false positive
+    m = metrics.lesion_metrics(truth, pred)
+    assert (m["true_lesions"], m["detected"], m["predicted_lesions"],
+            m["false_positive_lesions"]) == (3, 1, 2, 1)
+    m = metrics.lesion_metrics(truth, pred, min_lesion_size=2)
+    assert (m["true_lesions"], m["detected"], m["predicted_lesions"]) == (2, 1, 1)
+    assert (m["ltpr"], m["lfpr"], m["lesion_f1"]) == (0.5, 0.0, pytest.approx(2 / 3))
+
+
+def test_lesion_connectivity():
+    truth = np.zeros((4, 4, 4), bool)
+    truth[0, 0, 0] = truth[1, 1, 1] = True  # touch at a corner only
+    assert metrics.lesion_metrics(truth, truth, connectivity=3)["true_lesions"] == 1
+    assert metrics.lesion_metrics(truth, truth, connectivity=1)["true_lesions"] == 2
+
+
+def test_lesion_counts_pool_over_volumes():
+    truth = np.zeros((6, 6, 6), bool)
+    truth[1:3, 1:3, 1:3] = True
+    hit = metrics.lesion_metrics(truth, truth)
+    miss = metrics.lesion_metrics(truth, np.zeros_like(truth))
+    pooled = metrics.pool_lesion_counts([hit, miss])
+    assert pooled["ltpr"] == 0.5 and pooled["lfpr"] == 0.0 and pooled["true_lesions"] == 2
+    assert math.isnan(miss["lfpr"]) and math.isnan(miss["lesion_f1"])
+
+
+def test_lesion_metrics_errors():
+    with pytest.raises(ValueError, match="3D volume"):
+        metrics.lesion_metrics(np.zeros((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="`connectivity`"):
+        metrics.lesion_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), connectivity=4)

@@ -1,0 +1,126 @@
+"""Reference grid, resampling (lesion volumes kept) and intensity normalisation."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tfversky import preprocessing
+from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
+
+
+def _rotation(degrees):
+    ax, ay, az = np.deg2rad(degrees)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _lesions(rng, shape=(64, 64, 56), spacing=(0.9, 1.0, 1.2), degrees=(0, 0, 0), count=6):
+    """Ellipsoidal lesions (radii 3-6 mm) on a rotated, anisotropic scan grid."""
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(degrees) @ np.diag(spacing)
+    affine[:3, 3] = -affine[:3, :3] @ (np.array(shape) / 2)
+    index = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1).reshape(-1, 3)
+    world = index @ affine[:3, :3].T + affine[:3, 3]
+    label = np.zeros(len(index), bool)
+    for _ in range(count):
+        center, radii = rng.uniform(-20, 20, 3), rng.uniform(3, 6, 3)
+        label |= (((world - center) / radii) ** 2).sum(1) <= 1
+    return label.reshape(shape).astype(np.uint8), affine
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), degrees=st.tuples(*[st.floats(-10, 10)] * 3),
+       scale=st.sampled_from([1, 2]))
+def test_lesion_volume_preserved(seed, degrees, scale):
+    """Paper grid and its half-resolution version: the lesion volume changes < 3 %."""
+    label, affine = _lesions(np.random.default_rng(seed), degrees=degrees)
+    grid = PAPER_GRID.scaled(scale)
+    grid = ReferenceGrid(tuple(n // 2 for n in grid.shape), grid.spacing)  # covers the scan
+    out = preprocessing.resample_label(label, affine, grid.affine([0, 0, 0]), grid.shape)
+    before = label.sum() * abs(np.linalg.det(affine[:3, :3]))
+    after = out.sum() * np.prod(grid.spacing)
+    assert out.dtype == np.uint8
+    assert abs(after / before - 1) < 0.03, (after, before)
+
+
+def test_empty_label_stays_empty():
+    out = preprocessing.resample_label(np.zeros((8, 8, 8)), np.eye(4), np.eye(4), (4, 4, 4))
+    assert out.dtype == np.uint8 and not out.any()
+
+
+def test_identity_and_axis_flip_resampling_is_exact():
+    volume = np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32)
+    out = preprocessing.resample_to_grid(volume, np.eye(4), np.eye(4), volume.shape)
+    np.testing.assert_allclose(out, volume, atol=1e-6)
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flipped[0, 3] = 5  # voxel i -> world 5 - i: the same data stored left-right reversed
+    out = preprocessing.resample_to_grid(volume[::-1], flipped, np.eye(4), volume.shape)
+    np.testing.assert_allclose(out, volume, atol=1e-6)
+
+
+def test_channels_resampled_alike():
+    volume = np.random.default_rng(1).normal(size=(10, 10, 10, 3)).astype(np.float32)
+    grid = np.diag([1.5, 1.5, 1.5, 1.0])
+    out = preprocessing.resample_to_grid(volume, np.eye(4), grid, (6, 6, 6))
+    assert out.shape == (6, 6, 6, 3)
+    np.testing.assert_allclose(
+        out[..., 1], preprocessing.resample_to_grid(volume[..., 1], np.eye(4), grid, (6, 6, 6)))
+
+
+def test_prepare_volume_centres_the_brain_and_round_trips_to_native():
+    rng = np.random.default_rng(2)
+    label, affine = _lesions(rng, degrees=(4, -3, 6))
+    image = np.zeros(label.shape + (3,), np.float32)
+    image[8:56, 8:56, 6:50] = rng.uniform(1, 2, 3)
+    image[label > 0] *= 2
+    grid = ReferenceGrid((48, 64, 80), PAPER_GRID.spacing)
+    out, out_label, grid_affine = preprocessing.prepare_volume(image, affine, grid, label)
+    assert out.shape == (48, 64, 80, 3) and out_label.shape == (48, 64, 80)
+    center = (np.array(grid.shape) - 1) / 2
+    np.testing.assert_allclose(grid_affine[:3, :3] @ center + grid_affine[:3, 3],
+                               preprocessing.brain_center(image, affine))
+    back = preprocessing.to_native(out_label, grid_affine, affine, label.shape)
+    dice = 2 * (back * label).sum() / (back.sum() + label.sum())
+    assert dice > 0.9
+
+
+def test_grid_validation_and_helpers():
+    assert PAPER_GRID.shape == (128, 224, 256)
+    assert PAPER_GRID.scaled(2).field_of_view == PAPER_GRID.field_of_view
+    with pytest.raises(ValueError, match="argument `shape`"):
+        ReferenceGrid((128, 224), (1.0, 1.0))
+    with pytest.raises(ValueError, match="argument `spacing`"):
+        ReferenceGrid((4, 4, 4), (1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="argument `factor`: 3 does not divide"):
+        PAPER_GRID.scaled(3)
+    affine = ReferenceGrid((3, 3, 3), (2.0, 2.0, 2.0)).affine([10, 20, 30])
+    np.testing.assert_allclose(affine[:3, 3], [8, 18, 28])
+
+
+def test_brain_center_of_empty_volume():
+    with pytest.raises(ValueError, match="all zero"):
+        preprocessing.brain_center(np.zeros((4, 4, 4)), np.eye(4))
+
+
+def test_normalize_intensity_inside_the_brain():
+    rng = np.random.default_rng(3)
+    image = np.zeros((10, 10, 10, 3))
+    image[2:8, 2:8, 2:8] = rng.normal([100, 300, 50], [10, 30, 5], (6, 6, 6, 3))
+    out = preprocessing.normalize_intensity(image, clip_percentiles=(0, 100))
+    brain = preprocessing.brain_mask(image)
+    np.testing.assert_allclose(out[brain].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(out[brain].std(0), 1, atol=1e-5)
+    assert not out[~brain].any() and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("image, match", [
+    (np.ones((4, 4, 4)), "expected \\(D, H, W, modalities\\)"),
+    (np.full((4, 4, 4, 1), np.nan), "NaN or Inf"),
+    (np.zeros((4, 4, 4, 1)), "brain mask is empty"),
+])
+def test_normalize_intensity_errors(image, match):
+    with pytest.raises(ValueError, match=match):
+        preprocessing.normalize_intensity(image)

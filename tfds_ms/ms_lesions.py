@@ -1,0 +1,226 @@
+"""TFDS builder ``ms_lesions``: multiple sclerosis lesions, T1/T2/FLAIR on one reference grid.
+
+Configs:
+
+* ``synthetic`` (default): the phantom of ``tfds_ms.synth`` (15 subjects, seed 0), made at
+  build time with no download and no manual step, on the paper's 128x224x256 grid.
+* ``synthetic_lowres``: the same phantom recipe (made at 1.5 mm, faster) on a 64x112x128
+  grid (same field of view, voxels twice as large per axis), 8x less data: for CPU demos.
+* ``isbi2015`` / ``isbi2015_mask2``: the ISBI 2015 training set from ``manual_dir``, with
+  rater 1's (rater 2's) masks as labels.
+* ``msseg2016``: the MSSEG 2016 training set (15 subjects) from ``manual_dir``, consensus masks.
+
+Other choices (grid, rater, number of folds, phantom seed) are a ``MsLesionsConfig`` away::
+
+    config = MsLesionsConfig(name="isbi2015_3fold", layout="isbi2015", num_folds=3)
+    builder = MsLesions(config=config, data_dir=...)
+
+Splits ``fold0`` ... ``fold{k-1}`` (k = ``num_folds``, 2 as in the paper): subjects are
+sorted by id and subject i goes to fold i % k, so a subject's scans are never in two folds,
+every subject is in one, and the assignment depends on nothing but the ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tfds_ms import layouts, scans, synth
+from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
+
+_CITATION = """\
+@inproceedings{salehi2017tversky,
+  title={Tversky loss function for image segmentation using 3D fully convolutional deep networks},
+  author={Salehi, Seyed Sadegh Mohseni and Erdogmus, Deniz and Gholipour, Ali},
+  booktitle={Machine Learning in Medical Imaging (MLMI), MICCAI workshop},
+  pages={379--387},
+  year={2017}
+}
+@article{carass2017isbi,
+  title={Longitudinal multiple sclerosis lesion segmentation: resource and challenge},
+  author={Carass, Aaron and others},
+  journal={NeuroImage},
+  volume={148},
+  pages={77--102},
+  year={2017}
+}
+@article{commowick2018msseg,
+  title={Objective evaluation of multiple sclerosis lesion segmentation using a data
+         management and processing infrastructure},
+  author={Commowick, Olivier and others},
+  journal={Scientific Reports},
+  volume={8},
+  pages={13650},
+  year={2018}
+}
+"""
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+The `synthetic` configs need nothing: the phantom is generated at build time.
+
+For real data, request the training data from the challenge (registration and a data use
+agreement are required), unpack it, and pass the folder as `manual_dir`:
+
+* isbi2015: ISBI 2015 Longitudinal MS Lesion Segmentation Challenge
+  (https://smart-stats-tools.org/lesion-challenge-2015). `manual_dir` holds
+  training/training01/preprocessed/training01_01_{mprage,t2,flair,pd}_pp.nii and
+  training/training01/masks/training01_01_mask{1,2}.nii, for training01 ... training05.
+* msseg2016: MICCAI 2016 MSSEG challenge, on the Shanoir platform
+  (https://shanoir.irisa.fr; see https://portal.fli-iam.irisa.fr/msseg-challenge/).
+  `manual_dir` holds Training/Center_0X/Patient_0Y/Preprocessed_Data/
+  {T1,T2,FLAIR}_preprocessed.nii.gz and .../Masks/Consensus.nii.gz.
+
+Files may be .nii or .nii.gz. See docs/data.md for the full layout.
+
+    tfds.load("ms_lesions/isbi2015", data_dir=DATA_DIR, download_and_prepare_kwargs={
+        "download_config": tfds.download.DownloadConfig(manual_dir=MANUAL_DIR)})
+"""
+
+
+@dataclasses.dataclass(eq=False)
+class MsLesionsConfig(tfds.core.BuilderConfig):
+    """One way to build ``ms_lesions``.
+
+    Attributes:
+        layout: ``"isbi2015"`` or ``"msseg2016"``: the file layout read (for ``synthetic``
+            sources, the layout the phantom is written in). Defaults to ``"msseg2016"``.
+        source: ``"manual"`` (read ``manual_dir``) or ``"synthetic"`` (make the phantom in
+            the download folder first). Defaults to ``"manual"``.
+        grid: The reference grid. Defaults to ``PAPER_GRID`` (128x224x256).
+        rater: Whose masks are the labels (``tfds_ms.layouts.RATERS``). Defaults to the
+            layout's ``mask1`` / ``consensus``.
+        num_folds: Number of cross-validation folds (splits). Defaults to 2 (the paper).
+        synth_subjects, synth_seed, synth_resolution: The phantom's subjects, seed and
+            working resolution (mm), for ``source="synthetic"``. Default 15, 0, 1.0.
+        register: Place the grid by rigid registration of each T1 to the MNI152 template
+            (removes head rotations; needs the optional SimpleITK). Defaults to False: the
+            grid is axis-aligned and centred on each brain.
+    """
+
+    layout: str = "msseg2016"
+    source: str = "manual"
+    grid: ReferenceGrid = PAPER_GRID
+    rater: str | None = None
+    num_folds: int = 2
+    synth_subjects: int = 15
+    synth_seed: int = 0
+    synth_resolution: float = 1.0
+    register: bool = False
+
+    def __post_init__(self):
+        if self.layout not in layouts.READERS:
+            raise ValueError(f"Invalid value for argument `layout`: expected one of "
+                             f"{tuple(layouts.READERS)}. Received: layout={self.layout!r}")
+        if self.source not in ("manual", "synthetic"):
+            raise ValueError(f"Invalid value for argument `source`: expected 'manual' or "
+                             f"'synthetic'. Received: source={self.source!r}")
+        if self.rater is not None and self.rater not in layouts.RATERS[self.layout]:
+            raise ValueError(f"Invalid value for argument `rater` of layout {self.layout!r}: "
+                             f"expected one of {layouts.RATERS[self.layout]}. "
+                             f"Received: rater={self.rater!r}")
+        if not isinstance(self.num_folds, int) or self.num_folds < 2:
+            raise ValueError(f"Invalid value for argument `num_folds`: expected an integer >= 2. "
+                             f"Received: num_folds={self.num_folds!r}")
+        if self.source == "synthetic" and self.synth_subjects < self.num_folds:
+            raise ValueError(f"Invalid value for argument `synth_subjects`: each of the "
+                             f"{self.num_folds} folds needs a subject. "
+                             f"Received: synth_subjects={self.synth_subjects!r}")
+
+
+def assign_folds(subjects, num_folds: int = 2) -> dict:
+    """Subject id -> fold: ids sorted, subject i in fold i % num_folds.
+
+    Example:
+
+    >>> assign_folds(["b", "a", "c"], 2)
+    {'a': 0, 'b': 1, 'c': 0}
+    """
+    return {subject: i % num_folds for i, subject in enumerate(sorted(set(subjects)))}
+
+
+class MsLesions(tfds.core.GeneratorBasedBuilder):
+    """MS lesion segmentation: T1, T2, FLAIR and a binary lesion mask per scan."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release: synthetic, ISBI 2015 and MSSEG 2016 configs."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    BUILDER_CONFIGS = [
+        MsLesionsConfig(name="synthetic", source="synthetic",
+                        description="Synthetic MS phantom (15 subjects) on the paper's "
+                                    "128x224x256 grid; built offline, no manual step."),
+        MsLesionsConfig(name="synthetic_lowres", source="synthetic", grid=PAPER_GRID.scaled(2),
+                        synth_resolution=1.5,
+                        description="The synthetic phantom on a 64x112x128 grid (same field "
+                                    "of view, 2.5 x 1.8 x 1.5 mm voxels): for CPU demos."),
+        MsLesionsConfig(name="isbi2015", layout="isbi2015",
+                        description="ISBI 2015 training scans from manual_dir, rater 1's masks."),
+        MsLesionsConfig(name="isbi2015_mask2", layout="isbi2015", rater="mask2",
+                        description="ISBI 2015 training scans from manual_dir, rater 2's masks."),
+        MsLesionsConfig(name="msseg2016", layout="msseg2016",
+                        description="MSSEG 2016 training set (15 subjects) from manual_dir, "
+                                    "consensus masks."),
+    ]
+    DEFAULT_CONFIG_NAME = "synthetic"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        grid = self.builder_config.grid
+        return self.dataset_info_from_configs(
+            description=(
+                "T1, T2 and FLAIR MR volumes of multiple sclerosis patients, each reoriented "
+                "to RAS+, resampled onto one reference grid centred on the brain (linear for "
+                "images, thresholded linear for masks) and z-scored per modality inside the "
+                "brain, with a binary lesion mask. `affine`/`shape` describe the scan's own "
+                "voxels and `grid_affine` the grid's, so a prediction maps back with "
+                "`tfversky.preprocessing.to_native`."),
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(*grid.shape, 3), dtype=np.float32,
+                                              encoding="zlib",
+                                              doc="T1, T2, FLAIR (channels last), z-scored"),
+                "label": tfds.features.Tensor(shape=grid.shape, dtype=np.uint8,
+                                              encoding="zlib", doc="1 = lesion"),
+                "subject": tfds.features.Text(doc="subject id; folds are split by it"),
+                "scan_id": tfds.features.Text(doc="unique scan id (subject and time point)"),
+                "affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float64,
+                                               doc="the scan's own voxel-to-world affine"),
+                "shape": tfds.features.Tensor(shape=(3,), dtype=np.int32,
+                                              doc="the scan's own 3D shape"),
+                "grid_affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float64,
+                                                    doc="voxel-to-world affine of image/label"),
+                "lesion_voxels": tfds.features.Scalar(dtype=np.int64,
+                                                      doc="lesion voxels in `label`"),
+            }),
+            supervised_keys=("image", "label"),
+            homepage="https://doi.org/10.1007/978-3-319-67389-9_44",
+            citation=_CITATION,
+        )
+
+    def _source_dir(self, dl_manager) -> pathlib.Path:
+        config = self.builder_config
+        if config.source == "manual":
+            return pathlib.Path(str(dl_manager.manual_dir))
+        folder = pathlib.Path(str(dl_manager.download_dir)) / (
+            f"phantom_{config.layout}_{config.synth_subjects}subjects_seed{config.synth_seed}_"
+            f"{config.synth_resolution:g}mm")
+        if not (folder / "phantom.json").exists():  # written last: a complete phantom
+            synth.synthesize(folder, config.synth_subjects, config.layout, config.synth_seed,
+                             config.synth_resolution)
+        return folder
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        found = layouts.find_scans(self._source_dir(dl_manager), config.layout, config.rater)
+        folds = assign_folds([scan.subject for scan in found], config.num_folds)
+        if len(set(folds)) < config.num_folds:
+            raise ValueError(f"Config {config.name}: {len(set(folds))} subjects cannot fill "
+                             f"{config.num_folds} folds; lower `num_folds`.")
+        return {f"fold{k}": self._generate_examples([s for s in found if folds[s.subject] == k])
+                for k in range(config.num_folds)}
+
+    def _generate_examples(self, fold_scans):
+        # One scan at a time: memory stays bounded by one subject, whatever the dataset's size.
+        for scan in fold_scans:
+            yield scan.scan_id, scans.make_example(scan, self.builder_config.grid,
+                                                   self.builder_config.register)

@@ -1,0 +1,252 @@
+"""Input pipeline: whole MR volumes -> batches of random, lesion-aware, flipped 3D patches.
+
+Training samples patches rather than whole volumes: a 128x224x256x3 volume and a 3D U-Net's
+activations do not fit a batch on most devices, and patches let the sampler over-represent
+the rare lesion voxels. As in nnU-Net, a set fraction of the patches is forced to contain a
+lesion voxel (at a random position in the patch); the others are drawn uniformly.
+
+    train = tfversky.data.load_dataset("ms_lesions/synthetic", "fold0")
+    batches = tfversky.data.patch_dataset(train, patch_size=(64, 64, 64), batch_size=2)
+    model.fit(batches, steps_per_epoch=100, epochs=10)
+
+The pipeline (each stage a ``tf.data`` transformation):
+
+1. volumes: the elements' ``image`` (D, H, W, C) and ``label`` (D, H, W), padded up to the
+   patch size where smaller, with the coordinates of their lesion voxels; **cached in memory**,
+   so each volume is read and decoded once;
+2. repeat, and shuffle the volumes (seeded, reshuffled every pass);
+3. one patch per volume visit, in a parallel ``map``: its random numbers come from stateless
+   RNG ops keyed by (seed, patch number), so the patches are the same for the same seed
+   whatever the parallelism;
+4. batch, prefetch.
+
+For evaluation, ``iterate_volumes`` yields the test split's whole volumes with what is needed
+to map a prediction back onto the scan (``tfversky.preprocessing.to_native``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+_SEED_SALT = 0x5EED  # separates this pipeline's random streams from other users of `seed`
+
+
+def _as_dict(*element):
+    """A dict element, or an (image, label) tuple (which ``map`` passes as two arguments)."""
+    if len(element) == 1:
+        return {"image": element[0]["image"], "label": element[0]["label"]}
+    image, label = element[:2]
+    return {"image": image, "label": label}
+
+
+def _validate(patch_size, batch_size, lesion_fraction, flip_axes):
+    patch_size = tuple(patch_size)
+    if len(patch_size) != 3 or not all(isinstance(p, (int, np.integer)) and p > 0
+                                       for p in patch_size):
+        raise ValueError(f"Invalid value for argument `patch_size`: expected 3 positive integers "
+                         f"(D, H, W). Received: patch_size={patch_size!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"Invalid value for argument `batch_size`: expected an integer >= 1. "
+                         f"Received: batch_size={batch_size!r}")
+    if not 0 <= lesion_fraction <= 1:
+        raise ValueError(f"Invalid value for argument `lesion_fraction`: expected a fraction in "
+                         f"[0, 1]. Received: lesion_fraction={lesion_fraction!r}")
+    if not set(flip_axes) <= {0, 1, 2}:
+        raise ValueError(f"Invalid value for argument `flip_axes`: expected spatial axes among "
+                         f"(0, 1, 2). Received: flip_axes={flip_axes!r}")
+    return tuple(int(p) for p in patch_size)
+
+
+def _pad_to(volume, patch_size):
+    """Zero-pads the three spatial axes up to ``patch_size`` (centred); larger axes untouched."""
+    shape = tf.shape(volume)[:3]
+    missing = tf.maximum(tf.constant(patch_size) - shape, 0)
+    before = missing // 2
+    paddings = tf.stack([before, missing - before], axis=1)
+    extra = tf.zeros([tf.rank(volume) - 3, 2], tf.int32)
+    return tf.pad(volume, tf.concat([paddings, extra], axis=0))
+
+
+def is_lesion_patch(index, lesion_fraction: float):
+    """Whether patch number ``index`` must contain a lesion voxel.
+
+    Spreads exactly ``lesion_fraction`` of the patches evenly over the stream: patch n is a
+    lesion patch when floor((n + 1) f) > floor(n f). With f = 0.5 and batches of 2, every
+    batch holds one lesion patch (nnU-Net forces the same per batch).
+
+    Example:
+
+    >>> [bool(is_lesion_patch(n, 0.5)) for n in range(4)]
+    [False, True, False, True]
+    """
+    index = tf.cast(index, tf.float64)
+    return tf.floor((index + 1) * lesion_fraction) > tf.floor(index * lesion_fraction)
+
+
+def _random_corner(volume_shape, patch_size, uniform):
+    """Corner of a patch drawn uniformly from those that fit in the volume."""
+    room = volume_shape - patch_size + 1
+    return tf.minimum(tf.cast(uniform * tf.cast(room, tf.float32), tf.int32), room - 1)
+
+
+def _lesion_corner(volume_shape, patch_size, voxel, uniform):
+    """Corner of a patch drawn uniformly from those that fit and contain ``voxel``."""
+    low = tf.maximum(voxel - patch_size + 1, 0)
+    high = tf.minimum(voxel, volume_shape - patch_size)
+    span = high - low + 1
+    return low + tf.minimum(tf.cast(uniform * tf.cast(span, tf.float32), tf.int32), span - 1)
+
+
+def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_size: int = 2,
+                  lesion_fraction: float = 0.5, flip_axes=(0, 1, 2), seed: int = 0,
+                  repeat: bool = True, num_parallel_calls=tf.data.AUTOTUNE) -> tf.data.Dataset:
+    """Random training patches from whole volumes, lesion-aware, with flips.
+
+    Args:
+        volumes: Dataset of whole volumes: dicts with ``image`` (D, H, W, C) float and
+            ``label`` (D, H, W) integer (e.g. a ``ms_lesions`` split), or (image, label)
+            tuples. Volumes may differ in shape.
+        patch_size: Patch (D, H, W). Volumes smaller than it are zero-padded.
+            Defaults to (64, 64, 64).
+        batch_size: Patches per batch (the global batch under a ``tf.distribute``
+            strategy). Defaults to 2.
+        lesion_fraction: Fraction of patches forced to contain a lesion voxel (at a random
+            position in the patch); the rest are drawn uniformly over the volume. A volume
+            without lesions always gives a uniform patch. Defaults to 0.5.
+        flip_axes: Spatial axes that are each flipped with probability 1/2 (mirroring;
+            the same flips for image and label). ``()`` disables it. Defaults to (0, 1, 2).
+        seed: Seed of the volume order and of every patch's position and flips: the same
+            seed gives the same batches. Defaults to 0.
+        repeat: Cycle through the volumes forever (``model.fit`` with ``steps_per_epoch``);
+            False gives one patch per volume. Defaults to True.
+        num_parallel_calls: Parallelism of patch extraction. Defaults to ``tf.data.AUTOTUNE``.
+
+    Returns:
+        Dataset of ``(image, label)`` batches: float32 (B, *patch_size, C) and uint8
+        (B, *patch_size), with static shapes; the last partial batch is dropped.
+
+    Raises:
+        ValueError: for an invalid argument (named, with its value).
+
+    Example:
+
+    >>> image = tf.random.stateless_normal((2, 20, 24, 28, 3), seed=(0, 0))
+    >>> label = tf.cast(tf.random.stateless_uniform((2, 20, 24, 28), (0, 1)) > 0.99, tf.uint8)
+    >>> volumes = tf.data.Dataset.from_tensor_slices({"image": image, "label": label})
+    >>> x, y = next(iter(patch_dataset(volumes, patch_size=(16, 16, 16), batch_size=2)))
+    >>> x.shape, y.shape, y.dtype.name
+    (TensorShape([2, 16, 16, 16, 3]), TensorShape([2, 16, 16, 16]), 'uint8')
+    """
+    patch_size = _validate(patch_size, batch_size, lesion_fraction, flip_axes)
+    channels = volumes.element_spec["image"].shape[-1] if isinstance(
+        volumes.element_spec, dict) else volumes.element_spec[0].shape[-1]
+    flip_axes = sorted(set(flip_axes))
+
+    def prepare(*element):
+        element = _as_dict(*element)
+        image = _pad_to(tf.cast(element["image"], tf.float32), patch_size)
+        label = _pad_to(tf.cast(element["label"], tf.uint8), patch_size)
+        return {"image": image, "label": label,
+                "lesions": tf.cast(tf.where(label > 0), tf.int32)}
+
+    def extract(index, volume):
+        image, label, lesions = volume["image"], volume["label"], volume["lesions"]
+        draws = tf.random.stateless_uniform(
+            [7], seed=tf.stack([tf.constant(seed, tf.int64) ^ _SEED_SALT, index]))
+        shape, size = tf.shape(label), tf.constant(patch_size)
+        count = tf.shape(lesions)[0]
+        pick = tf.minimum(tf.cast(draws[0] * tf.cast(count, tf.float32), tf.int32),
+                          tf.maximum(count - 1, 0))
+        corner = tf.cond(
+            is_lesion_patch(index, lesion_fraction) & (count > 0),
+            lambda: _lesion_corner(shape, size, lesions[pick], draws[1:4]),
+            lambda: _random_corner(shape, size, draws[1:4]))
+        image_patch = tf.slice(image, tf.concat([corner, [0]], 0), tf.concat([size, [-1]], 0))
+        label_patch = tf.slice(label, corner, size)
+        if flip_axes:
+            flips = tf.boolean_mask(tf.constant(flip_axes), draws[4:4 + len(flip_axes)] < 0.5)
+            image_patch = tf.reverse(image_patch, flips)
+            label_patch = tf.reverse(label_patch, flips)
+        image_patch = tf.ensure_shape(image_patch, (*patch_size, channels))
+        label_patch = tf.ensure_shape(label_patch, patch_size)
+        return image_patch, label_patch
+
+    cached = volumes.map(prepare, num_parallel_calls=num_parallel_calls).cache()
+    count = int(cached.cardinality())
+    # Shuffling references to cached tensors copies nothing, so the buffer can hold them all.
+    buffer = count if count > 0 else 64
+    stream = cached.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        stream = stream.repeat()
+    stream = stream.enumerate().map(extract, num_parallel_calls=num_parallel_calls,
+                                    deterministic=True)
+    options = tf.data.Options()
+    # The stream is endless and not file-based: under multi-worker strategies shard by element.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return (stream.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+            .with_options(options))
+
+
+def iterate_volumes(dataset: tf.data.Dataset):
+    """Yields a split's whole volumes as NumPy, for inference and evaluation.
+
+    Args:
+        dataset: A ``ms_lesions`` split (``load_dataset``), unbatched.
+
+    Yields:
+        dicts with ``image`` (D, H, W, C) float32, ``label`` (D, H, W) uint8, ``subject`` and
+        ``scan_id`` (str), ``grid_affine`` (the volume's affine), ``affine`` and ``shape``
+        (the original scan's), as ``tfversky.preprocessing.to_native`` takes them.
+
+    Example:
+
+    >>> ds = tf.data.Dataset.from_tensors({"image": tf.zeros((4, 4, 4, 3)),
+    ...     "label": tf.zeros((4, 4, 4), tf.uint8), "subject": "s1"})
+    >>> [v["subject"] for v in iterate_volumes(ds)]
+    ['s1']
+    """
+    for element in dataset.as_numpy_iterator():
+        yield {key: value.decode() if isinstance(value, bytes) else value
+               for key, value in element.items()}
+
+
+def fold_splits(test_fold: int, num_folds: int = 2) -> tuple[str, str]:
+    """TFDS split strings (train, test) for cross-validation on ``ms_lesions``' folds.
+
+    Example:
+
+    >>> fold_splits(1)
+    ('fold0', 'fold1')
+    >>> fold_splits(0, num_folds=3)
+    ('fold1+fold2', 'fold0')
+    """
+    if not isinstance(test_fold, (int, np.integer)) or not 0 <= test_fold < num_folds:
+        raise ValueError(f"Invalid value for argument `test_fold`: expected an integer in "
+                         f"[0, {num_folds}). Received: test_fold={test_fold!r}")
+    train = "+".join(f"fold{k}" for k in range(num_folds) if k != test_fold)
+    return train, f"fold{test_fold}"
+
+
+def load_dataset(name: str = "ms_lesions/synthetic", split: str = "fold0", *,
+                 data_dir: str | None = None, manual_dir: str | None = None) -> tf.data.Dataset:
+    """``tfds.load`` for ``ms_lesions`` (registered on the way), building it if needed.
+
+    Args:
+        name: ``"ms_lesions/<config>"`` (``synthetic``, ``synthetic_lowres``, ``isbi2015``,
+            ``isbi2015_mask2``, ``msseg2016``) or any TFDS dataset with image/label features.
+            Defaults to ``"ms_lesions/synthetic"``.
+        split: e.g. ``"fold0"`` or ``"fold0+fold2"`` (``fold_splits``). Defaults to "fold0".
+        data_dir: Where TFDS keeps built datasets. Defaults to TFDS's (~/tensorflow_datasets).
+        manual_dir: Where the real data were unpacked (``isbi2015``/``msseg2016``).
+
+    Returns:
+        The split, unbatched, one whole volume per element (features as in ``ms_lesions``).
+    """
+    import tensorflow_datasets as tfds
+
+    import tfds_ms  # noqa: F401  (registers ms_lesions)
+
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    return tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False,
+                     download_and_prepare_kwargs={"download_config": download_config})
