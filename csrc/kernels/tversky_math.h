@@ -280,7 +280,10 @@ template <Activation kAct, int kClasses, class A>
 TFV_HD VoxelProbabilities<A> binary_probabilities(A z0, A z1) {
   VoxelProbabilities<A> v{A(0), A(1), A(0), A(1)};
   if constexpr (kAct == Activation::kSoftmax) {
-    sigmoid_pair<A>(z1 - z0, v.p1, v.p0);
+    // As softmax(z) = exp(z - max z) / sum: NaN when the larger logit is infinite (+inf
+    // gives inf - inf), finite when only the smaller one is -inf.
+    const A peak = z0 > z1 ? z0 : z1;
+    sigmoid_pair<A>(z1 - z0 + (peak - peak), v.p1, v.p0);
     v.q0 = v.p1;
     v.q1 = v.p0;
   } else if constexpr (kAct == Activation::kSigmoid) {

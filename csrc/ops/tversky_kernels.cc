@@ -112,9 +112,9 @@ absl::Status LabelStatus(const char* op, const LabelError& e, const Problem& p) 
   if (!e.found) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
       op, ": labels holds ", e.value, " at sample ", e.index / std::max<int64_t>(p.voxels, 1),
-      ", voxel ", e.index % std::max<int64_t>(p.voxels, 1),
-      ", which is neither a class id in [0, ", num_label_values(p.classes),
-      ") for y_pred's ", p.classes, " channel(s) nor ignore_index",
+      ", voxel ", e.index % std::max<int64_t>(p.voxels, 1), ", outside [0, ",
+      num_label_values(p.classes), ") (the class ids for y_pred's ", p.classes,
+      " channel(s)) and not ignore_index",
       p.has_ignore_index ? absl::StrCat(" (", p.ignore_index, ")") : std::string(" (unset)"),
       ". Fix the labels, or pass the value to skip as ignore_index."));
 }

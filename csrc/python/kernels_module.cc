@@ -160,10 +160,10 @@ ParallelFor thread_runner(int num_threads) {
 
 void raise_label_error(const LabelError& e, const Problem& p) {
   throw py::value_error("labels[flat index " + std::to_string(e.index) + "] = " +
-                        std::to_string(e.value) + " is not a class id in [0, " +
+                        std::to_string(e.value) + " is outside [0, " +
                         std::to_string(num_label_values(p.classes)) +
-                        ") and not ignore_index. Fix the labels, or pass the value as "
-                        "ignore_index.");
+                        ") (the class ids) and not ignore_index. Fix the labels, or pass the "
+                        "value to skip as ignore_index.");
 }
 
 py::tuple confusion_sums(py::array y_pred, py::array labels, bool from_logits,
@@ -410,7 +410,8 @@ PYBIND11_MODULE(_tfversky_kernels, m) {
 
 Example:
 
->>> import numpy as np, _tfversky_kernels as k
+>>> import numpy as np
+>>> from tfversky import _tfversky_kernels as k
 >>> logits = np.zeros((1, 4, 4, 4, 2), np.float32); labels = np.zeros((1, 4, 4, 4), np.uint8)
 >>> tp, fp, fn = k.confusion_sums(logits, labels, from_logits=True)
 >>> fp.tolist()   # p = 0.5 everywhere, all 64 voxels background
