@@ -8,7 +8,8 @@ STAMP := $(VENV)/.tfversky-installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml setup.py
+# The editable install also compiles the fused op (CMakeLists.txt): rebuild when C++ changes.
+$(STAMP): requirements.txt pyproject.toml setup.py CMakeLists.txt $(shell find csrc -type f)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
@@ -18,5 +19,8 @@ $(STAMP): requirements.txt pyproject.toml setup.py
 test: install
 	$(PY) -m pytest -q
 
+bench: install
+	$(PY) benchmarks/bench_loss.py
+
 clean:
-	rm -rf build *.egg-info
+	rm -rf build build-gpu *.egg-info tfversky/_lib tfversky/_tfversky_kernels*.so

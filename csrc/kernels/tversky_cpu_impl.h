@@ -10,12 +10,14 @@
 //
 // One and two classes (the binary cases) run one fused loop per task; more classes run a
 // loop per class over chunks of kChunk voxels, after a pass for the softmax normalisers.
+// Large gradients of the binary cases leave through streaming stores (streaming_store.h).
 #ifndef TFVERSKY_CSRC_KERNELS_TVERSKY_CPU_IMPL_H_
 #define TFVERSKY_CSRC_KERNELS_TVERSKY_CPU_IMPL_H_
 
 #include <algorithm>
 #include <vector>
 
+#include "streaming_store.h"
 #include "tversky_kernels.h"
 
 namespace tfversky {
@@ -57,7 +59,9 @@ class CpuKernel {
       : problem_(problem),
         classes_(kClasses > 0 ? kClasses : problem.classes),
         label_stride_(kSparse ? 1 : classes_),
-        tasks_per_sample_((problem.voxels + kCpuTaskVoxels - 1) / kCpuTaskVoxels) {}
+        tasks_per_sample_((problem.voxels + kCpuTaskVoxels - 1) / kCpuTaskVoxels),
+        streaming_(size_t(problem.batch * problem.voxels * problem.classes) * sizeof(T) >=
+                   kStreamingBytes) {}
 
   LabelError sums(const T* y_pred, const L* labels, A* tp, A* fp, A* fn,
                   const ParallelFor* parallel_for) const {
@@ -153,20 +157,53 @@ class CpuKernel {
     const int64_t n = t.count;
     A tp0 = 0, fp0 = 0, fn0 = 0, tp1 = 0, fp1 = 0, fn1 = 0;
     int bad = 0;
+    if constexpr (kSparse) {
+      // Class ids: every term is p, q or 0, so masked adds replace the products (same
+      // values, same order). With two softmax classes p0 = q1 and p1 = q0, so FN0 = FP1
+      // and FP0 = FN1: four sums suffice.
+      const SparseLabelRule<L> rule = labels.rule;
+      const L* ids = labels.labels;
 #pragma omp simd reduction(+ : tp0, fp0, fn0, tp1, fp1, fn1) reduction(| : bad)
-    for (int64_t i = 0; i < n; ++i) {
-      const VoxelProbabilities<A> v = probabilities(y + i * kClasses);
-      const A w = labels.weight(i);
-      bad |= labels.bad(i);
-      const A g0 = labels.target(i, 0);
-      tp0 += w * v.p0 * g0;
-      fp0 += w * v.p0 * (A(1) - g0);
-      fn0 += w * v.q0 * g0;
-      if constexpr (kClasses == 2) {
-        const A g1 = labels.target(i, 1);
-        tp1 += w * v.p1 * g1;
-        fp1 += w * v.p1 * (A(1) - g1);
-        fn1 += w * v.q1 * g1;
+      for (int64_t i = 0; i < n; ++i) {
+        const VoxelProbabilities<A> v = probabilities(y + i * kClasses);
+        const L id = ids[i];
+        const bool valid = !rule.ignored(id);
+        bad |= int(rule.bad(id));
+        if constexpr (kClasses == 1) {
+          const bool lesion = valid & (id == L(1)), background = valid & (id == L(0));
+          tp0 += lesion ? v.p0 : A(0);
+          fp0 += background ? v.p0 : A(0);
+          fn0 += lesion ? v.q0 : A(0);
+        } else {
+          const bool is0 = valid & (id == L(0)), is1 = valid & (id == L(1));
+          tp0 += is0 ? v.p0 : A(0);
+          fp1 += is0 ? v.p1 : A(0);
+          tp1 += is1 ? v.p1 : A(0);
+          fn1 += is1 ? v.q1 : A(0);
+          if constexpr (kAct != Activation::kSoftmax) {
+            fp0 += is1 ? v.p0 : A(0);
+            fn0 += is0 ? v.q0 : A(0);
+          }
+        }
+      }
+      if constexpr (kClasses == 2 && kAct == Activation::kSoftmax) {
+        fp0 = fn1;
+        fn0 = fp1;
+      }
+    } else {
+#pragma omp simd reduction(+ : tp0, fp0, fn0, tp1, fp1, fn1)
+      for (int64_t i = 0; i < n; ++i) {
+        const VoxelProbabilities<A> v = probabilities(y + i * kClasses);
+        const A g0 = labels.target(i, 0);
+        tp0 += v.p0 * g0;
+        fp0 += v.p0 * (A(1) - g0);
+        fn0 += v.q0 * g0;
+        if constexpr (kClasses == 2) {
+          const A g1 = labels.target(i, 1);
+          tp1 += v.p1 * g1;
+          fp1 += v.p1 * (A(1) - g1);
+          fn1 += v.q1 * g1;
+        }
       }
     }
     const A values[2][3] = {{tp0, fp0, fn0}, {tp1, fp1, fn1}};
@@ -177,17 +214,32 @@ class CpuKernel {
   }
 
   bool grad_binary(const Task t, const GradFactors<A>* f, T* out) const {
-    const LabelReader<A, L> labels = reader(t.labels);
-    const T* y = t.y;
-    const int64_t n = t.count;
+    if (!streaming_) return grad_binary_block(t.y, t.labels, t.count, f, out);
+    // Large outputs: compute a block into the stack, then stream it to memory.
+    constexpr int64_t kStage = 512;
+    T stage[kStage * kClasses];
+    bool bad = false;
+    for (int64_t start = 0; start < t.count; start += kStage) {
+      const int64_t n = std::min(kStage, t.count - start);
+      bad |= grad_binary_block(t.y + start * kClasses, t.labels + start * label_stride_, n, f,
+                               stage);
+      stream_copy(out + start * kClasses, stage, size_t(n * kClasses) * sizeof(T));
+    }
+    stream_fence();
+    return bad;
+  }
+
+  bool grad_binary_block(const T* y, const L* label_data, int64_t n, const GradFactors<A>* f,
+                         T* out) const {
+    const LabelReader<A, L> labels = reader(label_data);
     const GradFactors<A> f0 = f[0], f1 = f[kClasses - 1];
     int bad = 0;
 #pragma omp simd reduction(| : bad)
     for (int64_t i = 0; i < n; ++i) {
       const VoxelProbabilities<A> v = probabilities(y + i * kClasses);
-      const A w = labels.weight(i);
       bad |= labels.bad(i);
-      const A grad0 = grad_wrt_probability(f0, w, labels.target(i, 0));
+      const A w = labels.weight(i);
+      const A grad0 = grad_wrt_probability(f0, w, labels.target(i, 0));  // dL/dp0
       if constexpr (kClasses == 1) {
         out[i] = from_acc<T>(elementwise_chain_rule<kAct>(grad0, v.p0, v.q0));
       } else {
@@ -341,6 +393,7 @@ class CpuKernel {
   const int64_t classes_;
   const int64_t label_stride_;
   const int64_t tasks_per_sample_;
+  const bool streaming_;  // write the gradient with streaming stores (see streaming_store.h)
 };
 
 // The two entry points, for dispatch below.

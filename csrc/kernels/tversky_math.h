@@ -236,13 +236,14 @@ struct SparseLabelRule {
   bool ignore;      // whether ignore_value is in use (and representable in L)
   L ignore_value;
 
-  TFV_HD bool ignored(L label) const { return ignore && label == ignore_value; }
+  // Bitwise & and |, not && and ||: no branches in the vectorised loops.
+  TFV_HD bool ignored(L label) const { return ignore & (label == ignore_value); }
 
   // Out of range and not ignored: an error.
   TFV_HD bool bad(L label) const {
     bool negative = false;
     if constexpr (std::is_signed<L>::value) negative = label < L(0);
-    return !ignored(label) && (negative || label >= num_values);
+    return (!ignored(label)) & (negative | (label >= num_values));
   }
 
   // w: 0 for ignored voxels, 1 otherwise.
