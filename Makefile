@@ -18,5 +18,9 @@ $(STAMP): requirements.txt pyproject.toml setup.py
 test: install
 	$(PY) -m pytest -q
 
+# The main job: builds the synthetic MS phantom (TFDS, ~2 min), trains, evaluates the test fold.
+demo: install
+	$(PY) examples/train_ms.py --out runs/demo
+
 clean:
 	rm -rf build *.egg-info
