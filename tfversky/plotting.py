@@ -108,9 +108,12 @@ def plot_overlay(flair: np.ndarray, truth: np.ndarray, prediction: np.ndarray, p
     fig, axes = plt.subplots(1, len(slices), figsize=(3.2 * len(slices), 3.6), dpi=100,
                              squeeze=False)
     low, high = np.percentile(flair[flair != 0], (1, 99.5)) if np.any(flair) else (0, 1)
+    # Normalised scans are 0 outside the brain, mid-grey on this scale: show it black.
+    cmap = plt.get_cmap("gray").with_extremes(bad="black")
     for ax, k in zip(axes[0], slices):
         # Transposed so the first array axis runs left-right, as radiologists view axial slices.
-        ax.imshow(flair[..., k].T, cmap="gray", vmin=low, vmax=high, origin="lower")
+        ax.imshow(np.ma.masked_equal(flair[..., k], 0).T, cmap=cmap, vmin=low, vmax=high,
+                  origin="lower")
         for mask, colour in ((truth, "lime"), (prediction, "red")):
             if np.any(mask[..., k]):
                 ax.contour(mask[..., k].T.astype(float), levels=[0.5], colors=colour,
