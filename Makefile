@@ -19,6 +19,11 @@ $(STAMP): requirements.txt pyproject.toml setup.py CMakeLists.txt $(shell find c
 test: install
 	$(PY) -m pytest -q
 
+# The main job: builds the synthetic MS phantom (TFDS, ~2 min), trains, evaluates the test fold.
+demo: install
+	$(PY) examples/train_ms.py --out runs/demo
+
+# The fused op against pure TensorFlow (XLA included) and the memory floor: benchmarks/RESULTS.md.
 bench: install
 	$(PY) benchmarks/bench_loss.py
 

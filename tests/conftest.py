@@ -29,3 +29,15 @@ def pytest_collection_modifyitems(config, items):
 def rng():
     """A fresh, seeded NumPy generator per test."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """``ms_lesions/synthetic_tiny`` built once per test session (seconds): its TFDS data_dir."""
+    import tensorflow_datasets as tfds
+
+    import tfds_ms  # noqa: F401  (registers ms_lesions)
+
+    directory = tmp_path_factory.mktemp("tfds")
+    tfds.builder("ms_lesions/synthetic_tiny", data_dir=str(directory)).download_and_prepare()
+    return str(directory)

@@ -6,6 +6,8 @@ Configs:
   build time with no download and no manual step, on the paper's 128x224x256 grid.
 * ``synthetic_lowres``: the same phantom recipe (made at 1.5 mm, faster) on a 64x112x128
   grid (same field of view, voxels twice as large per axis), 8x less data: for CPU demos.
+* ``synthetic_tiny``: four phantom subjects on a 32x56x64 grid, built in seconds: for smoke
+  tests and CI, not for judging a model.
 * ``isbi2015`` / ``isbi2015_mask2``: the ISBI 2015 training set from ``manual_dir``, with
   rater 1's (rater 2's) masks as labels.
 * ``msseg2016``: the MSSEG 2016 training set (15 subjects) from ``manual_dir``, consensus masks.
@@ -155,6 +157,10 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
                         synth_resolution=1.5,
                         description="The synthetic phantom on a 64x112x128 grid (same field "
                                     "of view, 2.5 x 1.8 x 1.5 mm voxels): for CPU demos."),
+        MsLesionsConfig(name="synthetic_tiny", source="synthetic", grid=PAPER_GRID.scaled(4),
+                        synth_subjects=4, synth_resolution=3.0,
+                        description="Four phantom subjects on a 32x56x64 grid (5 x 3.6 x 3 mm "
+                                    "voxels), built in seconds: for smoke tests and CI."),
         MsLesionsConfig(name="isbi2015", layout="isbi2015",
                         description="ISBI 2015 training scans from manual_dir, rater 1's masks."),
         MsLesionsConfig(name="isbi2015_mask2", layout="isbi2015", rater="mask2",

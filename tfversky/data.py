@@ -100,7 +100,8 @@ def _lesion_corner(volume_shape, patch_size, voxel, uniform):
 
 def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_size: int = 2,
                   lesion_fraction: float = 0.5, flip_axes=(0, 1, 2), seed: int = 0,
-                  repeat: bool = True, num_parallel_calls=tf.data.AUTOTUNE) -> tf.data.Dataset:
+                  repeat: bool = True, skip_batches: int = 0,
+                  num_parallel_calls=tf.data.AUTOTUNE) -> tf.data.Dataset:
     """Random training patches from whole volumes, lesion-aware, with flips.
 
     Args:
@@ -120,6 +121,9 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
             seed gives the same batches. Defaults to 0.
         repeat: Cycle through the volumes forever (``model.fit`` with ``steps_per_epoch``);
             False gives one patch per volume. Defaults to True.
+        skip_batches: Start after this many batches of the same stream, without extracting
+            them: a resumed run (``keras.callbacks.BackupAndRestore``) then sees exactly the
+            batches the uninterrupted run would have. Defaults to 0.
         num_parallel_calls: Parallelism of patch extraction. Defaults to ``tf.data.AUTOTUNE``.
 
     Returns:
@@ -139,6 +143,9 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
     (TensorShape([2, 16, 16, 16, 3]), TensorShape([2, 16, 16, 16]), 'uint8')
     """
     patch_size = _validate(patch_size, batch_size, lesion_fraction, flip_axes)
+    if not isinstance(skip_batches, (int, np.integer)) or skip_batches < 0:
+        raise ValueError(f"Invalid value for argument `skip_batches`: expected an integer >= 0. "
+                         f"Received: skip_batches={skip_batches!r}")
     channels = volumes.element_spec["image"].shape[-1] if isinstance(
         volumes.element_spec, dict) else volumes.element_spec[0].shape[-1]
     flip_axes = sorted(set(flip_axes))
@@ -179,8 +186,9 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
     stream = cached.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         stream = stream.repeat()
-    stream = stream.enumerate().map(extract, num_parallel_calls=num_parallel_calls,
-                                    deterministic=True)
+    # Skipped before `extract`: passing over a cached volume reference costs nothing.
+    stream = stream.enumerate().skip(skip_batches * batch_size)
+    stream = stream.map(extract, num_parallel_calls=num_parallel_calls, deterministic=True)
     options = tf.data.Options()
     # The stream is endless and not file-based: under multi-worker strategies shard by element.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -38,19 +38,34 @@ def plot_pr_curves(curves: dict, path, title: str = "Precision-recall") -> pathl
     >>> plot_pr_curves({"a=0.3, b=0.7": (np.array([1.0, 0.5]), np.array([0.5, 1.0]), 0.75)}, out).exists()
     True
     """
+    return plot_pr_panels({title: curves}, path)
+
+
+def plot_pr_panels(panels: dict, path) -> pathlib.Path:
+    """Side-by-side PR-curve panels (the paper's Fig. 2): ``{panel title: curves}``.
+
+    ``curves`` is as in ``plot_pr_curves``. Returns the path written.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    for label, (precision, recall, apr) in curves.items():
-        # A step curve from recall 0: the points are where recall changes.
-        recall = np.concatenate([[0.0], np.asarray(recall, float)])
-        precision = np.concatenate([[precision[0] if len(precision) else 1.0],
-                                    np.asarray(precision, float)])
-        ax.step(recall, precision, where="post", label=f"{label} (APR {apr:.3f})")
-    ax.set(xlabel="Recall (sensitivity)", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), dpi=100,
+                             squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels.items()):
+        for label, (precision, recall, apr) in curves.items():
+            # A step curve from recall 0: the points are where recall changes.
+            recall = np.concatenate([[0.0], np.asarray(recall, float)])
+            precision = np.concatenate([[precision[0] if len(precision) else 1.0],
+                                        np.asarray(precision, float)])
+            ax.step(recall, precision, where="post", label=f"{label} (APR {apr:.3f})")
+        ax.set(xlabel="Recall (sensitivity)", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02),
+               title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> pathlib.Path:
+    plt = _pyplot()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -93,9 +108,12 @@ def plot_overlay(flair: np.ndarray, truth: np.ndarray, prediction: np.ndarray, p
     fig, axes = plt.subplots(1, len(slices), figsize=(3.2 * len(slices), 3.6), dpi=100,
                              squeeze=False)
     low, high = np.percentile(flair[flair != 0], (1, 99.5)) if np.any(flair) else (0, 1)
+    # Normalised scans are 0 outside the brain, mid-grey on this scale: show it black.
+    cmap = plt.get_cmap("gray").with_extremes(bad="black")
     for ax, k in zip(axes[0], slices):
         # Transposed so the first array axis runs left-right, as radiologists view axial slices.
-        ax.imshow(flair[..., k].T, cmap="gray", vmin=low, vmax=high, origin="lower")
+        ax.imshow(np.ma.masked_equal(flair[..., k], 0).T, cmap=cmap, vmin=low, vmax=high,
+                  origin="lower")
         for mask, colour in ((truth, "lime"), (prediction, "red")):
             if np.any(mask[..., k]):
                 ax.contour(mask[..., k].T.astype(float), levels=[0.5], colors=colour,
@@ -104,8 +122,4 @@ def plot_overlay(flair: np.ndarray, truth: np.ndarray, prediction: np.ndarray, p
         ax.axis("off")
     fig.suptitle(f"{title}  (green: truth, red: prediction)".strip(), fontsize=9)
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -127,6 +127,17 @@ def test_same_seed_same_batches_other_seed_other_batches():
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other))
 
 
+def test_skip_batches_continues_the_same_stream():
+    def run(**kwargs):
+        return _take(data.patch_dataset(_volumes(), patch_size=(8, 8, 8), batch_size=2, seed=3,
+                                        **kwargs), 5)
+
+    full, resumed = run(), run(skip_batches=2)
+    for (x1, y1), (x2, y2) in zip(full[2:], resumed):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
 def test_without_repeat_one_patch_per_volume():
     ds = data.patch_dataset(_volumes(count=5), patch_size=(8, 8, 8), batch_size=1, repeat=False)
     assert len(list(ds)) == 5
@@ -138,6 +149,7 @@ def test_without_repeat_one_patch_per_volume():
     ({"batch_size": 0}, "batch_size"),
     ({"lesion_fraction": 1.5}, "lesion_fraction"),
     ({"flip_axes": (3,)}, "flip_axes"),
+    ({"skip_batches": -1}, "skip_batches"),
 ])
 def test_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=f"argument `{match}`"):

@@ -219,3 +219,23 @@ def test_lesion_metrics_errors():
         metrics.lesion_metrics(np.zeros((4, 4)), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="`connectivity`"):
         metrics.lesion_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), connectivity=4)
+
+
+def test_evaluators_merge(rng):
+    truth, prob = scores("beta", rng)
+    a, b = metrics.Evaluator(), metrics.Evaluator()
+    a.update(truth[:1000], prob[:1000])
+    b.update(truth[1000:], prob[1000:])
+    assert a.merge(b).result() == metrics.evaluate(truth, prob)
+    with pytest.raises(ValueError, match="different settings"):
+        a.merge(metrics.Evaluator(threshold=0.3))
+
+
+def test_evaluator_save_and_load(rng, tmp_path):
+    truth, prob = scores("saturated", rng)
+    evaluator = metrics.Evaluator(threshold=0.4)
+    evaluator.update(truth, prob)
+    evaluator.save(tmp_path / "ev.npz")
+    loaded = metrics.Evaluator.load(tmp_path / "ev.npz")
+    assert loaded.threshold == 0.4 and loaded.result() == evaluator.result()
+    assert (tmp_path / "ev.npz").stat().st_size < 500_000

@@ -14,6 +14,8 @@ def test_pr_curves_png(tmp_path):
     curves = {"0.5, 0.5": (np.array([1.0, 0.8, 0.4]), np.array([0.2, 0.5, 1.0]), 0.6),
               "0.3, 0.7": (np.array([0.9, 0.5]), np.array([0.4, 1.0]), 0.65)}
     assert _is_png(plotting.plot_pr_curves(curves, tmp_path / "sub" / "pr.png"))
+    panels = {"(a) all": curves, "(b) high load": curves, "(c) low load": curves}
+    assert _is_png(plotting.plot_pr_panels(panels, tmp_path / "fig2.png"))
 
 
 def test_overlay_png_and_slice_choice(tmp_path):

@@ -1,0 +1,194 @@
+"""examples/train_ms.py and reproduce_table1.py end to end, on the tiny synthetic phantom.
+
+Distribution runs as real processes: MirroredStrategy over 2 logical CPUs (which must be
+configured before TensorFlow starts), MultiWorkerMirroredStrategy with 2 local workers, and
+a run killed after its first epoch that resumes.
+"""
+
+import csv
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "train_ms.py"
+TINY = ["--dataset", "ms_lesions/synthetic_tiny", "--patch-size", "16", "--depth", "3",
+        "--base-filters", "4", "--inference-patch", "32", "--verbose", "2"]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "examples"))
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def data_dir(tiny_data_dir):
+    return tiny_data_dir
+
+
+def _command(data_dir, out, *extra):
+    return [sys.executable, str(SCRIPT), *TINY, "--data-dir", data_dir, "--out", str(out),
+            *extra]
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _run(command, timeout=240, **env):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env=_env(**env), cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _load("train_ms").main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--dataset", "--data-dir", "--manual-dir", "--fold", "--alpha", "--beta",
+                 "--gamma", "--loss-impl", "--epochs", "--steps-per-epoch", "--patch-size",
+                 "--batch-size", "--lr", "--mixed-precision", "--strategy", "--cpu-replicas",
+                 "--out", "--seed"):
+        assert flag in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "ms_lesions/nope"], "unknown config 'nope'"),
+    (["--dataset", "mnist"], "expected ms_lesions/<config>"),
+    (["--patch-size", "20"], "not a multiple of 2^(depth-1) = 8"),
+    (["--strategy", "multiworker"], "needs the TF_CONFIG"),
+    (["--manual-dir", "/no/such/folder"], "no such folder"),
+    (["--fold", "2"], "--fold 2"),
+    (["--batch-size", "3", "--cpu-replicas", "2"], "divisible"),
+])
+def test_usage_errors_exit_2_with_one_line(argv, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    code = _load("train_ms").main(argv + ["--out", str(tmp_path), "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_manual_dir_laid_out_wrongly(capsys, tmp_path):
+    (tmp_path / "manual" / "something").mkdir(parents=True)
+    code = _load("train_ms").main(["--dataset", "ms_lesions/isbi2015", "--manual-dir",
+                                   str(tmp_path / "manual"), "--data-dir", str(tmp_path / "d"),
+                                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "isbi2015" in err and "training" in err, err
+
+
+def test_mirrored_strategy_on_two_cpu_replicas(data_dir, tmp_path):
+    out = tmp_path / "run"
+    stdout = _run(_command(data_dir, out, "--cpu-replicas", "2", "--strategy", "mirrored",
+                           "--epochs", "1", "--steps-per-epoch", "3"))
+    assert "MirroredStrategy with 2 replica(s)" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["pooled"]) >= {"dsc", "sensitivity", "specificity", "f2", "apr",
+                                      "ltpr", "lfpr", "lesion_f1"}
+    assert len(results["subjects"]) == 2 and results["config"]["alpha"] == 0.3
+    for name in ("pr_curve.png", "model.keras", "training_log.csv", "evaluator.npz"):
+        assert (out / name).exists(), name
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+    prediction = next((out / "predictions").glob("*.nii.gz"))
+    image = nib.load(prediction)
+    assert image.get_data_dtype() == np.uint8 and image.ndim == 3
+    assert "pooled" in stdout and str(out / "results.json") in stdout
+
+
+def test_same_seed_same_results_and_resume_after_kill(data_dir, tmp_path):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    extra = ("--epochs", "3", "--steps-per-epoch", "4")
+    _run(_command(data_dir, reference, *extra))
+    # Kill a second run as soon as its first epoch is logged, then start it again.
+    process = subprocess.Popen(_command(data_dir, resumed, *extra), env=_env(), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = resumed / "training_log.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (resumed / "results.json").exists()
+    _run(_command(data_dir, resumed, *extra))
+    with open(log) as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2], epochs  # resumed at epoch 1, not restarted
+    first = json.loads((reference / "results.json").read_text())
+    second = json.loads((resumed / "results.json").read_text())
+    assert first["pooled"] == second["pooled"]
+    assert first["history"]["loss"][1:] == pytest.approx(second["history"]["loss"], rel=1e-5)
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_mirrored_strategy_with_two_local_workers(data_dir, tmp_path):
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    out = tmp_path / "run"
+    processes = []
+    for index in range(2):
+        config = json.dumps({"cluster": {"worker": workers},
+                             "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(
+            _command(data_dir, out, "--strategy", "multiworker", "--epochs", "1",
+                     "--steps-per-epoch", "3"),
+            env={**_env(), "TF_CONFIG": config}, cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    for p, output in zip(processes, outputs):
+        assert p.returncode == 0, output[-3000:]
+    assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0]  # MultiWorkerMirrored
+    assert (out / "results.json").exists()  # written by the chief (worker 0) only
+    assert not (out / "worker-1" / "results.json").exists()
+
+
+def test_reproduce_table1_writes_table_and_figure(data_dir, tmp_path):
+    reproduce = _load("reproduce_table1")
+    out = tmp_path / "table1"
+    argv = ["--dataset", "ms_lesions/synthetic_tiny", "--data-dir", data_dir, "--patch-size",
+            "16", "--depth", "3", "--base-filters", "4", "--inference-patch", "32",
+            "--epochs", "1", "--steps-per-epoch", "1", "--verbose", "0", "--out", str(out),
+            "--settings", "0.5,0.5", "0.3,0.7"]
+    assert reproduce.main(argv) == 0
+    with open(out / "table1.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["alpha", "beta", "dsc", "sensitivity", "specificity", "f2", "apr"]
+    assert [(float(r["alpha"]), float(r["beta"])) for r in rows] == [(0.5, 0.5), (0.3, 0.7)]
+    assert (out / "fig2.png").read_bytes()[:4] == b"\x89PNG"
+    assert "56.42" in (out / "table1.md").read_text()  # the paper's column beside ours
+    # A second call reuses every finished run.
+    started = time.monotonic()
+    assert reproduce.main(argv) == 0
+    assert time.monotonic() - started < 30
