@@ -10,14 +10,12 @@
 //
 // One and two classes (the binary cases) run one fused loop per task; more classes run a
 // loop per class over chunks of kChunk voxels, after a pass for the softmax normalisers.
-// Large gradients of the binary cases leave through streaming stores (streaming_store.h).
 #ifndef TFVERSKY_CSRC_KERNELS_TVERSKY_CPU_IMPL_H_
 #define TFVERSKY_CSRC_KERNELS_TVERSKY_CPU_IMPL_H_
 
 #include <algorithm>
 #include <vector>
 
-#include "streaming_store.h"
 #include "tversky_kernels.h"
 
 namespace tfversky {
@@ -59,9 +57,7 @@ class CpuKernel {
       : problem_(problem),
         classes_(kClasses > 0 ? kClasses : problem.classes),
         label_stride_(kSparse ? 1 : classes_),
-        tasks_per_sample_((problem.voxels + kCpuTaskVoxels - 1) / kCpuTaskVoxels),
-        streaming_(size_t(problem.batch * problem.voxels * problem.classes) * sizeof(T) >=
-                   kStreamingBytes) {}
+        tasks_per_sample_((problem.voxels + kCpuTaskVoxels - 1) / kCpuTaskVoxels) {}
 
   LabelError sums(const T* y_pred, const L* labels, A* tp, A* fp, A* fn,
                   const ParallelFor* parallel_for) const {
@@ -214,24 +210,9 @@ class CpuKernel {
   }
 
   bool grad_binary(const Task t, const GradFactors<A>* f, T* out) const {
-    if (!streaming_) return grad_binary_block(t.y, t.labels, t.count, f, out);
-    // Large outputs: compute a block into the stack, then stream it to memory.
-    constexpr int64_t kStage = 512;
-    T stage[kStage * kClasses];
-    bool bad = false;
-    for (int64_t start = 0; start < t.count; start += kStage) {
-      const int64_t n = std::min(kStage, t.count - start);
-      bad |= grad_binary_block(t.y + start * kClasses, t.labels + start * label_stride_, n, f,
-                               stage);
-      stream_copy(out + start * kClasses, stage, size_t(n * kClasses) * sizeof(T));
-    }
-    stream_fence();
-    return bad;
-  }
-
-  bool grad_binary_block(const T* y, const L* label_data, int64_t n, const GradFactors<A>* f,
-                         T* out) const {
-    const LabelReader<A, L> labels = reader(label_data);
+    const LabelReader<A, L> labels = reader(t.labels);
+    const T* y = t.y;
+    const int64_t n = t.count;
     const GradFactors<A> f0 = f[0], f1 = f[kClasses - 1];
     int bad = 0;
 #pragma omp simd reduction(| : bad)
@@ -393,7 +374,6 @@ class CpuKernel {
   const int64_t classes_;
   const int64_t label_stride_;
   const int64_t tasks_per_sample_;
-  const bool streaming_;  // write the gradient with streaming stores (see streaming_store.h)
 };
 
 // The two entry points, for dispatch below.
