@@ -110,7 +110,7 @@ def test_synthetic_builds_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: refuse(None, a))
-    config = MsLesionsConfig(name="synthetic_tiny", source="synthetic", grid=TINY,
+    config = MsLesionsConfig(name="synthetic_offline", source="synthetic", grid=TINY,
                              synth_subjects=4, synth_resolution=8)
     builder = MsLesions(config=config, data_dir=tmp_path / "data")
     builder.download_and_prepare()  # default download config, as tfds.load uses
