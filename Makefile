@@ -8,7 +8,8 @@ STAMP := $(VENV)/.tfversky-installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml setup.py
+# The editable install also compiles the fused op (CMakeLists.txt): rebuild when C++ changes.
+$(STAMP): requirements.txt pyproject.toml setup.py CMakeLists.txt $(shell find csrc -type f)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
@@ -22,5 +23,9 @@ test: install
 demo: install
 	$(PY) examples/train_ms.py --out runs/demo
 
+# The fused op against pure TensorFlow (XLA included) and the memory floor: benchmarks/RESULTS.md.
+bench: install
+	$(PY) benchmarks/bench_loss.py
+
 clean:
-	rm -rf build *.egg-info
+	rm -rf build build-gpu *.egg-info tfversky/_lib tfversky/_tfversky_kernels*.so

@@ -1,0 +1,271 @@
+"""Benchmark: forward + backward of the Tversky loss, fused op vs pure TensorFlow.
+
+Implementations, all on the same inputs (float32 logits with 2 classes, uint8 labels, 1 %
+lesion voxels), gradient w.r.t. the logits included:
+
+* fused:       ``tversky_loss(..., implementation="fused")`` in a ``tf.function``
+* fused op:    the two ops alone (sums, then gradient), no loss glue or input checks
+* TF graph:    ``implementation="tf"`` in a ``tf.function``
+* TF XLA:      ``implementation="tf"`` in a ``tf.function(jit_compile=True)``
+* MONAI:       ``monai.losses.TverskyLoss`` on PyTorch, if torch and monai are installed
+* floor:       a 2-thread memcpy moving as many bytes as reading the logits and labels
+               twice and writing the gradient once, timed in the same rounds ("floor at
+               best copy rate": the same bytes at the best copy rate seen in the run)
+
+Timings are interleaved round-robin (every implementation once per round, the order
+rotated each round so that none always follows the same one) so that load from other
+processes hits them alike; the table gives medians and ratios of one run. PyTorch's
+OpenMP threads are told not to spin after their work (OMP_WAIT_POLICY=PASSIVE), or they
+would take the cores from whatever runs next. Then
+one training step (forward, backward, Adam) of a small 3D U-Net with the fused and with the
+pure loss, on batch 2 of 64^3 x 3 (the loss is a small part of such a step).
+
+    python benchmarks/bench_loss.py                       # writes benchmarks/results/bench_loss.json
+    python benchmarks/bench_loss.py --repeats 5 --quick   # 2x64x64x64 only, no U-Net
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tfversky  # noqa: E402
+from tfversky import _loader, fused  # noqa: E402
+
+ALPHA, BETA = 0.3, 0.7
+SHAPES = ((2, 64, 64, 64), (1, 128, 224, 256))
+
+
+def copy_step(nbytes: int, threads: int = 2):
+    """A memcpy of nbytes / 2 bytes (so nbytes move: half read, half written), on
+    `threads` threads: the memory floor of a step that moves nbytes, timed like the others."""
+    count = max(nbytes // 8, threads)
+    src = np.ones(count, np.float32)
+    dst = np.zeros(count, np.float32)
+    bounds = np.linspace(0, count, threads + 1).astype(int)
+
+    def part(i):
+        np.copyto(dst[bounds[i]:bounds[i + 1]], src[bounds[i]:bounds[i + 1]])
+
+    def step(_):
+        workers = [threading.Thread(target=part, args=(i,)) for i in range(1, threads)]
+        for w in workers:
+            w.start()
+        part(0)
+        for w in workers:
+            w.join()
+
+    return step
+
+
+def best_copy_rate(megabytes=256, repeats=7) -> float:
+    """Best copy rate in bytes/s (read + written) over `repeats` 2-thread copies."""
+    step = copy_step(megabytes * 2**20)
+    best = min(_timed(step) for _ in range(repeats))
+    return megabytes * 2**20 / best
+
+
+def _timed(step, arg=None) -> float:
+    start = time.perf_counter()
+    step(arg)
+    return time.perf_counter() - start
+
+
+def make_inputs(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=tuple(shape) + (2,)).astype(np.float32)
+    labels = (rng.random(shape) < 0.01).astype(np.uint8)
+    return logits, labels
+
+
+def tf_loss_step(labels, implementation, jit_compile=False):
+    labels = tf.constant(labels)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(logits):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = tf.reduce_mean(tfversky.tversky_loss(
+                labels, logits, alpha=ALPHA, beta=BETA, from_logits=True,
+                implementation=implementation))
+        return loss, tape.gradient(loss, logits)
+
+    return step
+
+
+def fused_op_step(labels):
+    """The two ops alone, with the upstream gradients of the default loss held fixed."""
+    library = _loader.load()
+    labels = tf.constant(labels)
+
+    @tf.function
+    def step(logits):
+        tp, fp, fn = library.tfversky_fused_tversky_sums(logits, labels, Tsum=tf.float32,
+                                                         from_logits=True)
+        grad = library.tfversky_fused_tversky_sums_grad(logits, labels, -tp, fp, fn,
+                                                        from_logits=True)
+        return tp, grad
+
+    return step
+
+
+def monai_step(logits, labels):
+    """MONAI's TverskyLoss (alpha weighs FP, beta FN, as here) on channels-first tensors."""
+    try:
+        import torch
+        from monai.losses import TverskyLoss
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    loss_fn = TverskyLoss(include_background=False, to_onehot_y=True, softmax=True,
+                          alpha=ALPHA, beta=BETA)
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(logits, -1, 1))).requires_grad_(True)
+    y = torch.from_numpy(labels[:, None].astype(np.int64))
+
+    def step(_):  # the TensorFlow tensor passed by the round-robin is not used
+        x.grad = None
+        loss = loss_fn(x, y)
+        loss.backward()
+        return loss
+
+    return step
+
+
+def time_round_robin(steps: dict, args, repeats: int) -> dict:
+    """Median seconds per call of each step, calls interleaved round-robin."""
+    for step in steps.values():  # warm-up: tracing, XLA compilation, first allocations
+        step(args)
+        step(args)
+    samples = {name: [] for name in steps}
+    names = list(steps)
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            samples[name].append(_timed(steps[name], args))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def bench_loss(shapes, repeats, rate):
+    rows = []
+    for shape in shapes:
+        logits, labels = make_inputs(shape)
+        traffic = 2 * (logits.nbytes + labels.nbytes) + logits.nbytes
+        steps = {
+            "fused": tf_loss_step(labels, "fused"),
+            "fused op": fused_op_step(labels),
+            "TF graph": tf_loss_step(labels, "tf"),
+            "TF XLA": tf_loss_step(labels, "tf", jit_compile=True),
+            "floor": copy_step(traffic),
+        }
+        monai = monai_step(logits, labels)
+        if monai is not None:
+            steps["MONAI"] = monai
+        times = time_round_robin(steps, tf.constant(logits), repeats)
+        times["floor at best copy rate"] = traffic / rate
+        rows.append(dict(shape="x".join(map(str, shape)), voxels=int(np.prod(shape)),
+                         traffic_bytes=traffic, ms={k: v * 1e3 for k, v in times.items()}))
+    return rows
+
+
+def bench_unet(repeats):
+    """One training step of a small 3D U-Net (tfversky.models.unet3d) with each loss."""
+    from tfversky.models import unet3d
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 64, 64, 64, 3)).astype(np.float32)
+    y = (rng.random((2, 64, 64, 64)) < 0.01).astype(np.float32)
+    models = {}
+    for implementation in ("fused", "tf"):
+        keras.utils.set_random_seed(0)
+        model = unet3d(input_shape=(64, 64, 64, 3), num_classes=2, final_activation=None)
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=False,
+                      loss=tfversky.TverskyLoss(ALPHA, BETA, from_logits=True,
+                                                implementation=implementation))
+        models[implementation] = model
+    steps = {name: (lambda _, m=m: m.train_on_batch(x, y)) for name, m in models.items()}
+    parameters = models["tf"].count_params()
+    return dict(parameters=parameters, ms={k: v * 1e3 for k, v in
+                                           time_round_robin(steps, None, repeats).items()})
+
+
+def print_tables(result):
+    print(f"\n## Loss forward + backward ({result['machine']}, {result['date']})\n")
+    print(f"Medians of {result['repeats']} interleaved rounds, ms; best copy rate "
+          f"{result['copy_rate_gb_s']:.1f} GB/s (read + write).\n")
+    names = ["fused", "fused op", "TF graph", "TF XLA", "MONAI", "floor",
+             "floor at best copy rate"]
+    for row in result["loss"]:
+        ms = row["ms"]
+        print(f"### {row['shape']} x 2 classes\n")
+        print("| implementation | ms | vs fused | vs floor |\n|---|---|---|---|")
+        for name in names:
+            if name in ms:
+                print(f"| {name} | {ms[name]:.2f} | {ms[name] / ms['fused']:.2f}x | "
+                      f"{ms[name] / ms['floor']:.2f}x |")
+        print()
+    if "unet" in result:
+        u = result["unet"]
+        print(f"### U-Net training step (tfversky.models.unet3d, {u['parameters']:,} parameters, "
+              f"batch 2 of 64^3 x 3)\n")
+        print("| loss | ms per step |\n|---|---|")
+        for name, value in u["ms"].items():
+            print(f"| {name} | {value:.0f} |")
+        print(f"\nFused saves {u['ms']['tf'] - u['ms']['fused']:.0f} ms per step "
+              f"({100 * (1 - u['ms']['fused'] / u['ms']['tf']):.1f} %).")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="the small volume only, no U-Net")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/bench_loss.json")
+    args = parser.parse_args(argv)
+
+    try:
+        _loader.load()
+    except fused.FusedOpUnavailableError as error:
+        sys.exit(str(error))
+    rate = best_copy_rate()
+    result = dict(
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=f"{_cpu_name()}, {os.cpu_count()} cores", tensorflow=tf.__version__,
+        build=fused.build_info(),
+        repeats=args.repeats, copy_rate_gb_s=rate / 1e9,
+        loss=bench_loss(SHAPES[:1] if args.quick else SHAPES, args.repeats, rate))
+    if not args.quick:
+        result["unet"] = bench_unet(max(3, args.repeats // 3))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print_tables(result)
+    print(f"\nJSON: {args.json}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()

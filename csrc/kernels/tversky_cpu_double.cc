@@ -1,0 +1,8 @@
+// CPU kernels for y_pred of type double: see tversky_cpu_impl.h.
+#include "tversky_cpu_impl.h"
+
+namespace tfversky {
+
+TFVERSKY_INSTANTIATE_CPU_ALL_LABELS(double)
+
+}  // namespace tfversky

@@ -1,0 +1,8 @@
+// CUDA kernels for y_pred of type BFloat16: see tversky_cuda_impl.cuh.
+#include "tversky_cuda_impl.cuh"
+
+namespace tfversky {
+
+TFVERSKY_INSTANTIATE_CUDA_ALL_LABELS(BFloat16)
+
+}  // namespace tfversky

@@ -1,0 +1,279 @@
+// TensorFlow kernels of the fused Tversky ops: input checks, output allocation, and the
+// calls into the framework-free kernels (csrc/kernels). CPU work runs on TensorFlow's
+// intra-op thread pool. The GPU kernels (GOOGLE_CUDA builds) run on the op's CUDA stream.
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/framework/types.h"
+#include "tversky_kernels.h"
+
+#if GOOGLE_CUDA
+#include "xla/stream_executor/stream.h"
+#endif
+
+namespace tfversky {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+
+struct CpuDevice {};
+struct GpuDevice {};
+
+// TensorFlow's element types to the kernels' (same layout).
+template <class T>
+struct KernelType {
+  using type = T;
+};
+template <>
+struct KernelType<Eigen::half> {
+  using type = Half;
+};
+template <>
+struct KernelType<Eigen::bfloat16> {
+  using type = BFloat16;
+};
+static_assert(sizeof(Eigen::half) == sizeof(Half) && sizeof(Eigen::bfloat16) == sizeof(BFloat16),
+              "16-bit float layouts differ");
+
+template <class T>
+const typename KernelType<T>::type* kernel_data(const Tensor& t) {
+  return reinterpret_cast<const typename KernelType<T>::type*>(t.flat<T>().data());
+}
+
+template <class T>
+typename KernelType<T>::type* kernel_data(Tensor* t) {
+  return reinterpret_cast<typename KernelType<T>::type*>(t->flat<T>().data());
+}
+
+// The attributes shared by both ops.
+struct Attrs {
+  Activation activation = Activation::kNone;
+  bool has_ignore_index = false;
+  int64_t ignore_index = 0;
+};
+
+absl::Status ReadAttrs(OpKernelConstruction* ctx, Attrs* attrs) {
+  bool from_logits = false;
+  std::string activation;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("from_logits", &from_logits));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("activation", &activation));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("has_ignore_index", &attrs->has_ignore_index));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("ignore_index", &attrs->ignore_index));
+  attrs->activation = !from_logits              ? Activation::kNone
+                      : activation == "softmax" ? Activation::kSoftmax
+                                                : Activation::kSigmoid;
+  return absl::OkStatus();
+}
+
+// Shapes at run time (the shape functions only see what is static) and the problem.
+absl::Status MakeProblem(const char* op, const Tensor& y_pred, const Tensor& labels, bool sparse,
+                         const Attrs& attrs, Problem* p) {
+  const TensorShape& y = y_pred.shape();
+  if (y.dims() < 3) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": y_pred must have shape (batch, *spatial, classes) with at least one spatial dim. "
+            "Received shape ",
+        y.DebugString()));
+  }
+  TensorShape expected = y;
+  if (sparse) expected.RemoveLastDims(1);
+  if (labels.shape() != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": labels shape ", labels.shape().DebugString(), " does not match y_pred shape ",
+        y.DebugString(), ". Expected ", expected.DebugString(),
+        sparse ? " (class ids: y_pred's shape without the class dim)." : " (one-hot/soft)."));
+  }
+  p->batch = y.dim_size(0);
+  p->classes = y.dim_size(y.dims() - 1);
+  p->voxels = p->batch == 0 ? 0 : y.num_elements() / (p->batch * std::max<int64_t>(p->classes, 1));
+  p->activation = attrs.activation;
+  p->has_ignore_index = attrs.has_ignore_index;
+  p->ignore_index = attrs.ignore_index;
+  if (const char* invalid = validate(*p)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": ", invalid, ". Received y_pred shape ", y.DebugString(),
+        ". Use implementation='tf' for more classes."));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LabelStatus(const char* op, const LabelError& e, const Problem& p) {
+  if (!e.found) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      op, ": labels holds ", e.value, " at sample ", e.index / std::max<int64_t>(p.voxels, 1),
+      ", voxel ", e.index % std::max<int64_t>(p.voxels, 1), ", outside [0, ",
+      num_label_values(p.classes), ") (the class ids for y_pred's ", p.classes,
+      " channel(s)) and not ignore_index",
+      p.has_ignore_index ? absl::StrCat(" (", p.ignore_index, ")") : std::string(" (unset)"),
+      ". Fix the labels, or pass the value to skip as ignore_index."));
+}
+
+// Runs CPU work on the op's intra-op thread pool. Results do not depend on the split.
+ParallelFor CpuParallelFor(OpKernelContext* ctx, const Problem& p) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  // Rough cycles per task, for the pool's sharding.
+  const int64_t cost = kCpuTaskVoxels * std::max<int64_t>(p.classes, 2) * 20;
+  return [pool, cost](int64_t tasks, const std::function<void(int64_t, int64_t)>& work) {
+    pool->ParallelFor(tasks, tsl::thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
+  };
+}
+
+#if GOOGLE_CUDA
+void* GpuStream(OpKernelContext* ctx) {
+  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
+}
+
+absl::Status CudaStatus(const char* op, const char* message) {
+  if (message == nullptr) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(op, ": CUDA error: ", message));
+}
+#endif
+
+template <class Device, class T, class L>
+class FusedTverskySumsOp : public OpKernel {
+  using KT = typename KernelType<T>::type;
+  using Sum = Acc<KT>;
+  static constexpr const char* kOp = "FusedTverskySums";
+
+ public:
+  explicit FusedTverskySumsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &attrs_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_pred = ctx->input(0);
+    const Tensor& labels = ctx->input(1);
+    Problem p;
+    OP_REQUIRES_OK(ctx, MakeProblem(kOp, y_pred, labels, kSparseLabels<L>, attrs_, &p));
+    const TensorShape sums_shape({p.batch, p.classes});
+    Tensor *tp = nullptr, *fp = nullptr, *fn = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, sums_shape, &tp));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, sums_shape, &fp));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, sums_shape, &fn));
+    if (p.batch == 0) return;
+    Sum* out[3] = {tp->flat<Sum>().data(), fp->flat<Sum>().data(), fn->flat<Sum>().data()};
+    if constexpr (std::is_same<Device, CpuDevice>::value) {
+      const LabelError error = sums_cpu<KT, L>(p, kernel_data<T>(y_pred), labels.flat<L>().data(),
+                                               out[0], out[1], out[2], CpuParallelFor(ctx, p));
+      OP_REQUIRES_OK(ctx, LabelStatus(kOp, error, p));
+    } else {
+#if GOOGLE_CUDA
+      const size_t bytes = sums_cuda_workspace_bytes<KT, L>(p);
+      Tensor workspace;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8,
+                                             TensorShape({std::max<int64_t>(int64_t(bytes), 1)}),
+                                             &workspace));
+      OP_REQUIRES_OK(ctx, CudaStatus(kOp, sums_cuda<KT, L>(
+                                              p, kernel_data<T>(y_pred), labels.flat<L>().data(),
+                                              out[0], out[1], out[2],
+                                              workspace.flat<int8_t>().data(), bytes,
+                                              GpuStream(ctx))));
+#endif
+    }
+  }
+
+ private:
+  Attrs attrs_;
+};
+
+template <class Device, class T, class L>
+class FusedTverskySumsGradOp : public OpKernel {
+  using KT = typename KernelType<T>::type;
+  using Sum = Acc<KT>;
+  static constexpr const char* kOp = "FusedTverskySumsGrad";
+
+ public:
+  explicit FusedTverskySumsGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &attrs_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& y_pred = ctx->input(0);
+    const Tensor& labels = ctx->input(1);
+    Problem p;
+    OP_REQUIRES_OK(ctx, MakeProblem(kOp, y_pred, labels, kSparseLabels<L>, attrs_, &p));
+    const TensorShape sums_shape({p.batch, p.classes});
+    for (int i = 2; i < 5; ++i) {
+      OP_REQUIRES(ctx, ctx->input(i).shape() == sums_shape,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      kOp, ": the upstream gradients must have shape (batch, classes) = ",
+                      sums_shape.DebugString(), ". Received ",
+                      ctx->input(i).shape().DebugString(), " for input ", i)));
+    }
+    Tensor* grad = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_pred.shape(), &grad));
+    if (p.batch == 0 || p.voxels == 0) return;
+    const Sum* d_tp = ctx->input(2).flat<Sum>().data();
+    const Sum* d_fp = ctx->input(3).flat<Sum>().data();
+    const Sum* d_fn = ctx->input(4).flat<Sum>().data();
+    if constexpr (std::is_same<Device, CpuDevice>::value) {
+      const LabelError error =
+          sums_grad_cpu<KT, L>(p, kernel_data<T>(y_pred), labels.flat<L>().data(), d_tp, d_fp,
+                               d_fn, kernel_data<T>(grad), CpuParallelFor(ctx, p));
+      OP_REQUIRES_OK(ctx, LabelStatus(kOp, error, p));
+    } else {
+#if GOOGLE_CUDA
+      OP_REQUIRES_OK(ctx, CudaStatus(kOp, sums_grad_cuda<KT, L>(
+                                              p, kernel_data<T>(y_pred), labels.flat<L>().data(),
+                                              d_tp, d_fp, d_fn, kernel_data<T>(grad),
+                                              GpuStream(ctx))));
+#endif
+    }
+  }
+
+ private:
+  Attrs attrs_;
+};
+
+}  // namespace
+
+// Kernels for exactly the implemented types: T in {half, bfloat16, float, double}; labels
+// uint8, int32, int64 (class ids) or the sum type (dense targets); Tsum float (double for
+// double). The shape functions reject other combinations with a message.
+#define TFVERSKY_REGISTER(DEVICE, DEVICE_NAME, T, L)                                    \
+  REGISTER_KERNEL_BUILDER(Name("Tfversky>FusedTverskySums")                             \
+                              .Device(DEVICE_NAME)                                      \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<L>("Tlabels")                             \
+                              .TypeConstraint<Acc<KernelType<T>::type>>("Tsum"),        \
+                          FusedTverskySumsOp<DEVICE, T, L>);                            \
+  REGISTER_KERNEL_BUILDER(Name("Tfversky>FusedTverskySumsGrad")                         \
+                              .Device(DEVICE_NAME)                                      \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<L>("Tlabels")                             \
+                              .TypeConstraint<Acc<KernelType<T>::type>>("Tsum"),        \
+                          FusedTverskySumsGradOp<DEVICE, T, L>);
+
+#define TFVERSKY_REGISTER_ALL_LABELS(DEVICE, DEVICE_NAME, T) \
+  TFVERSKY_REGISTER(DEVICE, DEVICE_NAME, T, uint8_t)         \
+  TFVERSKY_REGISTER(DEVICE, DEVICE_NAME, T, int32_t)         \
+  TFVERSKY_REGISTER(DEVICE, DEVICE_NAME, T, int64_t)         \
+  TFVERSKY_REGISTER(DEVICE, DEVICE_NAME, T, Acc<KernelType<T>::type>)
+
+#define TFVERSKY_REGISTER_ALL(DEVICE, DEVICE_NAME)                \
+  TFVERSKY_REGISTER_ALL_LABELS(DEVICE, DEVICE_NAME, Eigen::half)     \
+  TFVERSKY_REGISTER_ALL_LABELS(DEVICE, DEVICE_NAME, Eigen::bfloat16) \
+  TFVERSKY_REGISTER_ALL_LABELS(DEVICE, DEVICE_NAME, float)           \
+  TFVERSKY_REGISTER_ALL_LABELS(DEVICE, DEVICE_NAME, double)
+
+TFVERSKY_REGISTER_ALL(CpuDevice, ::tensorflow::DEVICE_CPU)
+#if GOOGLE_CUDA
+TFVERSKY_REGISTER_ALL(GpuDevice, ::tensorflow::DEVICE_GPU)
+#endif
+
+#undef TFVERSKY_REGISTER_ALL
+#undef TFVERSKY_REGISTER_ALL_LABELS
+#undef TFVERSKY_REGISTER
+
+}  // namespace tfversky

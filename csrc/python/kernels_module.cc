@@ -1,0 +1,463 @@
+// pybind11 module `_tfversky_kernels`: the fused Tversky kernels without TensorFlow.
+//
+// CPU: NumPy arrays in, NumPy arrays out (threads from std::thread). CUDA: any objects with
+// `__cuda_array_interface__` (CuPy, PyTorch, Numba), outputs written in place. It exists
+// so that the kernels can be tested against NumPy and timed on a GPU machine that has no
+// TensorFlow (scripts/gpu_check.sh), and it mirrors the TensorFlow op's contract:
+// y_pred (B, *spatial, C); labels sparse (B, *spatial) uint8/int32/int64, or dense
+// (B, *spatial, C) float32 (float64 for float64 y_pred); sums (B, C).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "build_info.h"
+#include "tversky_kernels.h"
+
+#if TFVERSKY_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace py = pybind11;
+
+namespace tfversky {
+namespace {
+
+enum class DType { kFloat16, kBFloat16, kFloat32, kFloat64, kUInt8, kInt32, kInt64 };
+
+DType parse_dtype(const std::string& name, const char* argument) {
+  if (name == "float16") return DType::kFloat16;
+  if (name == "bfloat16") return DType::kBFloat16;
+  if (name == "float32") return DType::kFloat32;
+  if (name == "float64") return DType::kFloat64;
+  if (name == "uint8") return DType::kUInt8;
+  if (name == "int32") return DType::kInt32;
+  if (name == "int64") return DType::kInt64;
+  throw py::type_error(std::string("Unsupported dtype for `") + argument + "`: " + name +
+                       ". y_pred takes float16, bfloat16, float32 or float64; labels uint8, "
+                       "int32, int64 (class ids) or the accumulation float type (targets).");
+}
+
+bool is_float(DType d) { return d <= DType::kFloat64; }
+
+template <class T>
+struct Tag {
+  using type = T;
+};
+
+// Calls fn(Tag<T>, Tag<L>) for the runtime dtypes of y_pred and labels.
+template <class T, class Fn>
+auto with_label_type(DType labels, Fn&& fn) {
+  switch (labels) {
+    case DType::kUInt8:
+      return fn(Tag<T>(), Tag<uint8_t>());
+    case DType::kInt32:
+      return fn(Tag<T>(), Tag<int32_t>());
+    case DType::kInt64:
+      return fn(Tag<T>(), Tag<int64_t>());
+    default:
+      return fn(Tag<T>(), Tag<Acc<T>>());  // dense: checked in make_problem
+  }
+}
+
+template <class Fn>
+auto with_types(DType y, DType labels, Fn&& fn) {
+  switch (y) {
+    case DType::kFloat16:
+      return with_label_type<Half>(labels, fn);
+    case DType::kBFloat16:
+      return with_label_type<BFloat16>(labels, fn);
+    case DType::kFloat32:
+      return with_label_type<float>(labels, fn);
+    default:
+      return with_label_type<double>(labels, fn);
+  }
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+Activation parse_activation(bool from_logits, const std::string& activation) {
+  if (activation != "softmax" && activation != "sigmoid") {
+    throw py::value_error("Invalid value for argument `activation`: expected 'softmax' or "
+                          "'sigmoid'. Received: activation='" + activation + "'");
+  }
+  if (!from_logits) return Activation::kNone;
+  return activation == "softmax" ? Activation::kSoftmax : Activation::kSigmoid;
+}
+
+// Checks shapes and dtypes the way the TensorFlow op does and returns the problem.
+Problem make_problem(const std::vector<int64_t>& y_shape, DType y_dtype,
+                     const std::vector<int64_t>& label_shape, DType label_dtype,
+                     bool from_logits, const std::string& activation,
+                     const py::object& ignore_index) {
+  if (!is_float(y_dtype)) {
+    throw py::type_error("`y_pred` must be float16, bfloat16, float32 or float64.");
+  }
+  if (y_shape.size() < 3) {
+    throw py::value_error("`y_pred` must have shape (batch, *spatial, classes) with at least one "
+                          "spatial dim. Received shape " + shape_string(y_shape));
+  }
+  const bool sparse = !is_float(label_dtype);
+  const std::vector<int64_t> expected(y_shape.begin(), y_shape.end() - (sparse ? 1 : 0));
+  if (label_shape != expected) {
+    throw py::value_error("Shape mismatch: labels " + shape_string(label_shape) + " vs y_pred " +
+                          shape_string(y_shape) + ". " + (sparse ? "Class-id" : "One-hot/soft") +
+                          " labels must have shape " + shape_string(expected) + ".");
+  }
+  if (!sparse && (label_dtype == DType::kFloat64) != (y_dtype == DType::kFloat64)) {
+    throw py::type_error("One-hot/soft labels must be float32, or float64 for float64 y_pred.");
+  }
+  if (!sparse && !ignore_index.is_none()) {
+    throw py::value_error("`ignore_index` needs class-id labels, not one-hot/soft labels.");
+  }
+  Problem p;
+  p.batch = y_shape.front();
+  p.classes = y_shape.back();
+  p.voxels = 1;
+  for (size_t i = 1; i + 1 < y_shape.size(); ++i) p.voxels *= y_shape[i];
+  p.activation = parse_activation(from_logits, activation);
+  p.has_ignore_index = !ignore_index.is_none();
+  p.ignore_index = p.has_ignore_index ? ignore_index.cast<int64_t>() : 0;
+  if (const char* invalid = validate(p)) {
+    throw py::value_error(std::string("Invalid problem: ") + invalid + ". y_pred shape " +
+                          shape_string(y_shape));
+  }
+  return p;
+}
+
+// ---- CPU ----
+
+std::vector<int64_t> shape_of(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+DType dtype_of(const py::array& a, const char* argument) {
+  return parse_dtype(py::str(a.dtype().attr("name")), argument);
+}
+
+ParallelFor thread_runner(int num_threads) {
+  const int threads =
+      num_threads > 0 ? num_threads : std::max(1, int(std::thread::hardware_concurrency()));
+  return [threads](int64_t tasks, const std::function<void(int64_t, int64_t)>& work) {
+    const int64_t used = std::min<int64_t>(threads, tasks);
+    std::vector<std::thread> pool;
+    for (int64_t t = 1; t < used; ++t) {
+      pool.emplace_back(work, tasks * t / used, tasks * (t + 1) / used);
+    }
+    if (used > 0) work(0, tasks / used);
+    for (std::thread& thread : pool) thread.join();
+  };
+}
+
+void raise_label_error(const LabelError& e, const Problem& p) {
+  throw py::value_error("labels[flat index " + std::to_string(e.index) + "] = " +
+                        std::to_string(e.value) + " is outside [0, " +
+                        std::to_string(num_label_values(p.classes)) +
+                        ") (the class ids) and not ignore_index. Fix the labels, or pass the "
+                        "value to skip as ignore_index.");
+}
+
+py::tuple confusion_sums(py::array y_pred, py::array labels, bool from_logits,
+                         const std::string& activation, const py::object& ignore_index,
+                         int num_threads) {
+  y_pred = py::array::ensure(y_pred, py::array::c_style);
+  labels = py::array::ensure(labels, py::array::c_style);
+  const DType y_dtype = dtype_of(y_pred, "y_pred"), label_dtype = dtype_of(labels, "labels");
+  const Problem p = make_problem(shape_of(y_pred), y_dtype, shape_of(labels), label_dtype,
+                                 from_logits, activation, ignore_index);
+  const py::dtype sum_dtype(y_dtype == DType::kFloat64 ? "float64" : "float32");
+  py::array tp(sum_dtype, {p.batch, p.classes}), fp(sum_dtype, {p.batch, p.classes}),
+      fn(sum_dtype, {p.batch, p.classes});
+  const LabelError error = with_types(y_dtype, label_dtype, [&](auto t, auto l) {
+    using T = typename decltype(t)::type;
+    using L = typename decltype(l)::type;
+    const T* y = static_cast<const T*>(y_pred.data());
+    const L* lab = static_cast<const L*>(labels.data());
+    auto* out_tp = static_cast<Acc<T>*>(tp.mutable_data());
+    auto* out_fp = static_cast<Acc<T>*>(fp.mutable_data());
+    auto* out_fn = static_cast<Acc<T>*>(fn.mutable_data());
+    py::gil_scoped_release release;
+    return sums_cpu<T, L>(p, y, lab, out_tp, out_fp, out_fn, thread_runner(num_threads));
+  });
+  if (error.found) raise_label_error(error, p);
+  return py::make_tuple(tp, fp, fn);
+}
+
+py::array confusion_sums_grad(py::array y_pred, py::array labels, py::array grad_tp,
+                              py::array grad_fp, py::array grad_fn, bool from_logits,
+                              const std::string& activation, const py::object& ignore_index,
+                              int num_threads) {
+  y_pred = py::array::ensure(y_pred, py::array::c_style);
+  labels = py::array::ensure(labels, py::array::c_style);
+  const DType y_dtype = dtype_of(y_pred, "y_pred"), label_dtype = dtype_of(labels, "labels");
+  const Problem p = make_problem(shape_of(y_pred), y_dtype, shape_of(labels), label_dtype,
+                                 from_logits, activation, ignore_index);
+  const py::dtype sum_dtype(y_dtype == DType::kFloat64 ? "float64" : "float32");
+  const std::vector<int64_t> sums_shape = {p.batch, p.classes};
+  std::vector<py::array> upstream;
+  for (py::array* g : {&grad_tp, &grad_fp, &grad_fn}) {
+    if (shape_of(*g) != sums_shape) {
+      throw py::value_error("The upstream gradients must have shape (batch, classes) = " +
+                            shape_string(sums_shape) + ". Received " + shape_string(shape_of(*g)));
+    }
+    upstream.push_back(py::array::ensure(g->attr("astype")(sum_dtype), py::array::c_style));
+  }
+  py::array grad(y_pred.dtype(), shape_of(y_pred));
+  const LabelError error = with_types(y_dtype, label_dtype, [&](auto t, auto l) {
+    using T = typename decltype(t)::type;
+    using L = typename decltype(l)::type;
+    const T* y = static_cast<const T*>(y_pred.data());
+    const L* lab = static_cast<const L*>(labels.data());
+    const auto* d_tp = static_cast<const Acc<T>*>(upstream[0].data());
+    const auto* d_fp = static_cast<const Acc<T>*>(upstream[1].data());
+    const auto* d_fn = static_cast<const Acc<T>*>(upstream[2].data());
+    T* out = static_cast<T*>(grad.mutable_data());
+    py::gil_scoped_release release;
+    return sums_grad_cpu<T, L>(p, y, lab, d_tp, d_fp, d_fn, out, thread_runner(num_threads));
+  });
+  if (error.found) raise_label_error(error, p);
+  return grad;
+}
+
+// Conversions and exp of the shared header, exposed for the tests.
+py::array_t<uint16_t> round_to_16bit(py::array_t<float, py::array::c_style | py::array::forcecast> x,
+                                     const std::string& dtype) {
+  const bool half = dtype == "float16";
+  if (!half && dtype != "bfloat16") throw py::value_error("dtype must be float16 or bfloat16");
+  py::array_t<uint16_t> out(x.request().shape);
+  const float* in = x.data();
+  uint16_t* o = out.mutable_data();
+  for (py::ssize_t i = 0; i < x.size(); ++i) {
+    o[i] = half ? from_acc<Half>(in[i]).bits : from_acc<BFloat16>(in[i]).bits;
+  }
+  return out;
+}
+
+py::array_t<float> widen_16bit(py::array_t<uint16_t, py::array::c_style | py::array::forcecast> bits,
+                               const std::string& dtype) {
+  const bool half = dtype == "float16";
+  if (!half && dtype != "bfloat16") throw py::value_error("dtype must be float16 or bfloat16");
+  py::array_t<float> out(bits.request().shape);
+  const uint16_t* in = bits.data();
+  float* o = out.mutable_data();
+  for (py::ssize_t i = 0; i < bits.size(); ++i) o[i] = half ? to_acc(Half{in[i]}) : to_acc(BFloat16{in[i]});
+  return out;
+}
+
+py::array_t<float> exp_approx_array(py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+  py::array_t<float> out(x.request().shape);
+  const float* in = x.data();
+  float* o = out.mutable_data();
+  for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = exp_approx(in[i]);
+  return out;
+}
+
+// ---- CUDA ----
+
+#if TFVERSKY_WITH_CUDA
+
+// A device array described by __cuda_array_interface__ (version 2 or 3), C-contiguous.
+struct DeviceArray {
+  void* data = nullptr;
+  std::vector<int64_t> shape;
+  std::string typestr;
+};
+
+DeviceArray device_array(const py::object& obj, const char* argument) {
+  if (!py::hasattr(obj, "__cuda_array_interface__")) {
+    throw py::type_error(std::string("`") + argument +
+                         "` must be a CUDA array (CuPy, PyTorch, ...) with "
+                         "__cuda_array_interface__.");
+  }
+  const py::dict cai = obj.attr("__cuda_array_interface__");
+  DeviceArray a;
+  a.data = reinterpret_cast<void*>(py::cast<uintptr_t>(py::tuple(cai["data"])[0]));
+  for (const py::handle d : py::tuple(cai["shape"])) a.shape.push_back(py::cast<int64_t>(d));
+  a.typestr = py::cast<std::string>(cai["typestr"]);
+  if (cai.contains("strides") && !cai["strides"].is_none()) {
+    const py::tuple strides = cai["strides"];
+    int64_t expected = std::stoll(a.typestr.substr(2));  // itemsize
+    for (int64_t i = int64_t(a.shape.size()) - 1; i >= 0; --i) {
+      if (a.shape[i] > 1 && py::cast<int64_t>(strides[i]) != expected) {
+        throw py::value_error(std::string("`") + argument + "` must be C-contiguous.");
+      }
+      expected *= a.shape[i];
+    }
+  }
+  return a;
+}
+
+DType cuda_dtype(const DeviceArray& a, const char* argument) {
+  const std::string kind = a.typestr.substr(1);
+  if (kind == "f2") return DType::kFloat16;
+  if (kind == "f4") return DType::kFloat32;
+  if (kind == "f8") return DType::kFloat64;
+  if (kind == "u1") return DType::kUInt8;
+  if (kind == "i4") return DType::kInt32;
+  if (kind == "i8") return DType::kInt64;
+  return parse_dtype(a.typestr, argument);  // raises
+}
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+void check_kernel(const char* message) {
+  if (message != nullptr) throw std::runtime_error(std::string("CUDA kernel: ") + message);
+}
+
+void check_sums_output(const DeviceArray& a, const Problem& p, DType y_dtype, const char* name) {
+  const DType expected = y_dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+  if (a.shape != std::vector<int64_t>{p.batch, p.classes} || cuda_dtype(a, name) != expected) {
+    throw py::value_error(std::string("`") + name + "` must be a " +
+                          (expected == DType::kFloat64 ? "float64" : "float32") +
+                          " array of shape (batch, classes) = " +
+                          shape_string({p.batch, p.classes}));
+  }
+}
+
+// `y_dtype` overrides y_pred's typestr, for bfloat16 (which the interface cannot express:
+// pass a 2-byte view, e.g. torch's .view(torch.int16), with y_dtype="bfloat16").
+void cuda_confusion_sums(const py::object& y_pred, const py::object& labels, const py::object& tp,
+                         const py::object& fp, const py::object& fn, bool from_logits,
+                         const std::string& activation, const py::object& ignore_index,
+                         const py::object& y_dtype_name, uintptr_t stream) {
+  const DeviceArray y = device_array(y_pred, "y_pred"), lab = device_array(labels, "labels");
+  const DType y_dtype = y_dtype_name.is_none() ? cuda_dtype(y, "y_pred")
+                                               : parse_dtype(py::str(y_dtype_name), "y_dtype");
+  const DType label_dtype = cuda_dtype(lab, "labels");
+  const Problem p = make_problem(y.shape, y_dtype, lab.shape, label_dtype, from_logits,
+                                 activation, ignore_index);
+  const DeviceArray out_tp = device_array(tp, "tp"), out_fp = device_array(fp, "fp"),
+                    out_fn = device_array(fn, "fn");
+  check_sums_output(out_tp, p, y_dtype, "tp");
+  check_sums_output(out_fp, p, y_dtype, "fp");
+  check_sums_output(out_fn, p, y_dtype, "fn");
+  with_types(y_dtype, label_dtype, [&](auto t, auto l) {
+    using T = typename decltype(t)::type;
+    using L = typename decltype(l)::type;
+    cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    py::gil_scoped_release release;
+    const size_t bytes = sums_cuda_workspace_bytes<T, L>(p);
+    void* workspace = nullptr;
+    check_cuda(cudaMallocAsync(&workspace, std::max<size_t>(bytes, 1), s), "cudaMallocAsync");
+    const char* message = sums_cuda<T, L>(
+        p, static_cast<const T*>(y.data), static_cast<const L*>(lab.data),
+        static_cast<Acc<T>*>(out_tp.data), static_cast<Acc<T>*>(out_fp.data),
+        static_cast<Acc<T>*>(out_fn.data), workspace, bytes, s);
+    check_cuda(cudaFreeAsync(workspace, s), "cudaFreeAsync");
+    check_kernel(message);
+    return 0;
+  });
+}
+
+void cuda_confusion_sums_grad(const py::object& y_pred, const py::object& labels,
+                              const py::object& grad_tp, const py::object& grad_fp,
+                              const py::object& grad_fn, const py::object& grad_y_pred,
+                              bool from_logits, const std::string& activation,
+                              const py::object& ignore_index, const py::object& y_dtype_name,
+                              uintptr_t stream) {
+  const DeviceArray y = device_array(y_pred, "y_pred"), lab = device_array(labels, "labels");
+  const DType y_dtype = y_dtype_name.is_none() ? cuda_dtype(y, "y_pred")
+                                               : parse_dtype(py::str(y_dtype_name), "y_dtype");
+  const DType label_dtype = cuda_dtype(lab, "labels");
+  const Problem p = make_problem(y.shape, y_dtype, lab.shape, label_dtype, from_logits,
+                                 activation, ignore_index);
+  const DeviceArray d_tp = device_array(grad_tp, "grad_tp"), d_fp = device_array(grad_fp, "grad_fp"),
+                    d_fn = device_array(grad_fn, "grad_fn"), out = device_array(grad_y_pred, "grad_y_pred");
+  check_sums_output(d_tp, p, y_dtype, "grad_tp");
+  check_sums_output(d_fp, p, y_dtype, "grad_fp");
+  check_sums_output(d_fn, p, y_dtype, "grad_fn");
+  if (out.shape != y.shape || out.typestr.substr(2) != y.typestr.substr(2)) {
+    throw py::value_error("`grad_y_pred` must have y_pred's shape and dtype.");
+  }
+  with_types(y_dtype, label_dtype, [&](auto t, auto l) {
+    using T = typename decltype(t)::type;
+    using L = typename decltype(l)::type;
+    py::gil_scoped_release release;
+    check_kernel(sums_grad_cuda<T, L>(
+        p, static_cast<const T*>(y.data), static_cast<const L*>(lab.data),
+        static_cast<const Acc<T>*>(d_tp.data), static_cast<const Acc<T>*>(d_fp.data),
+        static_cast<const Acc<T>*>(d_fn.data), static_cast<T*>(out.data),
+        reinterpret_cast<void*>(stream)));
+    return 0;
+  });
+}
+
+int cuda_device_count() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
+}
+
+#endif  // TFVERSKY_WITH_CUDA
+
+}  // namespace
+}  // namespace tfversky
+
+PYBIND11_MODULE(_tfversky_kernels, m) {
+  using namespace tfversky;
+  namespace py = pybind11;
+  m.doc() = R"doc(The fused Tversky kernels of tfversky, without TensorFlow.
+
+Example:
+
+>>> import numpy as np
+>>> from tfversky import _tfversky_kernels as k
+>>> logits = np.zeros((1, 4, 4, 4, 2), np.float32); labels = np.zeros((1, 4, 4, 4), np.uint8)
+>>> tp, fp, fn = k.confusion_sums(logits, labels, from_logits=True)
+>>> fp.tolist()   # p = 0.5 everywhere, all 64 voxels background
+[[0.0, 32.0]]
+)doc";
+  m.attr("__version__") = TFVERSKY_VERSION;
+  m.attr("build_info") = py::dict(
+      py::arg("version") = TFVERSKY_VERSION, py::arg("cuda") = bool(TFVERSKY_WITH_CUDA),
+      py::arg("cuda_version") = TFVERSKY_CUDA_VERSION,
+      py::arg("cuda_architectures") = TFVERSKY_CUDA_ARCHITECTURES,
+      py::arg("portable") = bool(TFVERSKY_PORTABLE), py::arg("compiler") = TFVERSKY_COMPILER);
+  m.attr("max_classes") = kMaxClasses;
+  m.attr("cpu_task_voxels") = kCpuTaskVoxels;
+
+  m.def("confusion_sums", &confusion_sums, py::arg("y_pred"), py::arg("labels"), py::kw_only(),
+        py::arg("from_logits") = false, py::arg("activation") = "softmax",
+        py::arg("ignore_index") = py::none(), py::arg("num_threads") = 0,
+        R"doc(TP, FP, FN per sample and class: three arrays (batch, classes), float32
+(float64 for float64 y_pred). num_threads=0 uses every core; the result does not
+depend on it. Raises ValueError on a label outside [0, C) that is not ignore_index.)doc");
+  m.def("confusion_sums_grad", &confusion_sums_grad, py::arg("y_pred"), py::arg("labels"),
+        py::arg("grad_tp"), py::arg("grad_fp"), py::arg("grad_fn"), py::kw_only(),
+        py::arg("from_logits") = false, py::arg("activation") = "softmax",
+        py::arg("ignore_index") = py::none(), py::arg("num_threads") = 0,
+        "Gradient w.r.t. y_pred (its shape and dtype) from dL/dTP, dL/dFP, dL/dFN.");
+  m.def("round_to_16bit", &round_to_16bit, py::arg("x"), py::arg("dtype"),
+        "float32 -> float16/bfloat16 bits, rounded as the kernels round their outputs.");
+  m.def("widen_16bit", &widen_16bit, py::arg("bits"), py::arg("dtype"),
+        "float16/bfloat16 bits -> float32, as the kernels read their inputs.");
+  m.def("exp_approx", &exp_approx_array, py::arg("x"), "The kernels' float32 exp.");
+#if TFVERSKY_WITH_CUDA
+  m.def("cuda_device_count", &cuda_device_count, "Number of visible CUDA devices.");
+  m.def("cuda_confusion_sums", &cuda_confusion_sums, py::arg("y_pred"), py::arg("labels"),
+        py::arg("tp"), py::arg("fp"), py::arg("fn"), py::kw_only(), py::arg("from_logits") = false,
+        py::arg("activation") = "softmax", py::arg("ignore_index") = py::none(),
+        py::arg("y_dtype") = py::none(), py::arg("stream") = 0,
+        R"doc(CUDA pass 1 on device arrays (__cuda_array_interface__): writes TP, FP, FN
+into tp, fp, fn (batch, classes). Asynchronous on `stream` (a cudaStream_t as int;
+0 = the legacy default stream). Out-of-range labels give NaN sums for their sample.)doc");
+  m.def("cuda_confusion_sums_grad", &cuda_confusion_sums_grad, py::arg("y_pred"),
+        py::arg("labels"), py::arg("grad_tp"), py::arg("grad_fp"), py::arg("grad_fn"),
+        py::arg("grad_y_pred"), py::kw_only(), py::arg("from_logits") = false,
+        py::arg("activation") = "softmax", py::arg("ignore_index") = py::none(),
+        py::arg("y_dtype") = py::none(), py::arg("stream") = 0,
+        "CUDA pass 2: writes dL/dy_pred into grad_y_pred. Asynchronous on `stream`.");
+#else
+  m.def("cuda_device_count", []() { return 0; }, "0: this build has no CUDA kernels.");
+#endif
+}
