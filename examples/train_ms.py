@@ -353,6 +353,7 @@ def run(args) -> dict:
     import tensorflow as tf
 
     import tfversky
+    from tfversky import fused
 
     keras.backend.clear_session()  # a fresh graph and layer names for every run in a process
     keras.utils.set_random_seed(args.seed)
@@ -361,10 +362,15 @@ def run(args) -> dict:
     out = pathlib.Path(args.out)
     chief = is_chief(strategy)
     out.mkdir(parents=True, exist_ok=True)
+    # What "auto" resolves to here (it also falls back inside XLA, which --loss-impl fused
+    # turns off for the training step).
+    loss_impl = "tf" if args.loss_impl == "tf" or not fused.is_available() else "fused"
+    if loss_impl == "fused" and args.loss_impl == "auto" and tf.config.list_physical_devices("GPU"):
+        loss_impl = "fused, or tf where Keras compiles with XLA"
     print(f"tfversky {tfversky.__version__}, TensorFlow {tf.__version__}, Keras "
           f"{keras.__version__}; strategy {type(strategy).__name__} with "
-          f"{strategy.num_replicas_in_sync} replica(s); alpha={args.alpha} (FP), "
-          f"beta={args.beta} (FN)")
+          f"{strategy.num_replicas_in_sync} replica(s); loss: {loss_impl}, alpha={args.alpha} "
+          f"(FP), beta={args.beta} (FN)")
     model, test, history, train_seconds = train(args, strategy, out, chief)
     if not chief:
         return {}
@@ -380,7 +386,7 @@ def run(args) -> dict:
                 "inference_seconds": time.perf_counter() - start,
                 "patches_per_second": args.epochs * args.steps_per_epoch * args.batch_size
                 / train_seconds},
-        loss_implementation=model.loss.implementation,
+        loss_implementation=loss_impl,
         versions={"tfversky": tfversky.__version__, "tensorflow": tf.__version__,
                   "keras": keras.__version__})
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
