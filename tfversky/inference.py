@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from tfversky import preprocessing
+
 DEFAULT_PATCH_SIZE = 128
 
 _ACTIVATIONS = ("softmax", "sigmoid")
@@ -189,20 +191,12 @@ def predict_volume(model, volume, patch_size=None, overlap: float = 0.5, batch_s
     """
     from tqdm.auto import tqdm
 
-    volume = np.asarray(volume, dtype=np.float32)
-    if volume.ndim != 4 or 0 in volume.shape:
-        raise ValueError(
-            f"Invalid shape for argument `volume`: expected (D, H, W, channels), non-empty. "
-            f"Received: volume.shape={volume.shape}. Add a channel axis to a single-channel "
-            f"volume with volume[..., None].")
+    volume = preprocessing.check_image(np.asarray(volume, dtype=np.float32), "volume")
     channels = model.inputs[0].shape[-1]
     if channels is not None and volume.shape[-1] != channels:
         raise ValueError(
             f"The model takes {channels} channel(s) but `volume` has {volume.shape[-1]}: "
             f"volume.shape={volume.shape}. Stack the modalities the model was trained on.")
-    if not np.isfinite(volume).all():
-        raise ValueError("`volume` contains NaN or Inf values: fix or zero them first "
-                         "(e.g. np.nan_to_num).")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"Invalid value for argument `overlap`: expected a fraction in [0, 1). "
                          f"Received: overlap={overlap!r}")

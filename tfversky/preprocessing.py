@@ -216,6 +216,21 @@ def resample_label(label: np.ndarray, affine: np.ndarray, grid_affine: np.ndarra
     return (soft >= np.clip(threshold, 0.3, 0.7)).astype(np.uint8)
 
 
+def check_image(image, name: str = "image") -> np.ndarray:
+    """``image`` as an array, or a ValueError naming ``name``: it must be a non-empty,
+    finite (D, H, W, channels) volume."""
+    image = np.asarray(image)
+    if image.ndim != 4 or 0 in image.shape:
+        raise ValueError(
+            f"Invalid shape for argument `{name}`: expected (D, H, W, channels), non-empty. "
+            f"Received: {name}.shape={image.shape}. Add a channel axis to a single-channel "
+            f"volume with {name}[..., None].")
+    if not np.isfinite(image).all():
+        raise ValueError(f"`{name}` contains NaN or Inf values: fix or zero them first "
+                         f"(e.g. np.nan_to_num).")
+    return image
+
+
 def normalize_intensity(image: np.ndarray, mask: np.ndarray | None = None,
                         clip_percentiles=(0.5, 99.5)) -> np.ndarray:
     """Per-modality z-score inside the brain; the background stays 0.
@@ -241,14 +256,7 @@ def normalize_intensity(image: np.ndarray, mask: np.ndarray | None = None,
     >>> round(float(out[1:3, 1:3, 1:3].mean()), 6), float(out[0, 0, 0, 0])
     (0.0, 0.0)
     """
-    image = np.asarray(image)
-    if image.ndim != 4:
-        raise ValueError(
-            f"Invalid shape for argument `image`: expected (D, H, W, modalities). "
-            f"Received: image.shape={image.shape}")
-    if not np.isfinite(image).all():
-        raise ValueError("`image` contains NaN or Inf values: fix or mask them before "
-                         "normalising (e.g. np.nan_to_num).")
+    image = check_image(image, "image")
     mask = brain_mask(image) if mask is None else np.asarray(mask, bool)
     if mask.shape != image.shape[:-1]:
         raise ValueError(f"`mask` shape {mask.shape} does not match image shape {image.shape[:-1]}")

@@ -117,7 +117,7 @@ def test_normalize_intensity_inside_the_brain():
 
 
 @pytest.mark.parametrize("image, match", [
-    (np.ones((4, 4, 4)), "expected \\(D, H, W, modalities\\)"),
+    (np.ones((4, 4, 4)), "expected \\(D, H, W, channels\\)"),
     (np.full((4, 4, 4, 1), np.nan), "NaN or Inf"),
     (np.zeros((4, 4, 4, 1)), "brain mask is empty"),
 ])
