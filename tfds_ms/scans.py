@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from tfds_ms.layouts import Scan
-from tfversky import preprocessing
+from tfversky import inference, preprocessing
 
 # Two files of one scan are on the same voxel grid if their affines agree this closely (mm).
 _AFFINE_TOLERANCE = 0.05
@@ -45,23 +45,17 @@ class LoadedScan:
 
 
 def _read(path, subject: str, what: str):
-    """Loads a NIfTI file as (canonical image, native affine, native shape, raw data)."""
+    """Loads a NIfTI file as (canonical affine, native affine, native shape, raw data)."""
     try:
-        img = nib.load(path)
-        native_affine, native_shape = img.affine, img.shape
-        canonical = nib.as_closest_canonical(img)
-        data = np.asarray(canonical.dataobj)
-    except Exception as err:  # nibabel raises many types for broken files: report them all alike
-        raise InvalidScanError(
-            f"Subject {subject}: cannot read the {what} file {path} ({type(err).__name__}: "
-            f"{err}). The file is truncated or not NIfTI; copy it again from the dataset "
-            f"archive.") from err
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data, native_shape = data[..., 0], native_shape[:3]
-    if data.ndim != 3:
-        raise InvalidScanError(f"Subject {subject}: the {what} file {path} has shape "
-                               f"{data.shape}; expected one 3D volume.")
-    return canonical.affine, native_affine, tuple(int(n) for n in native_shape), data
+        data, img = inference.read_volume(path, f"the {what}")
+    except inference.ScanError as err:
+        raise InvalidScanError(f"Subject {subject}: {err} Copy it again from the dataset "
+                               f"archive.") from None
+    # Canonical (RAS+) orientation by flipping and permuting axes: no resampling.
+    orientation = nib.orientations.io_orientation(img.affine)
+    canonical_affine = img.affine @ nib.orientations.inv_ornt_aff(orientation, data.shape)
+    canonical = nib.orientations.apply_orientation(data, orientation)
+    return canonical_affine, img.affine, tuple(int(n) for n in data.shape), canonical
 
 
 def _check_same_grid(subject, what, path, shape, affine, ref_what, ref_path, ref_shape, ref_affine):

@@ -252,6 +252,42 @@ def predict_volume(model, volume, patch_size=None, overlap: float = 0.5, batch_s
     return np.ascontiguousarray(accumulated[:spatial[0], :spatial[1], :spatial[2]])
 
 
+def read_volume(path, name: str | None = None):
+    """Read one 3D volume with nibabel: ``(data, image)``, data in the file's own dtype.
+
+    The one reader of scans for inference and for the dataset builder. Trailing axes of
+    length 1 (e.g. (D, H, W, 1) from some converters) are dropped.
+
+    Args:
+        path: File nibabel can read (NIfTI ``.nii``/``.nii.gz``, Analyze, MGH, ...).
+        name: What the file is, for error messages (e.g. ``"FLAIR"``). Defaults to None.
+
+    Raises:
+        ScanError: naming the file, if it is missing, unreadable or corrupt, or not 3D.
+    """
+    import nibabel as nib
+
+    label = f"{name} file {str(path)!r}" if name else f"file {str(path)!r}"
+    if not os.path.isfile(path):
+        raise ScanError(f"{label} does not exist" + (" (it is a directory)" if os.path.isdir(path)
+                                                     else "") + ".")
+    try:
+        image = nib.load(path)
+        # nibabel reads lazily: decompressing here is what finds a truncated or corrupt file.
+        data = np.asarray(image.dataobj)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ScanError(f"{label} cannot be read as an image: {reason}. Is it a complete "
+                        f"NIfTI (.nii / .nii.gz) file?") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ScanError(
+            f"{label} has shape {data.shape}, but a 3D volume is expected. Pass one volume "
+            f"(e.g. extract it with nibabel: image.slicer[..., 0]).")
+    return data, image
+
+
 def load_scan(path, name: str | None = None):
     """Read one 3D scan with nibabel: returns ``(data, image)``, data a float32 (D, H, W) array.
 
@@ -274,27 +310,10 @@ def load_scan(path, name: str | None = None):
     >>> data.shape, str(data.dtype)
     ((4, 5, 6), 'float32')
     """
-    import nibabel as nib
-
-    label = f"{name} file {str(path)!r}" if name else f"file {str(path)!r}"
-    if not os.path.isfile(path):
-        raise ScanError(f"{label} does not exist" + (" (it is a directory)" if os.path.isdir(path)
-                                                     else "") + ".")
-    try:
-        image = nib.load(path)
-        # nibabel reads lazily: decompressing here is what finds a truncated or corrupt file.
-        data = np.asarray(image.get_fdata(dtype=np.float32))
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ScanError(f"{label} cannot be read as an image: {reason}. Is it a complete "
-                        f"NIfTI (.nii / .nii.gz) file?") from None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ScanError(
-            f"{label} has shape {data.shape}, but a 3D volume is expected. Pass one volume "
-            f"(e.g. extract it with nibabel: image.slicer[..., 0]).")
+    data, image = read_volume(path, name)
+    data = data.astype(np.float32, copy=False)
     if not np.isfinite(data).all():
+        label = f"{name} file {str(path)!r}" if name else f"file {str(path)!r}"
         raise ScanError(f"{label} contains NaN or Inf voxels: fix the scan first.")
     return data, image
 
