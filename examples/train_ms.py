@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "epochs; 1e-3 suits the short CPU demo)")
     train.add_argument("--base-filters", type=int, default=8, help="U-Net features at level 0")
     train.add_argument("--depth", type=int, default=4, help="U-Net resolution levels")
+    train.add_argument("--normalization", choices=("none", "batch", "group", "instance"),
+                       default="instance",
+                       help="U-Net normalisation layers (the paper: none; see docs/training.md)")
     train.add_argument("--mixed-precision", action="store_true",
                        help="mixed_float16 policy (GPUs; the loss stays float32)")
     train.add_argument("--strategy", choices=STRATEGIES, default="auto",
@@ -222,7 +225,8 @@ def build_model(args):
     import tfversky
     from tfversky import metrics, models
 
-    model = models.unet3d(base_filters=args.base_filters, depth=args.depth)
+    model = models.unet3d(base_filters=args.base_filters, depth=args.depth,
+                          normalization=None if args.normalization == "none" else args.normalization)
     schedule = keras.optimizers.schedules.ExponentialDecay(
         args.lr, decay_steps=1000, decay_rate=0.9, staircase=True)
     model.compile(
