@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "tversky_dispatch.h"
 #include "tversky_kernels.h"
 
 namespace tfversky {
@@ -477,26 +478,7 @@ cudaError_t run_grad(const Problem& p, const T* y, const L* labels, Upstream<Acc
   return cudaGetLastError();
 }
 
-// Calls Op::run<activation, class count> as the CPU dispatch does.
-template <class Op, class... Args>
-cudaError_t dispatch(const Problem& problem, Args... args) {
-  const bool one = problem.classes == 1, two = problem.classes == 2;
-  switch (problem.activation) {
-    case Activation::kSoftmax:
-      return two ? Op::template run<Activation::kSoftmax, 2>(problem, args...)
-                 : Op::template run<Activation::kSoftmax, 0>(problem, args...);
-    case Activation::kSigmoid:
-      return one   ? Op::template run<Activation::kSigmoid, 1>(problem, args...)
-             : two ? Op::template run<Activation::kSigmoid, 2>(problem, args...)
-                   : Op::template run<Activation::kSigmoid, 0>(problem, args...);
-    case Activation::kNone:
-      break;
-  }
-  return one   ? Op::template run<Activation::kNone, 1>(problem, args...)
-         : two ? Op::template run<Activation::kNone, 2>(problem, args...)
-               : Op::template run<Activation::kNone, 0>(problem, args...);
-}
-
+// The two entry points, for dispatch (tversky_dispatch.h).
 template <class T, class L>
 struct SumsOp {
   template <Activation kAct, int kClasses, class... Args>
@@ -523,13 +505,12 @@ template <class T, class L>
 size_t sums_cuda_workspace_bytes(const Problem& problem) {
   size_t bytes = 0;
   if (validate(problem) == nullptr && problem.batch > 0) {
-    cuda_impl::dispatch<cuda_impl::SumsOp<T, L>>(problem, static_cast<const T*>(nullptr),
-                                                 static_cast<const L*>(nullptr),
-                                                 static_cast<Acc<T>*>(nullptr),
-                                                 static_cast<Acc<T>*>(nullptr),
-                                                 static_cast<Acc<T>*>(nullptr),
-                                                 static_cast<void*>(nullptr), &bytes,
-                                                 cudaStream_t(nullptr));
+    dispatch<cuda_impl::SumsOp<T, L>>(problem, static_cast<const T*>(nullptr),
+                                      static_cast<const L*>(nullptr),
+                                      static_cast<Acc<T>*>(nullptr),
+                                      static_cast<Acc<T>*>(nullptr),
+                                      static_cast<Acc<T>*>(nullptr),
+                                      static_cast<void*>(nullptr), &bytes, cudaStream_t(nullptr));
   }
   return bytes;
 }
@@ -541,7 +522,7 @@ const char* sums_cuda(const Problem& problem, const T* y_pred, const L* labels, 
   if (const char* invalid = validate(problem)) return invalid;
   if (problem.batch == 0) return nullptr;
   if (workspace == nullptr) return "sums_cuda: no workspace (see sums_cuda_workspace_bytes)";
-  const cudaError_t err = cuda_impl::dispatch<cuda_impl::SumsOp<T, L>>(
+  const cudaError_t err = dispatch<cuda_impl::SumsOp<T, L>>(
       problem, y_pred, labels, tp, fp, fn, workspace, &workspace_bytes,
       static_cast<cudaStream_t>(stream));
   if (err == cudaErrorInvalidValue) return "sums_cuda: workspace smaller than required";
@@ -555,7 +536,7 @@ const char* sums_grad_cuda(const Problem& problem, const T* y_pred, const L* lab
   if (const char* invalid = validate(problem)) return invalid;
   if (problem.batch == 0 || problem.voxels == 0) return nullptr;
   const cuda_impl::Upstream<Acc<T>> upstream{grad_tp, grad_fp, grad_fn};
-  return cuda_impl::message(cuda_impl::dispatch<cuda_impl::GradOp<T, L>>(
+  return cuda_impl::message(dispatch<cuda_impl::GradOp<T, L>>(
       problem, y_pred, labels, upstream, grad_y_pred, static_cast<cudaStream_t>(stream)));
 }
 
