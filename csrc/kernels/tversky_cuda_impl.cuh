@@ -44,6 +44,10 @@ struct DeviceLabels {
   const L* labels;
   SparseLabelRule<L> rule;
 
+  // The labels of sample b, the problem having `voxels` voxels per sample.
+  __device__ __forceinline__ DeviceLabels sample(int64_t b, int64_t voxels) const {
+    return {labels + b * voxels, rule};
+  }
   __device__ __forceinline__ A weight(int64_t v) const {
     const L label = labels[v];
     return rule.bad(label) ? quiet_nan<A>() : rule.template weight<A>(label);
@@ -58,6 +62,9 @@ struct DeviceLabels<A, L, false> {
   const L* labels;
   int64_t classes;
 
+  __device__ __forceinline__ DeviceLabels sample(int64_t b, int64_t voxels) const {
+    return {labels + b * voxels * classes, classes};
+  }
   __device__ __forceinline__ A weight(int64_t) const { return A(1); }
   __device__ __forceinline__ A target(int64_t v, int64_t c) const {
     return A(labels[v * classes + c]);
@@ -212,11 +219,9 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ A scratch[kThreads / kWarpSize];
   const int64_t thread = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t label_stride = kSparseLabels<L> ? 1 : kClasses;
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * kClasses;
-    DeviceLabels<A, L> sample_labels = labels;
-    sample_labels.labels += b * p.voxels * label_stride;
+    const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
     A acc[3][2] = {{A(0), A(0)}, {A(0), A(0)}, {A(0), A(0)}};
     const PackSplit s = split_packs<T, kClasses>(y, y, p.voxels);
     for (int64_t k = thread; k < s.packs; k += stride) {
@@ -254,12 +259,10 @@ __global__ void __launch_bounds__(kThreads)
   using Voxel = BinaryVoxel<T, L, kAct, kClasses>;
   const int64_t thread = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t label_stride = kSparseLabels<L> ? 1 : kClasses;
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * kClasses;
     T* out = grad_y_pred + b * p.voxels * kClasses;
-    DeviceLabels<A, L> sample_labels = labels;
-    sample_labels.labels += b * p.voxels * label_stride;
+    const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
     const GradFactors<A> f[2] = {upstream.factors(b * kClasses),
                                  upstream.factors(b * kClasses + kClasses - 1)};
     const PackSplit s = split_packs<T, kClasses>(y, out, p.voxels);
@@ -316,11 +319,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t classes = p.classes;
   const int64_t groups = blockDim.x / classes;
   const int64_t c = threadIdx.x % classes, group = threadIdx.x / classes;
-  const int64_t label_stride = kSparseLabels<L> ? 1 : classes;
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * classes;
-    DeviceLabels<A, L> sample_labels = labels;
-    sample_labels.labels += b * p.voxels * label_stride;
+    const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
     A tp = A(0), fp = A(0), fn = A(0);
     for (int64_t v = int64_t(blockIdx.x) * groups + group; v < p.voxels;
          v += int64_t(gridDim.x) * groups) {
@@ -360,11 +361,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t classes = p.classes;
   const int64_t groups = blockDim.x / classes;
   const int64_t c = threadIdx.x % classes, group = threadIdx.x / classes;
-  const int64_t label_stride = kSparseLabels<L> ? 1 : classes;
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * classes;
-    DeviceLabels<A, L> sample_labels = labels;
-    sample_labels.labels += b * p.voxels * label_stride;
+    const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
     for (int64_t v = int64_t(blockIdx.x) * groups + group; v < p.voxels;
          v += int64_t(gridDim.x) * groups) {
       const A w = sample_labels.weight(v);
