@@ -94,8 +94,8 @@ absl::Status SetSizes(const char* op, const Tensor& y_pred, const Tensor& labels
   p->voxels = p->batch == 0 ? 0 : y.num_elements() / (p->batch * std::max<int64_t>(p->classes, 1));
   if (const char* invalid = validate(*p)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", invalid, ". Received y_pred shape ", y.DebugString(),
-        ". Use implementation='tf' for more classes."));
+        op, ": ", invalid, ". Received y_pred shape ", y.DebugString(), ".",
+        p->classes > kMaxClasses ? " Use implementation='tf' for more classes." : ""));
   }
   return absl::OkStatus();
 }

@@ -236,6 +236,20 @@ def test_too_many_classes(rng, monkeypatch):
     np.testing.assert_array_equal(auto, tfversky.tversky_loss(labels, y_pred, implementation="tf"))
 
 
+def test_op_suggests_the_tf_implementation_only_for_too_many_classes(rng):
+    library = _loader.load()
+    labels, y_pred = make_case(rng, (1, 2, 3), 1, activation="sigmoid")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="softmax needs at least 2 channels; use sigmoid") as error:
+        library.tfversky_fused_tversky_sums(y_pred, labels, Tsum=tf.float32, from_logits=True,
+                                            activation="softmax")
+    assert "implementation='tf'" not in str(error.value)
+    labels, y_pred = make_case(rng, (1, 2, 3), 65)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"must be in \[1, 64\].*Use implementation='tf' for more classes"):
+        library.tfversky_fused_tversky_sums(y_pred, labels, Tsum=tf.float32)
+
+
 # ---- loader ----
 
 def test_missing_library_message(tmp_path):
