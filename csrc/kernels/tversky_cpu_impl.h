@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "tversky_dispatch.h"
 #include "tversky_kernels.h"
 
 namespace tfversky {
@@ -376,7 +377,7 @@ class CpuKernel {
   const int64_t tasks_per_sample_;
 };
 
-// The two entry points, for dispatch below.
+// The two entry points, for dispatch (tversky_dispatch.h).
 template <class T, class L>
 struct SumsOp {
   template <Activation kAct, int kClasses, class... Args>
@@ -393,42 +394,20 @@ struct GradOp {
   }
 };
 
-// Runs Op::run<activation, class count>: the count is a compile-time 1 or 2 where the fused
-// loop applies, 0 (read at run time) otherwise. Softmax always has >= 2 classes.
-template <class Op, class... Args>
-LabelError dispatch(const Problem& problem, Args... args) {
-  const bool one = problem.classes == 1, two = problem.classes == 2;
-  switch (problem.activation) {
-    case Activation::kSoftmax:
-      return two ? Op::template run<Activation::kSoftmax, 2>(problem, args...)
-                 : Op::template run<Activation::kSoftmax, 0>(problem, args...);
-    case Activation::kSigmoid:
-      return one   ? Op::template run<Activation::kSigmoid, 1>(problem, args...)
-             : two ? Op::template run<Activation::kSigmoid, 2>(problem, args...)
-                   : Op::template run<Activation::kSigmoid, 0>(problem, args...);
-    case Activation::kNone:
-      break;
-  }
-  return one   ? Op::template run<Activation::kNone, 1>(problem, args...)
-         : two ? Op::template run<Activation::kNone, 2>(problem, args...)
-               : Op::template run<Activation::kNone, 0>(problem, args...);
-}
-
 }  // namespace cpu_impl
 
 template <class T, class L>
 LabelError sums_cpu(const Problem& problem, const T* y_pred, const L* labels, Acc<T>* tp,
                     Acc<T>* fp, Acc<T>* fn, const ParallelFor& parallel_for) {
-  return cpu_impl::dispatch<cpu_impl::SumsOp<T, L>>(problem, y_pred, labels, tp, fp, fn,
-                                                    &parallel_for);
+  return dispatch<cpu_impl::SumsOp<T, L>>(problem, y_pred, labels, tp, fp, fn, &parallel_for);
 }
 
 template <class T, class L>
 LabelError sums_grad_cpu(const Problem& problem, const T* y_pred, const L* labels,
                          const Acc<T>* grad_tp, const Acc<T>* grad_fp, const Acc<T>* grad_fn,
                          T* grad_y_pred, const ParallelFor& parallel_for) {
-  return cpu_impl::dispatch<cpu_impl::GradOp<T, L>>(problem, y_pred, labels, grad_tp, grad_fp,
-                                                    grad_fn, grad_y_pred, &parallel_for);
+  return dispatch<cpu_impl::GradOp<T, L>>(problem, y_pred, labels, grad_tp, grad_fp, grad_fn,
+                                          grad_y_pred, &parallel_for);
 }
 
 #define TFVERSKY_INSTANTIATE_CPU(T, L)                                                    \

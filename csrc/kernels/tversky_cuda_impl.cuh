@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "tversky_dispatch.h"
 #include "tversky_kernels.h"
 
 namespace tfversky {
@@ -43,6 +44,10 @@ struct DeviceLabels {
   const L* labels;
   SparseLabelRule<L> rule;
 
+  // The labels of sample b, the problem having `voxels` voxels per sample.
+  __device__ __forceinline__ DeviceLabels sample(int64_t b, int64_t voxels) const {
+    return {labels + b * voxels, rule};
+  }
   __device__ __forceinline__ A weight(int64_t v) const {
     const L label = labels[v];
     return rule.bad(label) ? quiet_nan<A>() : rule.template weight<A>(label);
@@ -57,6 +62,9 @@ struct DeviceLabels<A, L, false> {
   const L* labels;
   int64_t classes;
 
+  __device__ __forceinline__ DeviceLabels sample(int64_t b, int64_t voxels) const {
+    return {labels + b * voxels * classes, classes};
+  }
   __device__ __forceinline__ A weight(int64_t) const { return A(1); }
   __device__ __forceinline__ A target(int64_t v, int64_t c) const {
     return A(labels[v * classes + c]);
@@ -211,11 +219,9 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ A scratch[kThreads / kWarpSize];
   const int64_t thread = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t label_stride = kSparseLabels<L> ? 1 : kClasses;
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * kClasses;
-    DeviceLabels<A, L> sample_labels = labels;
-    sample_labels.labels += b * p.voxels * label_stride;
+    const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
     A acc[3][2] = {{A(0), A(0)}, {A(0), A(0)}, {A(0), A(0)}};
     const PackSplit s = split_packs<T, kClasses>(y, y, p.voxels);
     for (int64_t k = thread; k < s.packs; k += stride) {
@@ -253,12 +259,10 @@ __global__ void __launch_bounds__(kThreads)
   using Voxel = BinaryVoxel<T, L, kAct, kClasses>;
   const int64_t thread = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t label_stride = kSparseLabels<L> ? 1 : kClasses;
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * kClasses;
     T* out = grad_y_pred + b * p.voxels * kClasses;
-    DeviceLabels<A, L> sample_labels = labels;
-    sample_labels.labels += b * p.voxels * label_stride;
+    const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
     const GradFactors<A> f[2] = {upstream.factors(b * kClasses),
                                  upstream.factors(b * kClasses + kClasses - 1)};
     const PackSplit s = split_packs<T, kClasses>(y, out, p.voxels);
@@ -315,11 +319,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t classes = p.classes;
   const int64_t groups = blockDim.x / classes;
   const int64_t c = threadIdx.x % classes, group = threadIdx.x / classes;
-  const int64_t label_stride = kSparseLabels<L> ? 1 : classes;
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * classes;
-    DeviceLabels<A, L> sample_labels = labels;
-    sample_labels.labels += b * p.voxels * label_stride;
+    const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
     A tp = A(0), fp = A(0), fn = A(0);
     for (int64_t v = int64_t(blockIdx.x) * groups + group; v < p.voxels;
          v += int64_t(gridDim.x) * groups) {
@@ -359,11 +361,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t classes = p.classes;
   const int64_t groups = blockDim.x / classes;
   const int64_t c = threadIdx.x % classes, group = threadIdx.x / classes;
-  const int64_t label_stride = kSparseLabels<L> ? 1 : classes;
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * classes;
-    DeviceLabels<A, L> sample_labels = labels;
-    sample_labels.labels += b * p.voxels * label_stride;
+    const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
     for (int64_t v = int64_t(blockIdx.x) * groups + group; v < p.voxels;
          v += int64_t(gridDim.x) * groups) {
       const A w = sample_labels.weight(v);
@@ -477,26 +477,7 @@ cudaError_t run_grad(const Problem& p, const T* y, const L* labels, Upstream<Acc
   return cudaGetLastError();
 }
 
-// Calls Op::run<activation, class count> as the CPU dispatch does.
-template <class Op, class... Args>
-cudaError_t dispatch(const Problem& problem, Args... args) {
-  const bool one = problem.classes == 1, two = problem.classes == 2;
-  switch (problem.activation) {
-    case Activation::kSoftmax:
-      return two ? Op::template run<Activation::kSoftmax, 2>(problem, args...)
-                 : Op::template run<Activation::kSoftmax, 0>(problem, args...);
-    case Activation::kSigmoid:
-      return one   ? Op::template run<Activation::kSigmoid, 1>(problem, args...)
-             : two ? Op::template run<Activation::kSigmoid, 2>(problem, args...)
-                   : Op::template run<Activation::kSigmoid, 0>(problem, args...);
-    case Activation::kNone:
-      break;
-  }
-  return one   ? Op::template run<Activation::kNone, 1>(problem, args...)
-         : two ? Op::template run<Activation::kNone, 2>(problem, args...)
-               : Op::template run<Activation::kNone, 0>(problem, args...);
-}
-
+// The two entry points, for dispatch (tversky_dispatch.h).
 template <class T, class L>
 struct SumsOp {
   template <Activation kAct, int kClasses, class... Args>
@@ -523,13 +504,12 @@ template <class T, class L>
 size_t sums_cuda_workspace_bytes(const Problem& problem) {
   size_t bytes = 0;
   if (validate(problem) == nullptr && problem.batch > 0) {
-    cuda_impl::dispatch<cuda_impl::SumsOp<T, L>>(problem, static_cast<const T*>(nullptr),
-                                                 static_cast<const L*>(nullptr),
-                                                 static_cast<Acc<T>*>(nullptr),
-                                                 static_cast<Acc<T>*>(nullptr),
-                                                 static_cast<Acc<T>*>(nullptr),
-                                                 static_cast<void*>(nullptr), &bytes,
-                                                 cudaStream_t(nullptr));
+    dispatch<cuda_impl::SumsOp<T, L>>(problem, static_cast<const T*>(nullptr),
+                                      static_cast<const L*>(nullptr),
+                                      static_cast<Acc<T>*>(nullptr),
+                                      static_cast<Acc<T>*>(nullptr),
+                                      static_cast<Acc<T>*>(nullptr),
+                                      static_cast<void*>(nullptr), &bytes, cudaStream_t(nullptr));
   }
   return bytes;
 }
@@ -541,7 +521,7 @@ const char* sums_cuda(const Problem& problem, const T* y_pred, const L* labels, 
   if (const char* invalid = validate(problem)) return invalid;
   if (problem.batch == 0) return nullptr;
   if (workspace == nullptr) return "sums_cuda: no workspace (see sums_cuda_workspace_bytes)";
-  const cudaError_t err = cuda_impl::dispatch<cuda_impl::SumsOp<T, L>>(
+  const cudaError_t err = dispatch<cuda_impl::SumsOp<T, L>>(
       problem, y_pred, labels, tp, fp, fn, workspace, &workspace_bytes,
       static_cast<cudaStream_t>(stream));
   if (err == cudaErrorInvalidValue) return "sums_cuda: workspace smaller than required";
@@ -555,7 +535,7 @@ const char* sums_grad_cuda(const Problem& problem, const T* y_pred, const L* lab
   if (const char* invalid = validate(problem)) return invalid;
   if (problem.batch == 0 || problem.voxels == 0) return nullptr;
   const cuda_impl::Upstream<Acc<T>> upstream{grad_tp, grad_fp, grad_fn};
-  return cuda_impl::message(cuda_impl::dispatch<cuda_impl::GradOp<T, L>>(
+  return cuda_impl::message(dispatch<cuda_impl::GradOp<T, L>>(
       problem, y_pred, labels, upstream, grad_y_pred, static_cast<cudaStream_t>(stream)));
 }
 

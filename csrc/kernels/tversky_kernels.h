@@ -5,7 +5,7 @@
 // Both read y_pred (B, N, C) channels-last and labels, sparse (B, N) class ids or dense
 // (B, N, C) targets, N being the number of voxels per sample. See tversky_math.h.
 //
-// Supported element types, instantiated in tversky_cpu.cc and tversky_cuda.cu:
+// Supported element types, instantiated in tversky_cpu_<type>.cc and tversky_cuda_<type>.cu:
 //   T (y_pred, gradient): Half, BFloat16, float, double
 //   L (labels): uint8_t, int32_t, int64_t (sparse), or Acc<T> (dense: float, or double
 //   for double inputs)
@@ -60,7 +60,7 @@ LabelError sums_grad_cpu(const Problem& problem, const T* y_pred, const L* label
                          const Acc<T>* grad_tp, const Acc<T>* grad_fp, const Acc<T>* grad_fn,
                          T* grad_y_pred, const ParallelFor& parallel_for);
 
-// ---- CUDA (defined in tversky_cuda.cu when built with CUDA) ----
+// ---- CUDA (defined in tversky_cuda_<type>.cu when built with CUDA) ----
 //
 // All pointers are device pointers; `stream` is a cudaStream_t. The launches are
 // asynchronous. Out-of-range sparse labels cannot stop a kernel: they turn the sums of

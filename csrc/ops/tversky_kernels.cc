@@ -56,29 +56,24 @@ typename KernelType<T>::type* kernel_data(Tensor* t) {
   return reinterpret_cast<typename KernelType<T>::type*>(t->flat<T>().data());
 }
 
-// The attributes shared by both ops.
-struct Attrs {
-  Activation activation = Activation::kNone;
-  bool has_ignore_index = false;
-  int64_t ignore_index = 0;
-};
-
-absl::Status ReadAttrs(OpKernelConstruction* ctx, Attrs* attrs) {
+// The attributes shared by both ops, into the problem's activation and ignore_index fields.
+absl::Status ReadAttrs(OpKernelConstruction* ctx, Problem* p) {
   bool from_logits = false;
   std::string activation;
   TF_RETURN_IF_ERROR(ctx->GetAttr("from_logits", &from_logits));
   TF_RETURN_IF_ERROR(ctx->GetAttr("activation", &activation));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("has_ignore_index", &attrs->has_ignore_index));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("ignore_index", &attrs->ignore_index));
-  attrs->activation = !from_logits              ? Activation::kNone
-                      : activation == "softmax" ? Activation::kSoftmax
-                                                : Activation::kSigmoid;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("has_ignore_index", &p->has_ignore_index));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("ignore_index", &p->ignore_index));
+  p->activation = !from_logits              ? Activation::kNone
+                  : activation == "softmax" ? Activation::kSoftmax
+                                            : Activation::kSigmoid;
   return absl::OkStatus();
 }
 
-// Shapes at run time (the shape functions only see what is static) and the problem.
-absl::Status MakeProblem(const char* op, const Tensor& y_pred, const Tensor& labels, bool sparse,
-                         const Attrs& attrs, Problem* p) {
+// The problem's sizes, from the shapes at run time (the shape functions only see what is
+// static), checked.
+absl::Status SetSizes(const char* op, const Tensor& y_pred, const Tensor& labels, bool sparse,
+                      Problem* p) {
   const TensorShape& y = y_pred.shape();
   if (y.dims() < 3) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -97,13 +92,10 @@ absl::Status MakeProblem(const char* op, const Tensor& y_pred, const Tensor& lab
   p->batch = y.dim_size(0);
   p->classes = y.dim_size(y.dims() - 1);
   p->voxels = p->batch == 0 ? 0 : y.num_elements() / (p->batch * std::max<int64_t>(p->classes, 1));
-  p->activation = attrs.activation;
-  p->has_ignore_index = attrs.has_ignore_index;
-  p->ignore_index = attrs.ignore_index;
   if (const char* invalid = validate(*p)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", invalid, ". Received y_pred shape ", y.DebugString(),
-        ". Use implementation='tf' for more classes."));
+        op, ": ", invalid, ". Received y_pred shape ", y.DebugString(), ".",
+        p->classes > kMaxClasses ? " Use implementation='tf' for more classes." : ""));
   }
   return absl::OkStatus();
 }
@@ -140,22 +132,39 @@ absl::Status CudaStatus(const char* op, const char* message) {
 }
 #endif
 
-template <class Device, class T, class L>
-class FusedTverskySumsOp : public OpKernel {
-  using KT = typename KernelType<T>::type;
-  using Sum = Acc<KT>;
-  static constexpr const char* kOp = "FusedTverskySums";
-
- public:
-  explicit FusedTverskySumsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+// What both op kernels share: the attributes, read once, and each call's problem.
+class FusedTverskyOpKernel : public OpKernel {
+ protected:
+  FusedTverskyOpKernel(OpKernelConstruction* ctx, const char* op) : OpKernel(ctx), op_(op) {
     OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &attrs_));
   }
+
+  // The problem of y_pred (input 0) and labels (input 1), class ids if `sparse`.
+  absl::Status MakeProblem(OpKernelContext* ctx, bool sparse, Problem* p) const {
+    *p = attrs_;
+    return SetSizes(op_, ctx->input(0), ctx->input(1), sparse, p);
+  }
+
+  const char* const op_;  // the op's name without namespace, for error messages
+
+ private:
+  Problem attrs_;  // the attributes' fields; the sizes are each call's
+};
+
+template <class Device, class T, class L>
+class FusedTverskySumsOp : public FusedTverskyOpKernel {
+  using KT = typename KernelType<T>::type;
+  using Sum = Acc<KT>;
+
+ public:
+  explicit FusedTverskySumsOp(OpKernelConstruction* ctx)
+      : FusedTverskyOpKernel(ctx, "FusedTverskySums") {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& y_pred = ctx->input(0);
     const Tensor& labels = ctx->input(1);
     Problem p;
-    OP_REQUIRES_OK(ctx, MakeProblem(kOp, y_pred, labels, kSparseLabels<L>, attrs_, &p));
+    OP_REQUIRES_OK(ctx, MakeProblem(ctx, kSparseLabels<L>, &p));
     const TensorShape sums_shape({p.batch, p.classes});
     Tensor *tp = nullptr, *fp = nullptr, *fn = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, sums_shape, &tp));
@@ -166,7 +175,7 @@ class FusedTverskySumsOp : public OpKernel {
     if constexpr (std::is_same<Device, CpuDevice>::value) {
       const LabelError error = sums_cpu<KT, L>(p, kernel_data<T>(y_pred), labels.flat<L>().data(),
                                                out[0], out[1], out[2], CpuParallelFor(ctx, p));
-      OP_REQUIRES_OK(ctx, LabelStatus(kOp, error, p));
+      OP_REQUIRES_OK(ctx, LabelStatus(op_, error, p));
     } else {
 #if GOOGLE_CUDA
       const size_t bytes = sums_cuda_workspace_bytes<KT, L>(p);
@@ -174,7 +183,7 @@ class FusedTverskySumsOp : public OpKernel {
       OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT8,
                                              TensorShape({std::max<int64_t>(int64_t(bytes), 1)}),
                                              &workspace));
-      OP_REQUIRES_OK(ctx, CudaStatus(kOp, sums_cuda<KT, L>(
+      OP_REQUIRES_OK(ctx, CudaStatus(op_, sums_cuda<KT, L>(
                                               p, kernel_data<T>(y_pred), labels.flat<L>().data(),
                                               out[0], out[1], out[2],
                                               workspace.flat<int8_t>().data(), bytes,
@@ -182,32 +191,27 @@ class FusedTverskySumsOp : public OpKernel {
 #endif
     }
   }
-
- private:
-  Attrs attrs_;
 };
 
 template <class Device, class T, class L>
-class FusedTverskySumsGradOp : public OpKernel {
+class FusedTverskySumsGradOp : public FusedTverskyOpKernel {
   using KT = typename KernelType<T>::type;
   using Sum = Acc<KT>;
-  static constexpr const char* kOp = "FusedTverskySumsGrad";
 
  public:
-  explicit FusedTverskySumsGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &attrs_));
-  }
+  explicit FusedTverskySumsGradOp(OpKernelConstruction* ctx)
+      : FusedTverskyOpKernel(ctx, "FusedTverskySumsGrad") {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& y_pred = ctx->input(0);
     const Tensor& labels = ctx->input(1);
     Problem p;
-    OP_REQUIRES_OK(ctx, MakeProblem(kOp, y_pred, labels, kSparseLabels<L>, attrs_, &p));
+    OP_REQUIRES_OK(ctx, MakeProblem(ctx, kSparseLabels<L>, &p));
     const TensorShape sums_shape({p.batch, p.classes});
     for (int i = 2; i < 5; ++i) {
       OP_REQUIRES(ctx, ctx->input(i).shape() == sums_shape,
                   absl::InvalidArgumentError(absl::StrCat(
-                      kOp, ": the upstream gradients must have shape (batch, classes) = ",
+                      op_, ": the upstream gradients must have shape (batch, classes) = ",
                       sums_shape.DebugString(), ". Received ",
                       ctx->input(i).shape().DebugString(), " for input ", i)));
     }
@@ -221,19 +225,16 @@ class FusedTverskySumsGradOp : public OpKernel {
       const LabelError error =
           sums_grad_cpu<KT, L>(p, kernel_data<T>(y_pred), labels.flat<L>().data(), d_tp, d_fp,
                                d_fn, kernel_data<T>(grad), CpuParallelFor(ctx, p));
-      OP_REQUIRES_OK(ctx, LabelStatus(kOp, error, p));
+      OP_REQUIRES_OK(ctx, LabelStatus(op_, error, p));
     } else {
 #if GOOGLE_CUDA
-      OP_REQUIRES_OK(ctx, CudaStatus(kOp, sums_grad_cuda<KT, L>(
+      OP_REQUIRES_OK(ctx, CudaStatus(op_, sums_grad_cuda<KT, L>(
                                               p, kernel_data<T>(y_pred), labels.flat<L>().data(),
                                               d_tp, d_fp, d_fn, kernel_data<T>(grad),
                                               GpuStream(ctx))));
 #endif
     }
   }
-
- private:
-  Attrs attrs_;
 };
 
 }  // namespace

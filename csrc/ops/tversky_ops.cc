@@ -13,7 +13,6 @@ namespace {
 
 using ::tensorflow::DataType;
 using ::tensorflow::DataTypeString;
-using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
@@ -44,9 +43,8 @@ absl::Status CheckTypes(InferenceContext* c, const char* op) {
 }
 
 // y_pred (B, *spatial, C); labels (B, *spatial) class ids, or (B, *spatial, C) targets.
-// Sets the batch and class dims.
-absl::Status CheckInputs(InferenceContext* c, const char* op, DimensionHandle* batch,
-                         DimensionHandle* classes) {
+// Sets the shape of the sums, (batch, classes).
+absl::Status CheckInputs(InferenceContext* c, const char* op, ShapeHandle* sums) {
   TF_RETURN_IF_ERROR(CheckTypes(c, op));
   ShapeHandle y;
   absl::Status status = c->WithRankAtLeast(c->input(0), 3, &y);
@@ -73,23 +71,20 @@ absl::Status CheckInputs(InferenceContext* c, const char* op, DimensionHandle* b
                                           "last (class) dim."
                                         : "One-hot/soft labels need y_pred's shape."));
   }
-  *batch = c->Dim(y, 0);
-  *classes = c->Dim(y, -1);
+  *sums = c->Matrix(c->Dim(y, 0), c->Dim(y, -1));
   return absl::OkStatus();
 }
 
 absl::Status SumsShape(InferenceContext* c) {
-  DimensionHandle batch, classes;
-  TF_RETURN_IF_ERROR(CheckInputs(c, "FusedTverskySums", &batch, &classes));
-  const ShapeHandle sums = c->Matrix(batch, classes);
+  ShapeHandle sums;
+  TF_RETURN_IF_ERROR(CheckInputs(c, "FusedTverskySums", &sums));
   for (int i = 0; i < 3; ++i) c->set_output(i, sums);
   return absl::OkStatus();
 }
 
 absl::Status GradShape(InferenceContext* c) {
-  DimensionHandle batch, classes;
-  TF_RETURN_IF_ERROR(CheckInputs(c, "FusedTverskySumsGrad", &batch, &classes));
-  const ShapeHandle sums = c->Matrix(batch, classes);
+  ShapeHandle sums;
+  TF_RETURN_IF_ERROR(CheckInputs(c, "FusedTverskySumsGrad", &sums));
   for (int i = 2; i < 5; ++i) {
     ShapeHandle merged;
     if (!c->Merge(c->input(i), sums, &merged).ok()) {
@@ -104,19 +99,25 @@ absl::Status GradShape(InferenceContext* c) {
 
 }  // namespace
 
+// The attributes of both ops, written once: the gradient op is called with the forward op's
+// attributes as they are (fused.py, _sums_gradient). A chain fragment, as TensorFlow's own
+// op files do it (REGISTER_OP("Neg").UNARY()).
+#define TFVERSKY_SHARED_ATTRS()                                 \
+  Attr("T: {half, bfloat16, float, double}")                    \
+      .Attr("Tlabels: {uint8, int32, int64, float, double}")    \
+      .Attr("Tsum: {float, double}")                            \
+      .Attr("from_logits: bool = false")                        \
+      .Attr("activation: {'softmax', 'sigmoid'} = 'softmax'")   \
+      .Attr("has_ignore_index: bool = false")                   \
+      .Attr("ignore_index: int = 0")
+
 REGISTER_OP("Tfversky>FusedTverskySums")
     .Input("y_pred: T")
     .Input("labels: Tlabels")
     .Output("tp: Tsum")
     .Output("fp: Tsum")
     .Output("fn: Tsum")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tlabels: {uint8, int32, int64, float, double}")
-    .Attr("Tsum: {float, double}")
-    .Attr("from_logits: bool = false")
-    .Attr("activation: {'softmax', 'sigmoid'} = 'softmax'")
-    .Attr("has_ignore_index: bool = false")
-    .Attr("ignore_index: int = 0")
+    .TFVERSKY_SHARED_ATTRS()
     .SetShapeFn(SumsShape)
     .Doc(R"doc(
 Soft confusion sums of the Tversky loss, with the activation fused in.
@@ -140,13 +141,7 @@ REGISTER_OP("Tfversky>FusedTverskySumsGrad")
     .Input("grad_fp: Tsum")
     .Input("grad_fn: Tsum")
     .Output("grad_y_pred: T")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tlabels: {uint8, int32, int64, float, double}")
-    .Attr("Tsum: {float, double}")
-    .Attr("from_logits: bool = false")
-    .Attr("activation: {'softmax', 'sigmoid'} = 'softmax'")
-    .Attr("has_ignore_index: bool = false")
-    .Attr("ignore_index: int = 0")
+    .TFVERSKY_SHARED_ATTRS()
     .SetShapeFn(GradShape)
     .Doc(R"doc(
 Gradient of FusedTverskySums w.r.t. y_pred, from dL/dTP, dL/dFP, dL/dFN.
@@ -154,5 +149,7 @@ Gradient of FusedTverskySums w.r.t. y_pred, from dL/dTP, dL/dFP, dL/dFN.
 Per voxel: G_c = w (dFP_c + g_c (dTP_c - dFP_c - dFN_c)); through softmax
 dz_c = p_c (G_c - sum_k p_k G_k), through sigmoid dz_c = G_c p_c (1 - p_c), else G_c.
 )doc");
+
+#undef TFVERSKY_SHARED_ATTRS
 
 }  // namespace tfversky

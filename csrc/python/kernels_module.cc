@@ -166,22 +166,41 @@ void raise_label_error(const LabelError& e, const Problem& p) {
                         "value to skip as ignore_index.");
 }
 
-py::tuple confusion_sums(py::array y_pred, py::array labels, bool from_logits,
+// y_pred and labels of a CPU call, C-contiguous, with their dtypes and the checked problem.
+struct CpuInputs {
+  py::array y_pred, labels;
+  DType y_dtype, label_dtype;
+  Problem problem;
+
+  py::dtype sum_dtype() const {
+    return py::dtype(y_dtype == DType::kFloat64 ? "float64" : "float32");
+  }
+};
+
+CpuInputs cpu_inputs(const py::array& y_pred, const py::array& labels, bool from_logits,
+                     const std::string& activation, const py::object& ignore_index) {
+  CpuInputs in;
+  in.y_pred = py::array::ensure(y_pred, py::array::c_style);
+  in.labels = py::array::ensure(labels, py::array::c_style);
+  in.y_dtype = dtype_of(in.y_pred, "y_pred");
+  in.label_dtype = dtype_of(in.labels, "labels");
+  in.problem = make_problem(shape_of(in.y_pred), in.y_dtype, shape_of(in.labels), in.label_dtype,
+                            from_logits, activation, ignore_index);
+  return in;
+}
+
+py::tuple confusion_sums(const py::array& y_pred, const py::array& labels, bool from_logits,
                          const std::string& activation, const py::object& ignore_index,
                          int num_threads) {
-  y_pred = py::array::ensure(y_pred, py::array::c_style);
-  labels = py::array::ensure(labels, py::array::c_style);
-  const DType y_dtype = dtype_of(y_pred, "y_pred"), label_dtype = dtype_of(labels, "labels");
-  const Problem p = make_problem(shape_of(y_pred), y_dtype, shape_of(labels), label_dtype,
-                                 from_logits, activation, ignore_index);
-  const py::dtype sum_dtype(y_dtype == DType::kFloat64 ? "float64" : "float32");
-  py::array tp(sum_dtype, {p.batch, p.classes}), fp(sum_dtype, {p.batch, p.classes}),
-      fn(sum_dtype, {p.batch, p.classes});
-  const LabelError error = with_types(y_dtype, label_dtype, [&](auto t, auto l) {
+  const CpuInputs in = cpu_inputs(y_pred, labels, from_logits, activation, ignore_index);
+  const Problem& p = in.problem;
+  py::array tp(in.sum_dtype(), {p.batch, p.classes}), fp(in.sum_dtype(), {p.batch, p.classes}),
+      fn(in.sum_dtype(), {p.batch, p.classes});
+  const LabelError error = with_types(in.y_dtype, in.label_dtype, [&](auto t, auto l) {
     using T = typename decltype(t)::type;
     using L = typename decltype(l)::type;
-    const T* y = static_cast<const T*>(y_pred.data());
-    const L* lab = static_cast<const L*>(labels.data());
+    const T* y = static_cast<const T*>(in.y_pred.data());
+    const L* lab = static_cast<const L*>(in.labels.data());
     auto* out_tp = static_cast<Acc<T>*>(tp.mutable_data());
     auto* out_fp = static_cast<Acc<T>*>(fp.mutable_data());
     auto* out_fn = static_cast<Acc<T>*>(fn.mutable_data());
@@ -192,31 +211,28 @@ py::tuple confusion_sums(py::array y_pred, py::array labels, bool from_logits,
   return py::make_tuple(tp, fp, fn);
 }
 
-py::array confusion_sums_grad(py::array y_pred, py::array labels, py::array grad_tp,
-                              py::array grad_fp, py::array grad_fn, bool from_logits,
+py::array confusion_sums_grad(const py::array& y_pred, const py::array& labels,
+                              const py::array& grad_tp, const py::array& grad_fp,
+                              const py::array& grad_fn, bool from_logits,
                               const std::string& activation, const py::object& ignore_index,
                               int num_threads) {
-  y_pred = py::array::ensure(y_pred, py::array::c_style);
-  labels = py::array::ensure(labels, py::array::c_style);
-  const DType y_dtype = dtype_of(y_pred, "y_pred"), label_dtype = dtype_of(labels, "labels");
-  const Problem p = make_problem(shape_of(y_pred), y_dtype, shape_of(labels), label_dtype,
-                                 from_logits, activation, ignore_index);
-  const py::dtype sum_dtype(y_dtype == DType::kFloat64 ? "float64" : "float32");
+  const CpuInputs in = cpu_inputs(y_pred, labels, from_logits, activation, ignore_index);
+  const Problem& p = in.problem;
   const std::vector<int64_t> sums_shape = {p.batch, p.classes};
   std::vector<py::array> upstream;
-  for (py::array* g : {&grad_tp, &grad_fp, &grad_fn}) {
+  for (const py::array* g : {&grad_tp, &grad_fp, &grad_fn}) {
     if (shape_of(*g) != sums_shape) {
       throw py::value_error("The upstream gradients must have shape (batch, classes) = " +
                             shape_string(sums_shape) + ". Received " + shape_string(shape_of(*g)));
     }
-    upstream.push_back(py::array::ensure(g->attr("astype")(sum_dtype), py::array::c_style));
+    upstream.push_back(py::array::ensure(g->attr("astype")(in.sum_dtype()), py::array::c_style));
   }
-  py::array grad(y_pred.dtype(), shape_of(y_pred));
-  const LabelError error = with_types(y_dtype, label_dtype, [&](auto t, auto l) {
+  py::array grad(in.y_pred.dtype(), shape_of(in.y_pred));
+  const LabelError error = with_types(in.y_dtype, in.label_dtype, [&](auto t, auto l) {
     using T = typename decltype(t)::type;
     using L = typename decltype(l)::type;
-    const T* y = static_cast<const T*>(y_pred.data());
-    const L* lab = static_cast<const L*>(labels.data());
+    const T* y = static_cast<const T*>(in.y_pred.data());
+    const L* lab = static_cast<const L*>(in.labels.data());
     const auto* d_tp = static_cast<const Acc<T>*>(upstream[0].data());
     const auto* d_fp = static_cast<const Acc<T>*>(upstream[1].data());
     const auto* d_fn = static_cast<const Acc<T>*>(upstream[2].data());
@@ -228,37 +244,47 @@ py::array confusion_sums_grad(py::array y_pred, py::array labels, py::array grad
   return grad;
 }
 
-// Conversions and exp of the shared header, exposed for the tests.
-py::array_t<uint16_t> round_to_16bit(py::array_t<float, py::array::c_style | py::array::forcecast> x,
-                                     const std::string& dtype) {
-  const bool half = dtype == "float16";
-  if (!half && dtype != "bfloat16") throw py::value_error("dtype must be float16 or bfloat16");
-  py::array_t<uint16_t> out(x.request().shape);
-  const float* in = x.data();
-  uint16_t* o = out.mutable_data();
-  for (py::ssize_t i = 0; i < x.size(); ++i) {
-    o[i] = half ? from_acc<Half>(in[i]).bits : from_acc<BFloat16>(in[i]).bits;
+// ---- conversions and exp of the shared header, exposed for the tests ----
+
+// An array of T, C-contiguous: pybind11 converts what it is given (forcecast).
+template <class T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// fn applied to every element of x, in an array of x's shape.
+template <class Out, class In, class Fn>
+py::array_t<Out> map_elements(const CArray<In>& x, Fn fn) {
+  py::array_t<Out> out(x.request().shape);
+  const In* in = x.data();
+  Out* o = out.mutable_data();
+  for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = fn(in[i]);
+  return out;
+}
+
+// Whether the 16-bit `dtype` is float16 (else bfloat16).
+bool is_float16(const std::string& dtype) {
+  if (dtype != "float16" && dtype != "bfloat16") {
+    throw py::value_error("Invalid value for argument `dtype`: expected 'float16' or 'bfloat16'. "
+                          "Received: dtype='" + dtype + "'");
   }
-  return out;
+  return dtype == "float16";
 }
 
-py::array_t<float> widen_16bit(py::array_t<uint16_t, py::array::c_style | py::array::forcecast> bits,
-                               const std::string& dtype) {
-  const bool half = dtype == "float16";
-  if (!half && dtype != "bfloat16") throw py::value_error("dtype must be float16 or bfloat16");
-  py::array_t<float> out(bits.request().shape);
-  const uint16_t* in = bits.data();
-  float* o = out.mutable_data();
-  for (py::ssize_t i = 0; i < bits.size(); ++i) o[i] = half ? to_acc(Half{in[i]}) : to_acc(BFloat16{in[i]});
-  return out;
+py::array_t<uint16_t> round_to_16bit(const CArray<float>& x, const std::string& dtype) {
+  if (is_float16(dtype)) {
+    return map_elements<uint16_t>(x, [](float v) { return from_acc<Half>(v).bits; });
+  }
+  return map_elements<uint16_t>(x, [](float v) { return from_acc<BFloat16>(v).bits; });
 }
 
-py::array_t<float> exp_approx_array(py::array_t<float, py::array::c_style | py::array::forcecast> x) {
-  py::array_t<float> out(x.request().shape);
-  const float* in = x.data();
-  float* o = out.mutable_data();
-  for (py::ssize_t i = 0; i < x.size(); ++i) o[i] = exp_approx(in[i]);
-  return out;
+py::array_t<float> widen_16bit(const CArray<uint16_t>& bits, const std::string& dtype) {
+  if (is_float16(dtype)) {
+    return map_elements<float>(bits, [](uint16_t b) { return to_acc(Half{b}); });
+  }
+  return map_elements<float>(bits, [](uint16_t b) { return to_acc(BFloat16{b}); });
+}
+
+py::array_t<float> exp_approx_array(const CArray<float>& x) {
+  return map_elements<float>(x, [](float v) { return exp_approx(v); });
 }
 
 // ---- CUDA ----
@@ -315,34 +341,53 @@ void check_kernel(const char* message) {
   if (message != nullptr) throw std::runtime_error(std::string("CUDA kernel: ") + message);
 }
 
-void check_sums_output(const DeviceArray& a, const Problem& p, DType y_dtype, const char* name) {
-  const DType expected = y_dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
-  if (a.shape != std::vector<int64_t>{p.batch, p.classes} || cuda_dtype(a, name) != expected) {
-    throw py::value_error(std::string("`") + name + "` must be a " +
-                          (expected == DType::kFloat64 ? "float64" : "float32") +
-                          " array of shape (batch, classes) = " +
-                          shape_string({p.batch, p.classes}));
+// y_pred and labels of a CUDA call, with their dtypes and the checked problem.
+struct CudaInputs {
+  DeviceArray y, labels;
+  DType y_dtype, label_dtype;
+  Problem problem;
+
+  // A (batch, classes) array of the sums' dtype, or a ValueError naming `argument`.
+  DeviceArray sums_array(const py::object& obj, const char* argument) const {
+    const DeviceArray a = device_array(obj, argument);
+    const DType expected = y_dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+    if (a.shape != std::vector<int64_t>{problem.batch, problem.classes} ||
+        cuda_dtype(a, argument) != expected) {
+      throw py::value_error(std::string("`") + argument + "` must be a " +
+                            (expected == DType::kFloat64 ? "float64" : "float32") +
+                            " array of shape (batch, classes) = " +
+                            shape_string({problem.batch, problem.classes}));
+    }
+    return a;
   }
+};
+
+// `y_dtype_name` overrides y_pred's typestr, for bfloat16 (which the interface cannot
+// express: pass a 2-byte view, e.g. torch's .view(torch.int16), with y_dtype="bfloat16").
+CudaInputs cuda_inputs(const py::object& y_pred, const py::object& labels, bool from_logits,
+                       const std::string& activation, const py::object& ignore_index,
+                       const py::object& y_dtype_name) {
+  CudaInputs in;
+  in.y = device_array(y_pred, "y_pred");
+  in.labels = device_array(labels, "labels");
+  in.y_dtype = y_dtype_name.is_none() ? cuda_dtype(in.y, "y_pred")
+                                      : parse_dtype(py::str(y_dtype_name), "y_dtype");
+  in.label_dtype = cuda_dtype(in.labels, "labels");
+  in.problem = make_problem(in.y.shape, in.y_dtype, in.labels.shape, in.label_dtype, from_logits,
+                            activation, ignore_index);
+  return in;
 }
 
-// `y_dtype` overrides y_pred's typestr, for bfloat16 (which the interface cannot express:
-// pass a 2-byte view, e.g. torch's .view(torch.int16), with y_dtype="bfloat16").
 void cuda_confusion_sums(const py::object& y_pred, const py::object& labels, const py::object& tp,
                          const py::object& fp, const py::object& fn, bool from_logits,
                          const std::string& activation, const py::object& ignore_index,
                          const py::object& y_dtype_name, uintptr_t stream) {
-  const DeviceArray y = device_array(y_pred, "y_pred"), lab = device_array(labels, "labels");
-  const DType y_dtype = y_dtype_name.is_none() ? cuda_dtype(y, "y_pred")
-                                               : parse_dtype(py::str(y_dtype_name), "y_dtype");
-  const DType label_dtype = cuda_dtype(lab, "labels");
-  const Problem p = make_problem(y.shape, y_dtype, lab.shape, label_dtype, from_logits,
-                                 activation, ignore_index);
-  const DeviceArray out_tp = device_array(tp, "tp"), out_fp = device_array(fp, "fp"),
-                    out_fn = device_array(fn, "fn");
-  check_sums_output(out_tp, p, y_dtype, "tp");
-  check_sums_output(out_fp, p, y_dtype, "fp");
-  check_sums_output(out_fn, p, y_dtype, "fn");
-  with_types(y_dtype, label_dtype, [&](auto t, auto l) {
+  const CudaInputs in =
+      cuda_inputs(y_pred, labels, from_logits, activation, ignore_index, y_dtype_name);
+  const Problem& p = in.problem;
+  const DeviceArray out_tp = in.sums_array(tp, "tp"), out_fp = in.sums_array(fp, "fp"),
+                    out_fn = in.sums_array(fn, "fn");
+  with_types(in.y_dtype, in.label_dtype, [&](auto t, auto l) {
     using T = typename decltype(t)::type;
     using L = typename decltype(l)::type;
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
@@ -351,7 +396,7 @@ void cuda_confusion_sums(const py::object& y_pred, const py::object& labels, con
     void* workspace = nullptr;
     check_cuda(cudaMallocAsync(&workspace, std::max<size_t>(bytes, 1), s), "cudaMallocAsync");
     const char* message = sums_cuda<T, L>(
-        p, static_cast<const T*>(y.data), static_cast<const L*>(lab.data),
+        p, static_cast<const T*>(in.y.data), static_cast<const L*>(in.labels.data),
         static_cast<Acc<T>*>(out_tp.data), static_cast<Acc<T>*>(out_fp.data),
         static_cast<Acc<T>*>(out_fn.data), workspace, bytes, s);
     check_cuda(cudaFreeAsync(workspace, s), "cudaFreeAsync");
@@ -366,26 +411,22 @@ void cuda_confusion_sums_grad(const py::object& y_pred, const py::object& labels
                               bool from_logits, const std::string& activation,
                               const py::object& ignore_index, const py::object& y_dtype_name,
                               uintptr_t stream) {
-  const DeviceArray y = device_array(y_pred, "y_pred"), lab = device_array(labels, "labels");
-  const DType y_dtype = y_dtype_name.is_none() ? cuda_dtype(y, "y_pred")
-                                               : parse_dtype(py::str(y_dtype_name), "y_dtype");
-  const DType label_dtype = cuda_dtype(lab, "labels");
-  const Problem p = make_problem(y.shape, y_dtype, lab.shape, label_dtype, from_logits,
-                                 activation, ignore_index);
-  const DeviceArray d_tp = device_array(grad_tp, "grad_tp"), d_fp = device_array(grad_fp, "grad_fp"),
-                    d_fn = device_array(grad_fn, "grad_fn"), out = device_array(grad_y_pred, "grad_y_pred");
-  check_sums_output(d_tp, p, y_dtype, "grad_tp");
-  check_sums_output(d_fp, p, y_dtype, "grad_fp");
-  check_sums_output(d_fn, p, y_dtype, "grad_fn");
-  if (out.shape != y.shape || out.typestr.substr(2) != y.typestr.substr(2)) {
+  const CudaInputs in =
+      cuda_inputs(y_pred, labels, from_logits, activation, ignore_index, y_dtype_name);
+  const Problem& p = in.problem;
+  const DeviceArray d_tp = in.sums_array(grad_tp, "grad_tp"),
+                    d_fp = in.sums_array(grad_fp, "grad_fp"),
+                    d_fn = in.sums_array(grad_fn, "grad_fn"),
+                    out = device_array(grad_y_pred, "grad_y_pred");
+  if (out.shape != in.y.shape || out.typestr.substr(2) != in.y.typestr.substr(2)) {
     throw py::value_error("`grad_y_pred` must have y_pred's shape and dtype.");
   }
-  with_types(y_dtype, label_dtype, [&](auto t, auto l) {
+  with_types(in.y_dtype, in.label_dtype, [&](auto t, auto l) {
     using T = typename decltype(t)::type;
     using L = typename decltype(l)::type;
     py::gil_scoped_release release;
     check_kernel(sums_grad_cuda<T, L>(
-        p, static_cast<const T*>(y.data), static_cast<const L*>(lab.data),
+        p, static_cast<const T*>(in.y.data), static_cast<const L*>(in.labels.data),
         static_cast<const Acc<T>*>(d_tp.data), static_cast<const Acc<T>*>(d_fp.data),
         static_cast<const Acc<T>*>(d_fn.data), static_cast<T*>(out.data),
         reinterpret_cast<void*>(stream)));

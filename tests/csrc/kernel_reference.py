@@ -128,33 +128,45 @@ class Case:
                 f"{self.activation} logits={self.from_logits} ignore={self.ignore_index}")
 
 
-def random_case(rng, shape, classes, *, dtype="float32", label_kind="uint8",
-                activation="softmax", from_logits=True, ignore_index=None, lesion=0.2):
-    """Random logits (or probabilities) and labels with about `lesion` foreground."""
+def random_inputs(rng, shape, classes, *, dense=False, from_logits=True, activation="softmax",
+                  ignore_index=None, lesion=0.2, logit_scale=3.0, probability_range=(0.0, 1.0)):
+    """Random (y_pred, labels), float64 and int64: the data of random_case (the kernel tests)
+    and of tests/tfversky/test_fused.py.
+
+    y_pred: normal logits of scale `logit_scale`, or probabilities (softmax: Dirichlet;
+    sigmoid: uniform in `probability_range`). labels: class ids with about `lesion`
+    foreground (a tenth of all set to `ignore_index`, if given), or with `dense`, their
+    one-hot targets (random soft targets for a single class).
+    """
     shape = tuple(shape)
     if from_logits:
-        y = rng.normal(scale=3.0, size=shape + (classes,))
+        y = rng.normal(scale=logit_scale, size=shape + (classes,))
     elif activation == "softmax":
         y = rng.dirichlet(np.ones(classes), size=shape)
     else:
-        y = rng.random(shape + (classes,))
-    y = y.astype(numpy_dtype(dtype))
+        y = rng.uniform(*probability_range, size=shape + (classes,))
     num_values = 2 if classes == 1 else classes
     ids = np.where(rng.random(shape) < lesion, rng.integers(1, num_values, size=shape), 0)
-    if label_kind == "dense":
-        accumulate = np.float64 if dtype == "float64" else np.float32
-        if classes == 1:
-            labels = rng.random(shape + (1,)).astype(accumulate)  # soft targets
-        else:
-            labels = np.eye(classes)[ids].astype(accumulate)
+    if dense:
+        return y, rng.random(shape + (1,)) if classes == 1 else np.eye(classes)[ids]
+    if ignore_index is not None:
+        ids = np.where(rng.random(shape) < 0.1, ignore_index, ids)
+    return y, ids
+
+
+def random_case(rng, shape, classes, *, dtype="float32", label_kind="uint8",
+                activation="softmax", from_logits=True, ignore_index=None, lesion=0.2):
+    """A Case of random_inputs, in `dtype` and `label_kind`, with random upstream gradients."""
+    dense = label_kind == "dense"
+    if dense:
         ignore_index = None
-    else:
-        if ignore_index is not None:
-            ids = np.where(rng.random(shape) < 0.1, ignore_index, ids)
-        labels = ids.astype(label_kind)
-    sums_shape = (shape[0], classes)
-    upstream = tuple(rng.normal(size=sums_shape) for _ in range(3))
-    return Case(y, labels, from_logits, activation, ignore_index, upstream)
+    y, labels = random_inputs(rng, shape, classes, dense=dense, from_logits=from_logits,
+                              activation=activation, ignore_index=ignore_index, lesion=lesion)
+    accumulate = np.float64 if dtype == "float64" else np.float32
+    labels = labels.astype(accumulate if dense else label_kind)
+    upstream = tuple(rng.normal(size=(shape[0], classes)) for _ in range(3))
+    return Case(y.astype(numpy_dtype(dtype)), labels, from_logits, activation, ignore_index,
+                upstream)
 
 
 def tolerance(dtype_name):

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tfversky
+from tests.csrc.kernel_reference import load_module, random_inputs
 from tfversky import _loader, fused
 
 TOLERANCE = {"float64": 1e-10, "float32": 2e-5, "float16": 2e-3, "bfloat16": 2e-2}
@@ -22,22 +23,14 @@ TOLERANCE = {"float64": 1e-10, "float32": 2e-5, "float16": 2e-3, "bfloat16": 2e-
 
 def make_case(rng, shape, classes, *, dtype="float32", labels="sparse", label_dtype="uint8",
               from_logits=True, activation="softmax", ignore_index=None, lesion=0.2):
-    """(labels, y_pred) as NumPy arrays: sparse ids, or one-hot/soft dense targets."""
-    shape = tuple(shape)
-    if from_logits:
-        y = rng.normal(scale=2.0, size=shape + (classes,))
-    elif activation == "softmax":
-        y = rng.dirichlet(np.ones(classes), size=shape)
-    else:
-        y = rng.uniform(0.02, 0.98, size=shape + (classes,))
-    num_values = 2 if classes == 1 else classes
-    ids = np.where(rng.random(shape) < lesion, rng.integers(1, num_values, size=shape), 0)
-    if labels == "dense":
-        target = rng.random(shape + (1,)) if classes == 1 else np.eye(classes)[ids]
-        return target.astype("float32"), tf.constant(y, dtype)
-    if ignore_index is not None:
-        ids = np.where(rng.random(shape) < 0.1, ignore_index, ids)
-    return ids.astype(label_dtype), tf.constant(y, dtype)
+    """(labels, y_pred): NumPy class ids or float32 one-hot/soft targets, and a tf.Tensor."""
+    dense = labels == "dense"
+    # Milder logits than the kernel tests' and probabilities kept off 0 and 1: the data that
+    # TOLERANCE was set with.
+    y, target = random_inputs(rng, shape, classes, dense=dense, from_logits=from_logits,
+                              activation=activation, ignore_index=ignore_index, lesion=lesion,
+                              logit_scale=2.0, probability_range=(0.02, 0.98))
+    return target.astype("float32" if dense else label_dtype), tf.constant(y, dtype)
 
 
 def loss_and_grad(labels, y_pred, implementation, **options):
@@ -182,8 +175,6 @@ def test_bitwise_identical_across_runs_and_thread_counts():
 
 def test_bitwise_identical_to_the_kernel_module(rng):
     """The op and the pybind11 module run the same kernels: same bits, any thread count."""
-    from tests.csrc.kernel_reference import load_module
-
     kernels = load_module()
     labels, y_pred = make_case(rng, (2, 30, 31, 32), 3, ignore_index=255)
     op = fused.confusion_sums(labels, y_pred, sparse=True, from_logits=True,
@@ -243,6 +234,20 @@ def test_too_many_classes(rng, monkeypatch):
     with pytest.warns(RuntimeWarning, match="at most 64"):
         auto = tfversky.tversky_loss(labels, y_pred, implementation="auto")
     np.testing.assert_array_equal(auto, tfversky.tversky_loss(labels, y_pred, implementation="tf"))
+
+
+def test_op_suggests_the_tf_implementation_only_for_too_many_classes(rng):
+    library = _loader.load()
+    labels, y_pred = make_case(rng, (1, 2, 3), 1, activation="sigmoid")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="softmax needs at least 2 channels; use sigmoid") as error:
+        library.tfversky_fused_tversky_sums(y_pred, labels, Tsum=tf.float32, from_logits=True,
+                                            activation="softmax")
+    assert "implementation='tf'" not in str(error.value)
+    labels, y_pred = make_case(rng, (1, 2, 3), 65)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"must be in \[1, 64\].*Use implementation='tf' for more classes"):
+        library.tfversky_fused_tversky_sums(y_pred, labels, Tsum=tf.float32)
 
 
 # ---- loader ----
