@@ -30,8 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import train_ms  # noqa: E402  (the sibling script)
 
 SETTINGS = ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))
-COLUMNS = ("dsc", "sensitivity", "specificity", "f2", "apr")
-# The paper's Table 1 (test set, percent): MSSEG 2016 data, 15 subjects, 1000 epochs.
+# The paper's Table 1 (test set, percent; columns as tfversky.metrics.PAPER_METRICS): MSSEG 2016 data, 15 subjects, 1000 epochs.
 PAPER_TABLE1 = {
     (0.5, 0.5): (53.42, 49.85, 99.93, 51.77, 52.57),
     (0.4, 0.6): (54.57, 55.85, 99.91, 55.47, 54.34),
@@ -98,6 +97,8 @@ def pool_folds(folders):
 
 
 def write_table(rows, out: pathlib.Path) -> None:
+    from tfversky.metrics import PAPER_METRICS as COLUMNS
+
     with open(out / "table1.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("alpha", "beta") + COLUMNS)

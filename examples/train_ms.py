@@ -305,9 +305,8 @@ def evaluate_fold(model, test, args, out: pathlib.Path) -> dict:
         predicted = lesion_prob >= args.threshold
         lesions = metrics.lesion_metrics(truth, predicted)
         lesion_counts.append(lesions)
-        subject_metrics = {k: scores[k] for k in ("dsc", "sensitivity", "specificity", "f2",
-                                                  "apr")}
-        subjects.append({"subject": name, "lesion_voxels": int(truth.sum()), **subject_metrics,
+        subjects.append({"subject": name, "lesion_voxels": int(truth.sum()),
+                         **{k: scores[k] for k in metrics.PAPER_METRICS},
                          **{k: lesions[k] for k in ("ltpr", "lfpr", "lesion_f1")}})
         native = preprocessing.to_native(predicted.astype(np.uint8), volume["grid_affine"],
                                          volume["affine"], tuple(volume["shape"]), order=0)
@@ -331,15 +330,17 @@ def evaluate_fold(model, test, args, out: pathlib.Path) -> dict:
         figure_curves[f"{label}: {subject['subject']}"] = curves[subject["subject"]]
     plotting.plot_pr_curves(figure_curves, out / "pr_curve.png",
                             title=f"PR curves, alpha={args.alpha}, beta={args.beta}")
-    return {"pooled": {**{k: pooled[k] for k in ("dsc", "sensitivity", "specificity", "f2",
-                                                  "apr", "tp", "fp", "fn", "tn")},
+    counts = ("tp", "fp", "fn", "tn")
+    return {"pooled": {**{k: pooled[k] for k in metrics.PAPER_METRICS + counts},
                        **lesion_pooled},
             "subjects": subjects}
 
 
 def print_report(results: dict, out: pathlib.Path) -> None:
     rows = results["subjects"] + [{"subject": "pooled", **results["pooled"]}]
-    keys = ("dsc", "sensitivity", "specificity", "f2", "apr", "ltpr", "lfpr")
+    from tfversky import metrics
+
+    keys = metrics.PAPER_METRICS + ("ltpr", "lfpr")
     width = max(len(r["subject"]) for r in rows)
     print(f"\n{'subject':<{width}}  " + "  ".join(f"{k:>11}" for k in keys))
     for row in rows:

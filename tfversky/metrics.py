@@ -30,6 +30,8 @@ import keras
 import numpy as np
 from keras import ops
 
+# The paper's test metrics (Table 1's columns), in its order: the keys ``evaluate`` returns.
+PAPER_METRICS = ("dsc", "sensitivity", "specificity", "f2", "apr")
 _HALF_BITS = 0x3F000000  # float32 bit pattern of 0.5
 _CHUNK = 1 << 22  # voxels per step when streaming a large array
 
