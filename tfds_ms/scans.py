@@ -13,10 +13,8 @@ import nibabel as nib
 import numpy as np
 
 from tfds_ms.layouts import Scan
-from tfversky import inference, preprocessing
+from tfversky import io, preprocessing
 
-# Two files of one scan are on the same voxel grid if their affines agree this closely (mm).
-_AFFINE_TOLERANCE = 0.05
 # A float mask value this close to 0 or 1 is taken as that value.
 _LABEL_ROUNDING = 1e-3
 
@@ -47,8 +45,8 @@ class LoadedScan:
 def _read(path, subject: str, what: str):
     """Loads a NIfTI file as (canonical affine, native affine, native shape, raw data)."""
     try:
-        data, img = inference.read_volume(path, f"the {what}")
-    except inference.ScanError as err:
+        data, img = io.read_volume(path, f"the {what}")
+    except io.ScanError as err:
         raise InvalidScanError(f"Subject {subject}: {err} Copy it again from the dataset "
                                f"archive.") from None
     # Canonical (RAS+) orientation by flipping and permuting axes: no resampling.
@@ -59,7 +57,7 @@ def _read(path, subject: str, what: str):
 
 
 def _check_same_grid(subject, what, path, shape, affine, ref_what, ref_path, ref_shape, ref_affine):
-    if shape != ref_shape or not np.allclose(affine, ref_affine, atol=_AFFINE_TOLERANCE):
+    if not io.same_grid(shape, affine, ref_shape, ref_affine):
         raise InvalidScanError(
             f"Subject {subject}: the {what} file {path} (shape {shape}) is not on the voxel grid "
             f"of the {ref_what} file {ref_path} (shape {ref_shape}); affines\n{affine}\nand\n"

@@ -144,7 +144,8 @@ def _load_model(path: str):
 def _predict(args) -> int:
     import numpy as np
 
-    from tfversky.inference import ScanError, load_modalities, predict_volume, save_like
+    from tfversky.inference import predict_volume
+    from tfversky.io import ScanError, load_modalities, save_like
     from tfversky.preprocessing import normalize_intensity
 
     scans = {name: getattr(args, flag) for flag, name in _MODALITY_FLAGS}

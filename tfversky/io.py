@@ -1,0 +1,225 @@
+"""NIfTI in and out: reading scans with clear errors, and writing results like the input.
+
+The one home of file I/O for the core, the dataset builder (``tfds_ms``) and the command
+line. Writers keep what a viewer needs to overlay a result on its scan: the input's affine,
+its qform/sform codes and the rest of its header.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+# Two volumes share a voxel grid when their shapes match and no corner of the grid moves by
+# more than this many mm between their affines. Registered scans of one subject agree to
+# rounding (headers often hold float32); 0.05 mm is still far below any voxel in use.
+GRID_ATOL_MM = 0.05
+
+
+def _corners(shape) -> np.ndarray:
+    """The 8 corner voxels of a 3D grid, homogeneous coordinates (4, 8)."""
+    extent = np.asarray(shape[:3], float) - 1
+    bits = np.array([[(k >> axis) & 1 for axis in range(3)] for k in range(8)], float)
+    return np.vstack([(bits * extent).T, np.ones(8)])
+
+
+def grid_mismatch_mm(shape, affine_a, affine_b) -> float:
+    """Largest distance (mm) a corner of a ``shape`` grid moves between two affines."""
+    corners = _corners(shape)
+    moved = (np.asarray(affine_a, float) - np.asarray(affine_b, float)) @ corners
+    return float(np.linalg.norm(moved[:3], axis=0).max())
+
+
+def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
+    """Whether two volumes share one voxel grid: the same 3D shape, and no grid corner more
+    than ``GRID_ATOL_MM`` apart in world space.
+
+    Example:
+
+    >>> same_grid((2, 3, 4), np.eye(4), (2, 3, 4), np.eye(4) + 1e-4)
+    True
+    >>> shifted = np.eye(4); shifted[0, 3] = 0.5
+    >>> same_grid((2, 3, 4), np.eye(4), (2, 3, 4), shifted)
+    False
+    """
+    return (tuple(shape_a)[:3] == tuple(shape_b)[:3]
+            and grid_mismatch_mm(shape_a, affine_a, affine_b) <= GRID_ATOL_MM)
+
+
+class ScanError(ValueError):
+    """A scan file that cannot be used: missing, unreadable, wrong dimensionality, or
+    not on the same voxel grid as the other modalities. The message names the file."""
+
+
+
+def read_volume(path, name: str | None = None):
+    """Read one 3D volume with nibabel: ``(data, image)``, data in the file's own dtype.
+
+    The one reader of scans for inference and for the dataset builder. Trailing axes of
+    length 1 (e.g. (D, H, W, 1) from some converters) are dropped.
+
+    Args:
+        path: File nibabel can read (NIfTI ``.nii``/``.nii.gz``, Analyze, MGH, ...).
+        name: What the file is, for error messages (e.g. ``"FLAIR"``). Defaults to None.
+
+    Raises:
+        ScanError: naming the file, if it is missing, unreadable or corrupt, or not 3D.
+    """
+    import nibabel as nib
+
+    label = f"{name} file {str(path)!r}" if name else f"file {str(path)!r}"
+    if not os.path.isfile(path):
+        raise ScanError(f"{label} does not exist" + (" (it is a directory)" if os.path.isdir(path)
+                                                     else "") + ".")
+    try:
+        image = nib.load(path)
+        # nibabel reads lazily: decompressing here is what finds a truncated or corrupt file.
+        data = np.asarray(image.dataobj)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ScanError(f"{label} cannot be read as an image: {reason}. Is it a complete "
+                        f"NIfTI (.nii / .nii.gz) file?") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ScanError(
+            f"{label} has shape {data.shape}, but a 3D volume is expected. Pass one volume "
+            f"(e.g. extract it with nibabel: image.slicer[..., 0]).")
+    return data, image
+
+
+def load_scan(path, name: str | None = None):
+    """Read one 3D scan with nibabel: returns ``(data, image)``, data a float32 (D, H, W) array.
+
+    Trailing axes of length 1 (e.g. (D, H, W, 1) from some converters) are dropped.
+
+    Args:
+        path: File nibabel can read (NIfTI ``.nii``/``.nii.gz``, Analyze, MGH, ...).
+        name: What the file is, for error messages (e.g. ``"FLAIR"``). Defaults to None.
+
+    Raises:
+        ScanError: naming the file, if it is missing, unreadable or corrupt, not 3D, or
+            holds NaN/Inf.
+
+    Example:
+
+    >>> import nibabel as nib, numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "t1.nii.gz")
+    >>> nib.save(nib.Nifti1Image(np.ones((4, 5, 6), "float32"), np.eye(4)), path)
+    >>> data, image = load_scan(path, "T1")
+    >>> data.shape, str(data.dtype)
+    ((4, 5, 6), 'float32')
+    """
+    data, image = read_volume(path, name)
+    data = data.astype(np.float32, copy=False)
+    if not np.isfinite(data).all():
+        label = f"{name} file {str(path)!r}" if name else f"file {str(path)!r}"
+        raise ScanError(f"{label} contains NaN or Inf voxels: fix the scan first.")
+    return data, image
+
+
+def load_modalities(paths: Mapping[str, str], resample_to_first: bool = False):
+    """Read the modalities of one subject onto one voxel grid: (D, H, W, M) and the reference.
+
+    Args:
+        paths: Modality name -> file, in the model's channel order, e.g.
+            ``{"T1": ..., "T2": ..., "FLAIR": ...}``. The first one is the reference.
+        resample_to_first: Resample every other modality onto the first one's grid (trilinear,
+            0 outside) instead of failing when shapes or affines differ. Defaults to False.
+
+    Returns:
+        ``(image, reference)``: float32 (D, H, W, M) array and the first modality's nibabel
+        image, whose affine and header the outputs should carry.
+
+    Raises:
+        ScanError: naming the file that is missing, unreadable, not 3D, or on another grid
+            than the first (the message offers ``resample_to_first``).
+
+    Example:
+
+    >>> import nibabel as nib, numpy as np, tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> paths = {m: os.path.join(folder, m + ".nii.gz") for m in ("T1", "T2", "FLAIR")}
+    >>> for p in paths.values():
+    ...     nib.save(nib.Nifti1Image(np.ones((4, 5, 6), "float32"), np.eye(4)), p)
+    >>> image, reference = load_modalities(paths)
+    >>> image.shape
+    (4, 5, 6, 3)
+    """
+    import nibabel as nib
+    import nibabel.processing
+
+    items = list(paths.items())
+    first_name, first_path = items[0]
+    first, reference = load_scan(first_path, first_name)
+    channels = [first]
+    for name, path in items[1:]:
+        data, image = load_scan(path, name)
+        on_grid = same_grid(data.shape, image.affine, first.shape, reference.affine)
+        if not on_grid and not resample_to_first:
+            difference = (f"shape {data.shape} vs {first.shape}" if data.shape != first.shape
+                          else f"affine {np.round(image.affine, 3).tolist()} vs "
+                               f"{np.round(reference.affine, 3).tolist()}")
+            raise ScanError(
+                f"{name} file {str(path)!r} is not on the voxel grid of {first_name} file "
+                f"{str(first_path)!r}: {difference}. The modalities must be co-registered; "
+                f"to resample {name} linearly onto {first_name}'s grid pass resample_to_first="
+                f"True (command line: --resample-to-first).")
+        if not on_grid:
+            source = nib.Nifti1Image(data, image.affine)
+            # "grid-constant", not "constant": a voxel that maps onto the source's edge up to
+            # float32 rounding of the affines still interpolates instead of becoming 0.
+            data = nibabel.processing.resample_from_to(
+                source, (first.shape, reference.affine), order=1, mode="grid-constant",
+                cval=0.0).get_fdata(dtype=np.float32)
+        channels.append(data)
+    return np.stack(channels, axis=-1), reference
+
+
+def save_like(data, reference, path) -> None:
+    """Write ``data`` as NIfTI with the reference scan's affine and header.
+
+    The qform and sform (matrices and codes), voxel sizes and units are kept, so the result
+    overlays the scan in any viewer; the data type is ``data``'s own (e.g. uint8 for a mask,
+    float32 for probabilities) with no intensity scaling.
+
+    Args:
+        data: (D, H, W) array of the reference's shape.
+        reference: nibabel image whose grid ``data`` is on (from ``load_scan``).
+        path: Output file, ``.nii`` or ``.nii.gz``.
+
+    Raises:
+        ValueError: if the shapes differ or the file name does not end in .nii / .nii.gz.
+
+    Example:
+
+    >>> import nibabel as nib, numpy as np, tempfile, os
+    >>> scan = nib.Nifti1Image(np.ones((4, 5, 6), "float32"), np.diag([2.0, 1, 1, 1]))
+    >>> path = os.path.join(tempfile.mkdtemp(), "mask.nii.gz")
+    >>> save_like(np.zeros((4, 5, 6), np.uint8), scan, path)
+    >>> nib.load(path).get_data_dtype(), bool(np.allclose(nib.load(path).affine, scan.affine))
+    (dtype('uint8'), True)
+    """
+    import nibabel as nib
+
+    data = np.asarray(data)
+    if data.shape != reference.shape[:data.ndim] or data.ndim != 3:
+        raise ValueError(f"`data` must be 3D with the reference's shape {reference.shape[:3]}. "
+                         f"Received: data.shape={data.shape}")
+    if not str(path).endswith((".nii", ".nii.gz")):
+        raise ValueError(f"Invalid output file name {str(path)!r}: it must end in .nii or "
+                         f".nii.gz (NIfTI).")
+    image = nib.Nifti1Image(data, reference.affine, header=reference.header)
+    header = image.header
+    source = reference.header
+    if hasattr(source, "get_qform"):
+        # The constructor may pick its own codes when the reference's are 0: copy them back.
+        header.set_qform(source.get_qform(), code=int(source["qform_code"]))
+        header.set_sform(source.get_sform(), code=int(source["sform_code"]))
+    header.set_data_dtype(data.dtype)
+    header.set_slope_inter(1.0, 0.0)  # stored values are the values: no rescaling on read
+    header["descrip"] = b"tfversky"
+    nib.save(image, path)
