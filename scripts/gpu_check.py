@@ -70,6 +70,9 @@ class HostBackend:
     def device_name(self):
         return "CPU (dry run)"
 
+    def terms_per_accumulator(self, voxels, voxels_per_load):
+        return min(voxels, 8192)  # kCpuTaskVoxels: each CPU task sums its voxels, then double
+
 
 class CpuKernelsAsCuda:
     """The module's CPU functions behind its CUDA signatures, for --dry-run."""
