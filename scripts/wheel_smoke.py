@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = textwrap.dedent("""
-    import sys, warnings
+    import sys, textwrap, warnings
     import numpy as np
     import tfversky
     from tfversky import fused
@@ -65,7 +65,8 @@ CHECK = textwrap.dedent("""
 
 
 def _run(command, **kwargs):
-    print("+", " ".join(map(str, command)), flush=True)
+    shown = [str(c) if len(str(c)) < 100 else "<script>" for c in command]
+    print("+", " ".join(shown), flush=True)
     return subprocess.run(command, check=True, **kwargs)
 
 
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
         _run([str(venv / "bin" / "python"), "-c", CHECK, str(venv),
               "none" if args.no_compiler else "op"], cwd=work)
     except subprocess.CalledProcessError as error:
-        print(f"wheel smoke test FAILED: {error}", file=sys.stderr)
+        print(f"wheel smoke test FAILED: exit status {error.returncode} of "
+              f"{' '.join(map(str, error.cmd[:4]))} ...", file=sys.stderr)
         return 1
     finally:
         if not args.keep:

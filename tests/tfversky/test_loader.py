@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def fake_library(tmp_path, **fields):
     """A file with the build info of a library built here, overridden by ``fields``."""
-    info = dict(version=tfversky.__version__, tensorflow=tf.__version__, cuda="", isa="",
+    info = dict(dict(version=tfversky.__version__, tensorflow=tf.__version__, cuda="", isa=""),
                 **fields)
     path = tmp_path / "_tfversky_ops.so"
     body = ";".join(f"{key}={value}" for key, value in info.items())
@@ -35,9 +35,8 @@ def fresh_loader(monkeypatch):
 
 @pytest.fixture
 def real_library():
-    """Path and build info of the library this checkout built."""
-    path = Path(fused.build_info()["path"])
-    return path, _loader.read_build_info(path)
+    """Path and build info of the library this checkout built (found, not loaded)."""
+    return _loader.find_library()
 
 
 def _auto_and_fused(rng, match):
