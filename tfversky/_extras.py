@@ -7,13 +7,11 @@ extras: ``tfversky[data]`` (TFDS, NIfTI I/O, resampling, the phantom, progress b
 
 Example:
 
->>> from tfversky._extras import require
->>> require("numpy").__name__
-'numpy'
->>> require("no_such_module_xyz")
-Traceback (most recent call last):
-...
-KeyError: "no_such_module_xyz is not an optional dependency of tfversky (see EXTRAS)"
+>>> from tfversky._extras import EXTRAS, require
+>>> require("scipy.ndimage").__name__
+'scipy.ndimage'
+>>> EXTRAS["matplotlib"]   # without it: "... Install it with: pip install 'tfversky[viz]' ..."
+'viz'
 """
 
 from __future__ import annotations
@@ -42,11 +40,11 @@ def require(module: str):
 
     Raises:
         MissingExtraError: the module's package is not installed.
-        KeyError: ``module`` is not listed in EXTRAS (a programming error).
+        ValueError: ``module`` is not listed in EXTRAS (a programming error).
     """
     top = module.split(".")[0]
     if top not in EXTRAS and top not in CORE:
-        raise KeyError(f"{module} is not an optional dependency of tfversky (see EXTRAS)")
+        raise ValueError(f"{module} is not an optional dependency of tfversky: add it to EXTRAS")
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:

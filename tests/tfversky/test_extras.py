@@ -35,3 +35,8 @@ def test_the_extras_match_pyproject():
 
 def test_a_module_that_is_present_is_returned():
     assert _extras.require("scipy.ndimage").__name__ == "scipy.ndimage"
+
+
+def test_an_unlisted_module_is_a_programming_error():
+    with pytest.raises(ValueError, match="not an optional dependency of tfversky: add it to EXTRAS"):
+        _extras.require("no_such_module_xyz")
