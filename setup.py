@@ -102,15 +102,19 @@ class CMakeBuild(build_ext):
 
     @staticmethod
     def _run(command, step):
-        """Runs a CMake step, its output shown; a failure becomes OpNotBuilt."""
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        print(result.stdout, end="", file=sys.stderr)
-        if result.returncode != 0:
+        """Runs a CMake step, its output streamed to stderr; a failure becomes OpNotBuilt."""
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        output = []
+        for line in process.stdout:
+            print(line, end="", file=sys.stderr)
+            output.append(line)
+        output = "".join(output)
+        if process.wait() != 0:
             compiler = os.environ.get("CXX", "c++")
             hint = (f" (no working C++ compiler: CXX={compiler})"
-                    if "CMAKE_CXX_COMPILER" in result.stdout
-                    or "compile a simple test program" in result.stdout else "")
+                    if "CMAKE_CXX_COMPILER" in output
+                    or "compile a simple test program" in output else "")
             raise OpNotBuilt(f"the CMake build failed while {step}{hint}; its log is in the "
                              f"pip output (pip install -v)")
 
