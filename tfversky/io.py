@@ -152,7 +152,7 @@ def load_modalities(paths: Mapping[str, str], resample_to_first: bool = False):
     (4, 5, 6, 3)
     """
     nib = require("nibabel")
-    require("nibabel.processing")
+    processing = require("nibabel.processing")
 
     items = list(paths.items())
     first_name, first_path = items[0]
@@ -174,7 +174,7 @@ def load_modalities(paths: Mapping[str, str], resample_to_first: bool = False):
             source = nib.Nifti1Image(data, image.affine)
             # "grid-constant", not "constant": a voxel that maps onto the source's edge up to
             # float32 rounding of the affines still interpolates instead of becoming 0.
-            data = nibabel.processing.resample_from_to(
+            data = processing.resample_from_to(
                 source, (first.shape, reference.affine), order=1, mode="grid-constant",
                 cval=0.0).get_fdata(dtype=np.float32)
         channels.append(data)
