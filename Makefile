@@ -9,11 +9,13 @@ STAMP := $(VENV)/.tfversky-installed
 install: $(STAMP)
 
 # The editable install also compiles the fused op (CMakeLists.txt): rebuild when C++ changes.
+# TFVERSKY_REQUIRE_OP: here a failed op build stops the install (elsewhere the package installs
+# without the op, see setup.py).
 $(STAMP): requirements.txt pyproject.toml setup.py CMakeLists.txt $(shell find csrc -type f)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-build-isolation -e .
+	TFVERSKY_REQUIRE_OP=1 $(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
 test: install

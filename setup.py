@@ -5,14 +5,23 @@
 
 The build_ext below configures, builds and installs the CMake project into the package
 directory: the TensorFlow op library ``tfversky/_lib/_tfversky_ops.so`` and the pybind11
-module ``tfversky/_tfversky_kernels``. Environment:
+module ``tfversky/_tfversky_kernels``.
+
+Installing always succeeds: the pure TensorFlow loss needs no compiled code. Where the op
+cannot be built (TensorFlow absent from the build environment, as under pip's build isolation
+or an sdist install; no C++ compiler; a failed build) the package installs without it, and
+``tfversky/_lib/NOT_BUILT.txt`` records why; the loader then names that reason and the
+command that builds the op. Environment:
 
 * ``CMAKE_ARGS``: extra CMake arguments, e.g. ``-DTFVERSKY_CUDA=OFF`` (skip the CUDA
-  kernels), ``-DTFVERSKY_CUDA=ON`` (fail without nvcc), ``-DTFVERSKY_PORTABLE=ON`` (no
-  ``-march=native``), ``-DCMAKE_CUDA_ARCHITECTURES=90``.
+  kernels), ``-DTFVERSKY_CUDA=ON`` (fail without nvcc), ``-DCMAKE_CUDA_ARCHITECTURES=90``.
+* ``TFVERSKY_PORTABLE=1``: build for any x86-64 CPU (no ``-march=native``), for environments
+  that move between machines.
+* ``TFVERSKY_REQUIRE_OP=1``: fail the install when the op cannot be built (``make`` sets it).
 * ``CMAKE_BUILD_PARALLEL_LEVEL``: parallel compile jobs (default: every core).
 """
 
+import importlib.util
 import os
 import shlex
 import shutil
@@ -24,6 +33,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+NOT_BUILT_NOTE = Path("tfversky") / "_lib" / "NOT_BUILT.txt"  # read by tfversky/_loader.py
+BUILD_COMMAND = "pip install --no-build-isolation -e ."
 
 
 def _tool(name):
@@ -31,38 +42,86 @@ def _tool(name):
     return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
 
 
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "on", "true", "yes")
+
+
+class OpNotBuilt(Exception):
+    """Why the op was not built, in one sentence for NOT_BUILT.txt."""
+
+
 class CMakeBuild(build_ext):
-    """Builds every CMake target and installs them next to the Python files."""
+    """Builds every CMake target and installs them next to the Python files, or records why not."""
 
     def build_extension(self, ext):
         # build_ext.run builds into build_lib (inplace is off during run); editable installs
         # then copy the outputs into the source tree: see copy_extensions_to_source.
         package_parent = Path(self.get_ext_fullpath(ext.name)).resolve().parent.parent
-        build_temp = Path(self.build_temp).resolve() / "cmake"
-        build_temp.mkdir(parents=True, exist_ok=True)
+        note = package_parent / NOT_BUILT_NOTE
+        note.unlink(missing_ok=True)
+        try:
+            self._cmake_outputs = self._cmake(package_parent)
+        except OpNotBuilt as reason:
+            if _flag("TFVERSKY_REQUIRE_OP"):
+                raise RuntimeError(f"tfversky: the fused op was not built: {reason}") from None
+            print(f"\ntfversky: installing WITHOUT the fused op: {reason}\n  The pure TensorFlow "
+                  f"loss works. To build the op, install TensorFlow and a C++ compiler, then, "
+                  f"from the source tree:\n    {BUILD_COMMAND}\n", file=sys.stderr)
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(f"{reason}\n")
+            self._cmake_outputs = [(package_parent, note)]
+
+    def _cmake(self, package_parent):
+        """Configures, builds and installs; the installed files as (prefix, path) pairs."""
+        if importlib.util.find_spec("tensorflow") is None:
+            raise OpNotBuilt(f"TensorFlow was not importable by the build's Python "
+                             f"({sys.executable}; pip's build isolation, and installs from an "
+                             f"sdist, build without it)")
         cmake = _tool("cmake")
         if cmake is None:
-            raise RuntimeError("CMake is needed to build the fused op: pip install cmake")
+            raise OpNotBuilt("CMake was not found (pip install cmake)")
+        build_temp = Path(self.build_temp).resolve() / "cmake"
+        build_temp.mkdir(parents=True, exist_ok=True)
         configure = [cmake, "-S", str(ROOT), "-B", str(build_temp),
                      f"-DPython_EXECUTABLE={sys.executable}",
                      f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
-                     # The op is the point of this build: fail loudly without TensorFlow.
-                     "-DTFVERSKY_TF_OP=ON"]
+                     # TensorFlow is importable (checked above): fail loudly if CMake disagrees.
+                     "-DTFVERSKY_TF_OP=ON",
+                     f"-DTFVERSKY_PORTABLE={'ON' if _flag('TFVERSKY_PORTABLE') else 'OFF'}"]
         ninja = _tool("ninja")
         if ninja and "CMAKE_GENERATOR" not in os.environ and not (build_temp / "CMakeCache.txt").exists():
             configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
         configure += shlex.split(os.environ.get("CMAKE_ARGS", ""))
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
-        subprocess.run(configure, check=True)
-        subprocess.run([cmake, "--build", str(build_temp), "--parallel", jobs], check=True)
-        subprocess.run([cmake, "--install", str(build_temp), "--prefix", str(package_parent)],
-                       check=True)
+        self._run(configure, "configuring")
+        self._run([cmake, "--build", str(build_temp), "--parallel", jobs], "compiling")
+        self._run([cmake, "--install", str(build_temp), "--prefix", str(package_parent)],
+                  "installing")
         manifest = (build_temp / "install_manifest.txt").read_text().split()
-        self._cmake_outputs = [(package_parent, Path(path)) for path in manifest]
+        return [(package_parent, Path(path)) for path in manifest]
+
+    @staticmethod
+    def _run(command, step):
+        """Runs a CMake step, its output streamed to stderr; a failure becomes OpNotBuilt."""
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        output = []
+        for line in process.stdout:
+            print(line, end="", file=sys.stderr)
+            output.append(line)
+        output = "".join(output)
+        if process.wait() != 0:
+            compiler = os.environ.get("CXX", "c++")
+            hint = (f" (no working C++ compiler: CXX={compiler})"
+                    if "CMAKE_CXX_COMPILER" in output
+                    or "compile a simple test program" in output else "")
+            raise OpNotBuilt(f"the CMake build failed while {step}{hint}; its log is in the "
+                             f"pip output (pip install -v)")
 
     def copy_extensions_to_source(self):
-        """Editable installs: copy every file CMake installed, not only the module."""
+        """Editable installs: copy every file CMake installed (or the note), not only the module."""
         source_parent = Path(self.get_finalized_command("build_py").get_package_dir("tfversky")).parent
+        (source_parent / NOT_BUILT_NOTE).unlink(missing_ok=True)
         for prefix, output in self._cmake_outputs:
             target = source_parent / output.relative_to(prefix)
             self.mkpath(str(target.parent))

@@ -70,6 +70,9 @@ class HostBackend:
     def device_name(self):
         return "CPU (dry run)"
 
+    def terms_per_accumulator(self, voxels, voxels_per_load):
+        return min(voxels, 8192)  # kCpuTaskVoxels: each CPU task sums its voxels, then double
+
 
 class CpuKernelsAsCuda:
     """The module's CPU functions behind its CUDA signatures, for --dry-run."""
@@ -107,6 +110,8 @@ def main(argv=None):
     parser.add_argument("--skip-checks", action="store_true", help="benchmark only")
     parser.add_argument("--repeats", type=int, default=20, help="timed repetitions per row")
     parser.add_argument("--json", type=Path, help="write the summary here")
+    parser.add_argument("--record", action="append", default=[], metavar="KEY=VALUE",
+                        help="add to the summary what the caller ran (driver, nvcc, ...)")
     args = parser.parse_args(argv)
 
     kernels = load_module()
@@ -142,6 +147,7 @@ def main(argv=None):
 
     rows = cuda_checks.benchmark(kernels, backend, shapes=shapes, repeats=args.repeats)
     summary = dict(device=backend.device_name(), backend=backend.name, build=kernels.build_info,
+                   run=dict(record.split("=", 1) for record in args.record),
                    checks=results, benchmark=rows)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))

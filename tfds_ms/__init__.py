@@ -13,6 +13,13 @@ Modules: ``ms_lesions`` (the builder and its configs), ``layouts`` (each dataset
 ``scans`` (reading and checking one scan), ``synth`` (the phantom, ``python -m tfds_ms.synth``).
 """
 
+from tfversky._extras import require
+
+# The builder needs the `data` extra: say so once, here, rather than fail deep in an import.
+for _module in ("tensorflow_datasets", "nibabel", "scipy"):
+    require(_module)
+del _module
+
 from tfds_ms.ms_lesions import (MANUAL_DOWNLOAD_INSTRUCTIONS, MsLesions, MsLesionsConfig,
                                  assign_folds)
 

@@ -8,14 +8,23 @@ fused loss. Where it is looked for, in order:
    in place);
 3. ``build/`` next to the package (a development build: ``cmake -S . -B build``).
 
-Before loading, the TensorFlow version the library was built against (recorded in the
-library itself, see csrc/ops/build_info.cc) is compared with the running one: a library
-built for another TensorFlow can crash the process instead of raising.
+Before loading, the build info recorded in the library itself (csrc/ops/build_info.cc) is
+checked, because each of these would crash the process or fail at the first call instead of
+raising here:
+
+* the TensorFlow version it was built against must be the running one;
+* the CPU features its kernels were compiled for (``-march=native`` by default) must all be
+  present on this CPU (else SIGILL: an environment moved to another machine);
+* the CUDA runtime it was built with must be supported by the installed NVIDIA driver.
+
+A library that passes but has no CUDA kernels while a GPU is visible loads with one warning.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import warnings
 from pathlib import Path
 
 from tfversky._version import __version__
@@ -24,6 +33,11 @@ LIBRARY_NAME = "_tfversky_ops.so"
 ENV_LIBRARY = "TFVERSKY_OPS_LIBRARY"
 _MARKER = b"tfversky-build-info:"
 REBUILD_COMMAND = "pip install --no-build-isolation -e .   (from the tfversky source tree)"
+PORTABLE_COMMAND = "TFVERSKY_PORTABLE=1 " + REBUILD_COMMAND
+CPU_ONLY_COMMAND = "CMAKE_ARGS=-DTFVERSKY_CUDA=OFF " + REBUILD_COMMAND
+# Written by setup.py into _lib/ when an install skipped the op (no TensorFlow at build
+# time, no compiler, a failed build): why, for the error message.
+NOT_BUILT_NOTE = "NOT_BUILT.txt"
 
 
 class FusedOpUnavailableError(RuntimeError):
@@ -60,12 +74,114 @@ def _tensorflow_version() -> str:
     return tf.__version__
 
 
+# ---- this machine: CPU features and CUDA driver ----
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's feature flags as /proc/cpuinfo lists them; None where it cannot be read.
+
+    >>> flags = cpu_flags()
+    >>> flags is None or "sse2" in flags or "fp" in flags   # x86-64 or Arm
+    True
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return None
+
+
+def missing_cpu_features(info: dict, flags: set[str] | None) -> list[str]:
+    """The CPU features a library's kernels assume (its ``isa`` build info) that ``flags`` lack.
+
+    Unknown flags (None: no /proc/cpuinfo) are not held against the library.
+
+    >>> missing_cpu_features({"isa": "avx2,fma,avx512f"}, {"avx2", "fma"})
+    ['avx512f']
+    """
+    if flags is None:
+        return []
+    return sorted(f for f in info.get("isa", "").split(",") if f and f not in flags)
+
+
+def cuda_driver_version() -> int | None:
+    """The CUDA version the installed NVIDIA driver supports, as 1000 * major + 10 * minor
+    (cuDriverGetVersion: 12040 is CUDA 12.4); None without a driver (no libcuda).
+
+    >>> version = cuda_driver_version()
+    >>> version is None or version >= 1000
+    True
+    """
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return version.value
+
+
+def cuda_driver_problem(info: dict, driver_version: int | None) -> str | None:
+    """Why the driver cannot run a library's CUDA kernels, or None (also for CPU-only builds
+    and machines without a driver, where the kernels are never launched).
+
+    A CUDA runtime runs on any driver of its major version or newer (CUDA's minor-version
+    compatibility); the op links the runtime statically, so this is all that matters.
+
+    >>> cuda_driver_problem({"cuda": "13.0.88"}, 12040) is not None
+    True
+    >>> cuda_driver_problem({"cuda": "13.0.88"}, 13000) is None
+    True
+    """
+    built = info.get("cuda", "")
+    if not built or driver_version is None:
+        return None
+    needed = int(built.split(".")[0])
+    major, minor = divmod(driver_version // 10, 100)
+    if major >= needed:
+        return None
+    return (f"built with the CUDA {built} runtime, which needs an NVIDIA driver for CUDA "
+            f"{needed}.0 or newer; the installed driver supports CUDA {major}.{minor} "
+            f"(cuDriverGetVersion = {driver_version}). Update the driver, or rebuild the op "
+            f"with a CUDA toolkit of version {major} or without CUDA kernels:\n"
+            f"    {CPU_ONLY_COMMAND}")
+
+
+def _visible_gpus() -> list:
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+# ---- finding and loading ----
+
+def _rejection(info: dict | None, running: str) -> str | None:
+    """Why a library with build info ``info`` cannot be loaded here, or None."""
+    if info is None:
+        return "not a tfversky op library (no build info)"
+    if info.get("tensorflow") != running:
+        return f"built for TensorFlow {info.get('tensorflow')}, running {running}"
+    if info.get("version") != __version__:
+        return f"built from tfversky {info.get('version')}, this is {__version__}"
+    missing = missing_cpu_features(info, cpu_flags())
+    if missing:
+        return (f"compiled for CPU features this CPU lacks ({', '.join(missing)}): it was "
+                f"built on another machine and would crash here (SIGILL). Rebuild it on this "
+                f"machine, or build it for any x86-64 CPU:\n    {PORTABLE_COMMAND}")
+    return cuda_driver_problem(info, cuda_driver_version())
+
+
 def find_library(paths=None) -> tuple[Path, dict]:
     """The first usable library among ``paths`` (default: ``search_paths()``) and its info.
 
     Raises:
-        FusedOpUnavailableError: naming every path tried and why it was rejected, the
-            TensorFlow versions, and the command that rebuilds the library.
+        FusedOpUnavailableError: naming every path tried and why it was rejected (another
+            TensorFlow or tfversky, CPU features this CPU lacks, a CUDA runtime the driver
+            cannot run), and the command that rebuilds the library.
     """
     running = _tensorflow_version()
     tried = []
@@ -74,25 +190,39 @@ def find_library(paths=None) -> tuple[Path, dict]:
             tried.append(f"{path}: not found")
             continue
         info = read_build_info(path)
-        if info is None:
-            tried.append(f"{path}: not a tfversky op library (no build info)")
-        elif info.get("tensorflow") != running:
-            tried.append(f"{path}: built for TensorFlow {info.get('tensorflow')}, running {running}")
-        elif info.get("version") != __version__:
-            tried.append(f"{path}: built from tfversky {info.get('version')}, this is {__version__}")
-        else:
+        reason = _rejection(info, running)
+        if reason is None:
             return path, info
+        tried.append(f"{path}: {reason}")
     raise FusedOpUnavailableError(_message(tried, running))
+
+
+def not_built_reason() -> str | None:
+    """Why this installation has no op library (setup.py's note), or None."""
+    note = Path(__file__).resolve().parent / "_lib" / NOT_BUILT_NOTE
+    return note.read_text().strip() if note.is_file() else None
 
 
 def _message(tried, running) -> str:
     lines = "\n".join(f"  {entry}" for entry in tried) or "  (no paths)"
+    skipped = not_built_reason()
+    skipped = f"This installation was made without the op: {skipped}\n" if skipped else ""
     return (
         f"The fused Tversky op library is not available for tfversky {__version__} with "
-        f"TensorFlow {running}. Looked for {LIBRARY_NAME}:\n{lines}\n"
+        f"TensorFlow {running}. Looked for {LIBRARY_NAME}:\n{lines}\n{skipped}"
         f"Build it against the running TensorFlow with:\n  {REBUILD_COMMAND}\n"
         f"or set {ENV_LIBRARY} to a built {LIBRARY_NAME}. implementation='tf' computes the "
         f"same loss in pure TensorFlow.")
+
+
+def _warn_if_gpu_without_cuda(path: Path, info: dict) -> None:
+    """A CPU-only library on a GPU machine works, but every call copies off the GPU."""
+    if not info.get("cuda") and _visible_gpus():
+        warnings.warn(
+            f"tfversky: a GPU is visible, but the fused op library {path} was built without "
+            f"CUDA kernels, so the op runs on the CPU (tensors are copied off the GPU). Rebuild "
+            f"it with nvcc on PATH: CMAKE_ARGS=-DTFVERSKY_CUDA=ON {REBUILD_COMMAND}; or use "
+            f"implementation='tf'.", RuntimeWarning, stacklevel=3)
 
 
 class _Cache:
@@ -125,6 +255,7 @@ def load():
                     f"TensorFlow could not load {path}: {error.message}\nRebuild it with:\n"
                     f"  {REBUILD_COMMAND}") from error
             _cache.library, _cache.info = library, dict(info, path=str(path))
+            _warn_if_gpu_without_cuda(path, info)
         except FusedOpUnavailableError as error:
             _cache.error = error
     if _cache.error is not None:

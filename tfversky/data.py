@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfversky._extras import require
+
 _SEED_SALT = 0x5EED  # separates this pipeline's random streams from other users of `seed`
 
 
@@ -251,7 +253,7 @@ def load_dataset(name: str = "ms_lesions/synthetic", split: str = "fold0", *,
     Returns:
         The split, unbatched, one whole volume per element (features as in ``ms_lesions``).
     """
-    import tensorflow_datasets as tfds
+    tfds = require("tensorflow_datasets")
 
     import tfds_ms  # noqa: F401  (registers ms_lesions)
 

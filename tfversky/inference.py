@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfversky import preprocessing
+from tfversky._extras import require
 
 DEFAULT_PATCH_SIZE = 128
 
@@ -108,7 +109,7 @@ def gaussian_weights(patch_shape, sigma_scale: float = 0.125) -> np.ndarray:
 
 def _to_probabilities(output: np.ndarray, from_logits: bool, activation: str) -> np.ndarray:
     if from_logits:
-        from scipy import special
+        special = require("scipy.special")
 
         if activation == "softmax":
             return special.softmax(output, axis=-1)
@@ -175,7 +176,7 @@ def predict_volume(model, volume, patch_size=None, overlap: float = 0.5, batch_s
     >>> probs.shape, bool(np.allclose(probs.sum(-1), 1, atol=1e-5))
     ((9, 10, 11, 2), True)
     """
-    from tqdm.auto import tqdm
+    tqdm = require("tqdm.auto").tqdm
 
     volume = preprocessing.check_image(np.asarray(volume, dtype=np.float32), "volume")
     channels = model.inputs[0].shape[-1]

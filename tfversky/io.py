@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from tfversky._extras import require
+
 # Two volumes share a voxel grid when their shapes match and no corner of the grid moves by
 # more than this many mm between their affines. Registered scans of one subject agree to
 # rounding (headers often hold float32); 0.05 mm is still far below any voxel in use.
@@ -68,7 +70,7 @@ def read_volume(path, name: str | None = None):
     Raises:
         ScanError: naming the file, if it is missing, unreadable or corrupt, or not 3D.
     """
-    import nibabel as nib
+    nib = require("nibabel")
 
     label = f"{name} file {str(path)!r}" if name else f"file {str(path)!r}"
     if not os.path.isfile(path):
@@ -149,8 +151,8 @@ def load_modalities(paths: Mapping[str, str], resample_to_first: bool = False):
     >>> image.shape
     (4, 5, 6, 3)
     """
-    import nibabel as nib
-    import nibabel.processing
+    nib = require("nibabel")
+    processing = require("nibabel.processing")
 
     items = list(paths.items())
     first_name, first_path = items[0]
@@ -172,7 +174,7 @@ def load_modalities(paths: Mapping[str, str], resample_to_first: bool = False):
             source = nib.Nifti1Image(data, image.affine)
             # "grid-constant", not "constant": a voxel that maps onto the source's edge up to
             # float32 rounding of the affines still interpolates instead of becoming 0.
-            data = nibabel.processing.resample_from_to(
+            data = processing.resample_from_to(
                 source, (first.shape, reference.affine), order=1, mode="grid-constant",
                 cval=0.0).get_fdata(dtype=np.float32)
         channels.append(data)
@@ -203,7 +205,7 @@ def save_like(data, reference, path) -> None:
     >>> nib.load(path).get_data_dtype(), bool(np.allclose(nib.load(path).affine, scan.affine))
     (dtype('uint8'), True)
     """
-    import nibabel as nib
+    nib = require("nibabel")
 
     data = np.asarray(data)
     if data.shape != reference.shape[:data.ndim] or data.ndim != 3:

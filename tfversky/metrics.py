@@ -30,6 +30,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfversky._extras import require
+
 # The paper's test metrics (Table 1's columns), in its order: the keys ``evaluate`` returns.
 PAPER_METRICS = ("dsc", "sensitivity", "specificity", "f2", "apr")
 _HALF_BITS = 0x3F000000  # float32 bit pattern of 0.5
@@ -324,7 +326,7 @@ def lesion_metrics(y_true, y_pred, connectivity: int = 3, min_lesion_size: int =
     >>> m["ltpr"], m["lfpr"], m["lesion_f1"]
     (0.5, 0.5, 0.5)
     """
-    from scipy import ndimage
+    ndimage = require("scipy.ndimage")
 
     y_true, y_pred = _as_foreground(y_true, y_pred)
     if y_true.ndim != 3:
@@ -346,7 +348,7 @@ def lesion_metrics(y_true, y_pred, connectivity: int = 3, min_lesion_size: int =
 
 
 def _components(mask, structure, min_size):
-    from scipy import ndimage
+    ndimage = require("scipy.ndimage")
 
     ids, count = ndimage.label(mask, structure=structure)
     if min_size > 1 and count:

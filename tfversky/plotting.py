@@ -9,9 +9,11 @@ import pathlib
 
 import numpy as np
 
+from tfversky._extras import require
+
 
 def _pyplot():
-    import matplotlib
+    matplotlib = require("matplotlib")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,7 +20,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
+
+from tfversky._extras import require
+
+ndimage = require("scipy.ndimage")
 
 MODALITIES = ("t1", "t2", "flair")
 

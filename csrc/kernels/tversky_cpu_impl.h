@@ -157,15 +157,20 @@ class CpuKernel {
     if constexpr (kSparse) {
       // Class ids: every term is p, q or 0, so masked adds replace the products (same
       // values, same order). With two softmax classes p0 = q1 and p1 = q0, so FN0 = FP1
-      // and FP0 = FN1: four sums suffice.
+      // and FP0 = FN1: four sums suffice. The masks skip ignored voxels, where the products
+      // w * p would add 0 * NaN = NaN for a NaN logit: `poison` (0, or NaN: p - p of every
+      // voxel) keeps that, so a NaN anywhere in y_pred reaches the sums, as in the CUDA and
+      // pure paths. (Unmasked: GCC 12 -march=native miscompiled `valid ? 0 : p - p` here.)
       const SparseLabelRule<L> rule = labels.rule;
       const L* ids = labels.labels;
-#pragma omp simd reduction(+ : tp0, fp0, fn0, tp1, fp1, fn1) reduction(| : bad)
+      A poison = 0;
+#pragma omp simd reduction(+ : tp0, fp0, fn0, tp1, fp1, fn1, poison) reduction(| : bad)
       for (int64_t i = 0; i < n; ++i) {
         const VoxelProbabilities<A> v = probabilities(y + i * kClasses);
         const L id = ids[i];
         const bool valid = !rule.ignored(id);
         bad |= int(rule.bad(id));
+        poison += (v.p0 - v.p0) + (v.p1 - v.p1);
         if constexpr (kClasses == 1) {
           const bool lesion = valid & (id == L(1)), background = valid & (id == L(0));
           tp0 += lesion ? v.p0 : A(0);
@@ -187,6 +192,8 @@ class CpuKernel {
         fp0 = fn1;
         fn0 = fp1;
       }
+      tp0 += poison, fp0 += poison, fn0 += poison;
+      tp1 += poison, fp1 += poison, fn1 += poison;
     } else {
 #pragma omp simd reduction(+ : tp0, fp0, fn0, tp1, fp1, fn1)
       for (int64_t i = 0; i < n; ++i) {

@@ -10,7 +10,7 @@
 // loads for the unaligned head and tail). More classes: one thread per (voxel, class)
 // element. Each block reduces its partial TP, FP, FN with warp shuffles and a fixed tree in
 // shared memory and writes them to the workspace. Stage 2 adds the blocks' partials of each
-// (sample, class) in block order, in double. No atomics: the result depends only on the
+// (sample, class) in double, one block per output, in a fixed order. No atomics: the result depends only on the
 // inputs and the launch configuration, which depends only on the problem and the device.
 // Indices are int64 throughout (volumes beyond 2^31 elements).
 //
@@ -114,21 +114,28 @@ __device__ A block_sum(A value, A* scratch) {
   return value;
 }
 
-// Stage 2: out_k[b, c] = sum over blocks of partials[b, block, k, c], blocks in order.
+// Stage 2: out_k[b, c] = sum over blocks of partials[b, block, k, c], in double. One block
+// per output: each thread adds a fixed, strided subset of the blocks' partials, then the
+// block reduces the threads' totals in a fixed order (block_sum), so the result is the same
+// on every run. (About a thousand partials per output: a loop in one thread would serialise
+// them.)
 template <class A>
 __global__ void __launch_bounds__(kThreads)
     finalize_sums(int64_t batch, int64_t classes, int64_t blocks, const A* partials, A* tp,
                   A* fp, A* fn) {
+  __shared__ double scratch[kThreads / kWarpSize];
   const int64_t outputs = batch * 3 * classes;
-  for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outputs;
-       o += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t o = blockIdx.x; o < outputs; o += gridDim.x) {
     const int64_t b = o / (3 * classes), k = (o / classes) % 3, c = o % classes;
     double total = 0.0;
-    for (int64_t block = 0; block < blocks; ++block) {
+    for (int64_t block = threadIdx.x; block < blocks; block += blockDim.x) {
       total += double(partials[((b * blocks + block) * 3 + k) * classes + c]);
     }
-    A* out = k == 0 ? tp : (k == 1 ? fp : fn);
-    out[b * classes + c] = A(total);
+    total = block_sum(total, scratch);
+    if (threadIdx.x == 0) {
+      A* out = k == 0 ? tp : (k == 1 ? fp : fn);
+      out[b * classes + c] = A(total);
+    }
   }
 }
 
@@ -288,25 +295,51 @@ __global__ void __launch_bounds__(kThreads)
 // ---- any number of classes: one thread per (voxel, class) element ----
 //
 // A block holds `groups` groups of C threads; thread t handles class t % C of voxel
-// group t / C, so consecutive threads read consecutive elements.
+// group t / C, so consecutive threads read consecutive elements. Softmax couples a voxel's
+// C elements: the group shares them through shared memory, and its first thread reduces
+// them in class order, so a voxel costs O(C) operations and one exp per element (and the
+// order of the additions is the CPU kernels'). Every thread of the block takes part in
+// every round, with `active` false past the last voxel, because the reductions hold
+// __syncthreads.
 
-// Probability and complement of class c at voxel v (softmax reads the voxel's C logits,
-// which the group's other threads read too: served from L1).
-template <class T, Activation kAct>
-__device__ __forceinline__ void element_probability(const T* z, int64_t classes, int64_t c,
-                                                    Acc<T>& p, Acc<T>& q) {
-  using A = Acc<T>;
+// The shared memory of the group reductions: one value per thread, one result per group.
+template <class A>
+struct GroupScratch {
+  A* values;   // [blockDim.x]
+  A* results;  // [groups]
+  int64_t classes, c, group;
+
+  // The group's values combined in class order (sum, or max as the CPU kernels take it).
+  template <bool kMax>
+  __device__ A reduce(A value) const {
+    __syncthreads();  // values and results may still be read by the previous reduction
+    values[threadIdx.x] = value;
+    __syncthreads();
+    if (c == 0) {
+      A total = values[threadIdx.x];
+      for (int64_t k = 1; k < classes; ++k) {
+        const A x = values[threadIdx.x + k];
+        total = kMax ? (x > total ? x : total) : total + x;
+      }
+      results[group] = total;
+    }
+    __syncthreads();
+    return results[group];
+  }
+};
+
+// Probability p and complement q of this thread's element, from its logit or probability z.
+template <Activation kAct, class A>
+__device__ __forceinline__ void group_probability(const GroupScratch<A>& scratch, A z, A& p,
+                                                  A& q) {
   if constexpr (kAct == Activation::kSoftmax) {
-    A peak = to_acc(z[0]);
-    for (int64_t k = 1; k < classes; ++k) peak = fmax(peak, to_acc(z[k]));
-    A total = A(0);
-    for (int64_t k = 0; k < classes; ++k) total += exp_approx(to_acc(z[k]) - peak);
-    p = exp_approx(to_acc(z[c]) - peak) / total;
+    const A e = exp_approx(z - scratch.template reduce<true>(z));
+    p = e * (A(1) / scratch.template reduce<false>(e));
     q = A(1) - p;
   } else if constexpr (kAct == Activation::kSigmoid) {
-    sigmoid_pair<A>(to_acc(z[c]), p, q);
+    sigmoid_pair<A>(z, p, q);
   } else {
-    p = to_acc(z[c]);
+    p = z;
     q = A(1) - p;
   }
 }
@@ -316,21 +349,27 @@ __global__ void __launch_bounds__(kThreads)
     sums_general(Problem p, const T* y_pred, DeviceLabels<Acc<T>, L> labels, Acc<T>* partials) {
   using A = Acc<T>;
   __shared__ A scratch[3][kThreads];
+  __shared__ A group_values[kThreads], group_results[kThreads];
   const int64_t classes = p.classes;
   const int64_t groups = blockDim.x / classes;
   const int64_t c = threadIdx.x % classes, group = threadIdx.x / classes;
+  const GroupScratch<A> shared{group_values, group_results, classes, c, group};
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * classes;
     const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
     A tp = A(0), fp = A(0), fn = A(0);
-    for (int64_t v = int64_t(blockIdx.x) * groups + group; v < p.voxels;
-         v += int64_t(gridDim.x) * groups) {
+    for (int64_t first = int64_t(blockIdx.x) * groups; first < p.voxels;
+         first += int64_t(gridDim.x) * groups) {
+      const int64_t v = first + group;
+      const bool active = v < p.voxels;
       A prob, comp;
-      element_probability<T, kAct>(y + v * classes, classes, c, prob, comp);
-      const A w = sample_labels.weight(v), g = sample_labels.target(v, c);
-      tp += w * prob * g;
-      fp += w * prob * (A(1) - g);
-      fn += w * comp * g;
+      group_probability<kAct>(shared, active ? to_acc(y[v * classes + c]) : A(0), prob, comp);
+      if (active) {
+        const A w = sample_labels.weight(v), g = sample_labels.target(v, c);
+        tp += w * prob * g;
+        fp += w * prob * (A(1) - g);
+        fn += w * comp * g;
+      }
     }
     // Per class, a fixed tree over the groups.
     __syncthreads();
@@ -358,33 +397,30 @@ __global__ void __launch_bounds__(kThreads)
     grad_general(Problem p, const T* y_pred, DeviceLabels<Acc<T>, L> labels,
                  Upstream<Acc<T>> upstream, T* grad_y_pred) {
   using A = Acc<T>;
+  __shared__ A group_values[kThreads], group_results[kThreads];
   const int64_t classes = p.classes;
   const int64_t groups = blockDim.x / classes;
   const int64_t c = threadIdx.x % classes, group = threadIdx.x / classes;
+  const GroupScratch<A> shared{group_values, group_results, classes, c, group};
   for (int64_t b = blockIdx.y; b < p.batch; b += gridDim.y) {
     const T* y = y_pred + b * p.voxels * classes;
     const DeviceLabels<A, L> sample_labels = labels.sample(b, p.voxels);
-    for (int64_t v = int64_t(blockIdx.x) * groups + group; v < p.voxels;
-         v += int64_t(gridDim.x) * groups) {
-      const A w = sample_labels.weight(v);
+    const GradFactors<A> factors = upstream.factors(b * classes + c);
+    for (int64_t first = int64_t(blockIdx.x) * groups; first < p.voxels;
+         first += int64_t(gridDim.x) * groups) {
+      const int64_t v = first + group;
+      const bool active = v < p.voxels;
       A prob, comp;
-      element_probability<T, kAct>(y + v * classes, classes, c, prob, comp);
-      const A grad = grad_wrt_probability(upstream.factors(b * classes + c), w,
-                                          sample_labels.target(v, c));
+      group_probability<kAct>(shared, active ? to_acc(y[v * classes + c]) : A(0), prob, comp);
+      const A w = active ? sample_labels.weight(v) : A(0);
+      const A grad = grad_wrt_probability(factors, w, active ? sample_labels.target(v, c) : A(0));
       A dz;
       if constexpr (kAct == Activation::kSoftmax) {
-        A dot = A(0);  // sum_k p_k dL/dp_k
-        for (int64_t k = 0; k < classes; ++k) {
-          A pk, qk;
-          element_probability<T, kAct>(y + v * classes, classes, k, pk, qk);
-          dot += pk * grad_wrt_probability(upstream.factors(b * classes + k), w,
-                                           sample_labels.target(v, k));
-        }
-        dz = prob * (grad - dot);
+        dz = prob * (grad - shared.template reduce<false>(prob * grad));  // sum_k p_k dL/dp_k
       } else {
         dz = elementwise_chain_rule<kAct>(grad, prob, comp);
       }
-      grad_y_pred[(b * p.voxels + v) * classes + c] = from_acc<T>(dz);
+      if (active) grad_y_pred[(b * p.voxels + v) * classes + c] = from_acc<T>(dz);
     }
   }
 }
@@ -448,9 +484,8 @@ cudaError_t run_sums(const Problem& p, const T* y, const L* labels, Acc<T>* tp, 
     sums_general<T, L, kAct><<<launch.grid, launch.block, 0, stream>>>(p, y, device, partials);
   }
   const int64_t outputs = p.batch * 3 * p.classes;
-  const int64_t finalize_blocks = std::min<int64_t>((outputs + kThreads - 1) / kThreads, kMaxGridX);
-  finalize_sums<A><<<unsigned(finalize_blocks), kThreads, 0, stream>>>(p.batch, p.classes, blocks,
-                                                                      partials, tp, fp, fn);
+  finalize_sums<A><<<unsigned(std::min(outputs, kMaxGridX)), kThreads, 0, stream>>>(
+      p.batch, p.classes, blocks, partials, tp, fp, fn);
   return cudaGetLastError();
 }
 

@@ -1,10 +1,13 @@
 // What this op library was built from and against, readable without loading it:
 // tfversky's loader finds the marker in the file's bytes and checks the TensorFlow version
-// before calling tf.load_op_library (a library built for another TensorFlow can crash).
+// before calling tf.load_op_library (a library built for another TensorFlow can crash), the
+// CPU features the kernels were compiled for (isa, as /proc/cpuinfo names them) against this
+// CPU's, and the CUDA runtime against the driver.
 #include "build_info.h"
 
 extern "C" __attribute__((visibility("default"), used)) const char tfversky_build_info[] =
     "tfversky-build-info:"
     "version=" TFVERSKY_VERSION ";tensorflow=" TFVERSKY_TF_VERSION
     ";cuda=" TFVERSKY_CUDA_VERSION ";cuda_architectures=" TFVERSKY_CUDA_ARCHITECTURES
-    ";portable=" TFVERSKY_PORTABLE_STRING ";compiler=" TFVERSKY_COMPILER;
+    ";portable=" TFVERSKY_PORTABLE_STRING ";isa=" TFVERSKY_ISA_FEATURES
+    ";compiler=" TFVERSKY_COMPILER;

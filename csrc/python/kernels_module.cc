@@ -45,6 +45,12 @@ DType parse_dtype(const std::string& name, const char* argument) {
 
 bool is_float(DType d) { return d <= DType::kFloat64; }
 
+const char* dtype_name(DType d) {
+  static const char* const kNames[] = {"float16", "bfloat16", "float32", "float64",
+                                       "uint8",   "int32",    "int64"};
+  return kNames[int(d)];
+}
+
 template <class T>
 struct Tag {
   using type = T;
@@ -113,8 +119,15 @@ Problem make_problem(const std::vector<int64_t>& y_shape, DType y_dtype,
                           shape_string(y_shape) + ". " + (sparse ? "Class-id" : "One-hot/soft") +
                           " labels must have shape " + shape_string(expected) + ".");
   }
-  if (!sparse && (label_dtype == DType::kFloat64) != (y_dtype == DType::kFloat64)) {
-    throw py::type_error("One-hot/soft labels must be float32, or float64 for float64 y_pred.");
+  // Dense labels are read as the sums' type: any other width (float16, bfloat16, or float32
+  // for float64 y_pred) would be read past the end of the buffer.
+  const DType sum_dtype = y_dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+  if (!sparse && label_dtype != sum_dtype) {
+    const std::string wanted = sum_dtype == DType::kFloat64 ? "float64" : "float32";
+    throw py::type_error("One-hot/soft labels must have the sums' dtype, " + wanted + " for " +
+                         dtype_name(y_dtype) + " y_pred. Received labels of dtype " +
+                         dtype_name(label_dtype) + ": cast them, e.g. labels.astype('" + wanted +
+                         "').");
   }
   if (!sparse && !ignore_index.is_none()) {
     throw py::value_error("`ignore_index` needs class-id labels, not one-hot/soft labels.");
@@ -463,7 +476,8 @@ Example:
       py::arg("version") = TFVERSKY_VERSION, py::arg("cuda") = bool(TFVERSKY_WITH_CUDA),
       py::arg("cuda_version") = TFVERSKY_CUDA_VERSION,
       py::arg("cuda_architectures") = TFVERSKY_CUDA_ARCHITECTURES,
-      py::arg("portable") = bool(TFVERSKY_PORTABLE), py::arg("compiler") = TFVERSKY_COMPILER);
+      py::arg("portable") = bool(TFVERSKY_PORTABLE), py::arg("isa") = TFVERSKY_ISA_FEATURES,
+      py::arg("compiler") = TFVERSKY_COMPILER);
   m.attr("max_classes") = kMaxClasses;
   m.attr("cpu_task_voxels") = kCpuTaskVoxels;
 

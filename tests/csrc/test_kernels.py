@@ -123,7 +123,8 @@ def test_shape_and_dtype_errors_name_the_fix():
     logits = np.zeros((2, 3, 4, 2), np.float32)
     with pytest.raises(ValueError, match=r"Class-id labels must have shape \(2, 3, 4\)"):
         kernels.confusion_sums(logits, np.zeros((2, 3, 5), np.uint8))
-    with pytest.raises(TypeError, match="float32, or float64 for float64"):
+    with pytest.raises(TypeError, match="float32 for float32 y_pred. Received labels of dtype "
+                                        "float64"):
         kernels.confusion_sums(logits, np.zeros((2, 3, 4, 2), np.float64))
     with pytest.raises(ValueError, match="softmax needs at least 2 channels"):
         kernels.confusion_sums(np.zeros((2, 3, 1), np.float32), np.zeros((2, 3), np.uint8),
@@ -132,6 +133,39 @@ def test_shape_and_dtype_errors_name_the_fix():
         kernels.confusion_sums(np.zeros((1, 2, 65), np.float32), np.zeros((1, 2), np.uint8))
     with pytest.raises(TypeError, match="Unsupported dtype"):
         kernels.confusion_sums(logits, np.zeros((2, 3, 4), np.int16))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16bit_one_hot_labels_are_refused(dtype):
+    """Dense labels are read as float32: 2-byte labels used to be read past their end."""
+    from tests.csrc.kernel_reference import numpy_dtype
+
+    logits = np.zeros((1, 3, 4, 2), np.float32)
+    labels = np.zeros((1, 3, 4, 2), numpy_dtype(dtype))
+    with pytest.raises(TypeError, match=f"Received labels of dtype {dtype}: cast them"):
+        kernels.confusion_sums(logits, labels)
+    with pytest.raises(TypeError, match=f"Received labels of dtype {dtype}"):
+        kernels.confusion_sums_grad(logits, labels, *[np.zeros((1, 2))] * 3)
+
+
+@pytest.mark.parametrize("classes, activation, from_logits", [
+    (2, "softmax", True), (2, "sigmoid", True), (1, "sigmoid", True), (2, "softmax", False)])
+def test_nan_at_an_ignored_voxel_reaches_the_sums(classes, activation, from_logits):
+    """As in the CUDA kernels and the pure loss (0 * NaN): the check on the sums then raises,
+    instead of the backward writing NaN there. The binary CPU path masks ignored voxels out,
+    and once dropped their NaN."""
+    y = np.full((1, 20000, classes), 0.5, np.float32)
+    labels = np.zeros((1, 20000), np.uint8)
+    labels[0, 12345] = 255
+    y[0, 12345, classes - 1] = np.nan
+    sums = kernels.confusion_sums(y, labels, from_logits=from_logits, activation=activation,
+                                  ignore_index=255)
+    for s in sums:
+        assert np.isnan(s).all()
+    y[0, 12345, classes - 1] = 0.5  # and a finite ignored voxel still adds nothing
+    tp, fp, fn = kernels.confusion_sums(y, labels, from_logits=from_logits, activation=activation,
+                                        ignore_index=255)
+    assert np.isfinite(tp).all() and np.isfinite(fp).all() and np.isfinite(fn).all()
 
 
 @pytest.mark.parametrize("classes", [2, 3])
@@ -196,3 +230,19 @@ def test_empty_batch_gives_empty_sums():
 @pytest.mark.parametrize("check", cuda_checks.CHECKS, ids=lambda c: c.__name__)
 def test_cuda(check):
     check(kernels, cuda_checks.device_backend())
+
+
+def test_large_indexing_tolerance_covers_float32_accumulation():
+    """check_large_indexing's tolerance against a float32 sum taken one term at a time, as one
+    CUDA thread takes it (NumPy's cumsum is sequential): thousands of equal terms miss the
+    old fixed 1e-5 by rounding alone, and stay within the bound."""
+    value = np.float32(1 / (1 + np.exp(1.0)))  # the check's background probability
+    errors = {}
+    for terms in (8192, 16384, 65536):
+        total = np.cumsum(np.full(terms, value, np.float32), dtype=np.float32)[-1]
+        errors[terms] = abs(float(total) - terms * float(value)) / (terms * float(value))
+        assert errors[terms] <= cuda_checks.accumulation_tolerance(terms)
+    assert errors[16384] > 1e-5  # what failed the old check
+    # On an H200 (132 multiprocessors), 2^31 voxels: at most ~64 k terms per thread.
+    terms = cuda_checks.cuda_terms_per_accumulator(132, 2**31 + 4099, 4)
+    assert 2**31 / (132 * 256) <= terms < 65536

@@ -21,6 +21,15 @@ from tfversky import _loader, fused
 TOLERANCE = {"float64": 1e-10, "float32": 2e-5, "float16": 2e-3, "bfloat16": 2e-2}
 
 
+@pytest.fixture
+def on_cpu():
+    """Pins the op to its CPU kernels, whose contract these tests state: they raise on a bad
+    label, where the CUDA kernels (which cannot raise) write NaN. TensorFlow would otherwise
+    place the op on a visible GPU."""
+    with tf.device("/CPU:0"):
+        yield
+
+
 def make_case(rng, shape, classes, *, dtype="float32", labels="sparse", label_dtype="uint8",
               from_logits=True, activation="softmax", ignore_index=None, lesion=0.2):
     """(labels, y_pred): NumPy class ids or float32 one-hot/soft targets, and a tf.Tensor."""
@@ -147,6 +156,7 @@ DETERMINISM_SCRIPT = textwrap.dedent("""
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     from tfversky import fused
+    tf.device("/CPU:0").__enter__()  # the CPU kernels' determinism (the GPU's: cuda_checks)
     rng = np.random.default_rng(7)
     labels = (rng.random((2, 40, 41, 42)) < 0.05).astype("uint8")
     y = tf.constant(rng.normal(size=(2, 40, 41, 42, 2)), tf.float32)
@@ -173,7 +183,7 @@ def test_bitwise_identical_across_runs_and_thread_counts():
     assert single == default, "the sums or the gradient depend on the number of threads"
 
 
-def test_bitwise_identical_to_the_kernel_module(rng):
+def test_bitwise_identical_to_the_kernel_module(rng, on_cpu):
     """The op and the pybind11 module run the same kernels: same bits, any thread count."""
     kernels = load_module()
     labels, y_pred = make_case(rng, (2, 30, 31, 32), 3, ignore_index=255)
@@ -189,7 +199,7 @@ def test_bitwise_identical_to_the_kernel_module(rng):
 
 # ---- errors ----
 
-def test_labels_out_of_range(rng):
+def test_labels_out_of_range(rng, on_cpu):
     labels, y_pred = make_case(rng, (2, 3, 4), 2)
     labels[1, 2, 1] = 7
     with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
@@ -209,7 +219,7 @@ def test_labels_out_of_range(rng):
                                                         from_logits=True)
 
 
-def test_mismatched_shapes(rng):
+def test_mismatched_shapes(rng, on_cpu):
     labels, y_pred = make_case(rng, (2, 3, 4), 2)
     with pytest.raises(ValueError, match="Shape mismatch"):
         tfversky.tversky_loss(labels[:, :, :3], y_pred, implementation="fused")
@@ -226,6 +236,26 @@ def test_mismatched_shapes(rng):
             y, labels, tf.zeros((2, 3)), tf.zeros((2, 3)), tf.zeros((2, 3))))(y_pred)
 
 
+@pytest.mark.parametrize("classes, activation", [(2, "softmax"), (1, "sigmoid"), (3, "softmax")])
+def test_nan_logit_at_an_ignored_voxel_raises_on_every_path(rng, on_cpu, classes, activation):
+    """0 * NaN: the sums are NaN, so the loss's check raises (in a graph), for the fused op as
+    for the pure sums. The binary CPU kernels used to drop it, then wrote NaN in the backward."""
+    labels, y_pred = make_case(rng, (2, 3, 4, 5), classes, activation=activation,
+                               ignore_index=255)
+    labels[1, 2, 3, 4] = 255
+    y = y_pred.numpy()
+    y[1, 2, 3, 4, classes - 1] = np.nan
+    sums = fused.confusion_sums(labels, y, sparse=True, from_logits=True, activation=activation,
+                                ignore_index=255)
+    assert all(np.isnan(s.numpy()[1]).all() for s in sums)
+    for implementation in ("fused", "tf"):
+        traced = tf.function(lambda y, implementation=implementation: tfversky.tversky_loss(
+            labels, y, from_logits=True, activation=activation, ignore_index=255,
+            implementation=implementation))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="not finite"):
+            traced(tf.constant(y))
+
+
 def test_too_many_classes(rng, monkeypatch):
     monkeypatch.setattr(fused, "_warned", set())
     labels, y_pred = make_case(rng, (1, 2, 3), 65)
@@ -236,7 +266,7 @@ def test_too_many_classes(rng, monkeypatch):
     np.testing.assert_array_equal(auto, tfversky.tversky_loss(labels, y_pred, implementation="tf"))
 
 
-def test_op_suggests_the_tf_implementation_only_for_too_many_classes(rng):
+def test_op_suggests_the_tf_implementation_only_for_too_many_classes(rng, on_cpu):
     library = _loader.load()
     labels, y_pred = make_case(rng, (1, 2, 3), 1, activation="sigmoid")
     with pytest.raises(tf.errors.InvalidArgumentError,
@@ -359,7 +389,7 @@ def test_model_fit(jit_compile):
 
 @pytest.mark.gpu
 def test_gpu_kernels_match_cpu(rng):
-    for classes, activation in ((2, "softmax"), (4, "softmax"), (1, "sigmoid")):
+    for classes, activation in ((2, "softmax"), (4, "softmax"), (64, "softmax"), (1, "sigmoid")):
         labels, y_pred = make_case(rng, (2, 33, 34, 35), classes, activation=activation,
                                    ignore_index=255 if classes > 1 else None)
         options = dict(from_logits=True, activation=activation,
@@ -370,3 +400,24 @@ def test_gpu_kernels_match_cpu(rng):
             gpu = loss_and_grad(labels, tf.identity(y_pred), "fused", **options)
         for a, b in zip(gpu, cpu):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_bad_labels_give_nan(rng):
+    """The CUDA kernels cannot raise: a bad label makes its sample's sums and its voxel's
+    gradient NaN (which the loss's check on the sums then reports)."""
+    labels, y_pred = make_case(rng, (2, 3, 4, 5), 2)
+    labels[1, 2, 1, 3] = 7
+    with tf.device("/GPU:0"):
+        y = tf.identity(y_pred)
+        with tf.GradientTape() as tape:
+            tape.watch(y)
+            sums = fused.confusion_sums(labels, y, sparse=True, from_logits=True,
+                                        activation="softmax", ignore_index=None)
+            total = tf.reduce_sum(sums[0]) + tf.reduce_sum(sums[2])
+        grad = tape.gradient(total, y).numpy()
+    for s in sums:
+        assert np.isfinite(s.numpy()[0]).all() and np.isnan(s.numpy()[1]).all()
+    assert np.isnan(grad[1, 2, 1, 3]).all()
+    grad[1, 2, 1, 3] = 0
+    assert np.isfinite(grad).all()

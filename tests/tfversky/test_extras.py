@@ -1,0 +1,42 @@
+"""Optional dependencies (tfversky/_extras.py): a missing one names the extra to install."""
+
+import sys
+
+import pytest
+
+from tfversky import _extras
+
+
+@pytest.mark.parametrize("module, extra", [("matplotlib", "viz"), ("scipy.ndimage", "data"),
+                                           ("nibabel", "data"), ("tensorflow_datasets", "data")])
+def test_a_missing_module_names_its_extra(monkeypatch, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(_extras.MissingExtraError,
+                       match=rf"comes with tfversky's `{extra}` extra. Install it with: "
+                             rf"pip install 'tfversky\[{extra}\]'"):
+        _extras.require(module)
+
+
+def test_the_extras_match_pyproject():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert set(_extras.EXTRAS.values()) | {"all", "test"} == set(extras)
+    assert extras["all"] == ["tfversky[data,viz,registration]"]
+    distributions = {"tensorflow_datasets": "tensorflow-datasets"}
+    for module, extra in _extras.EXTRAS.items():
+        names = [r.split("=")[0].split(">")[0].split("<")[0].strip() for r in extras[extra]]
+        assert distributions.get(module, module) in names, (module, extra)
+    core = " ".join(project["project"]["dependencies"])
+    assert "matplotlib" not in core and "nibabel" not in core and "tensorflow==" in core
+
+
+def test_a_module_that_is_present_is_returned():
+    assert _extras.require("scipy.ndimage").__name__ == "scipy.ndimage"
+
+
+def test_an_unlisted_module_is_a_programming_error():
+    with pytest.raises(ValueError, match="not an optional dependency of tfversky: add it to EXTRAS"):
+        _extras.require("no_such_module_xyz")
