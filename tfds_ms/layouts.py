@@ -45,6 +45,8 @@ from tfversky import modalities as mods
 # The layout's file name part of each canonical modality.
 ISBI_NAMES = {"T1": "mprage", "T2": "t2", "FLAIR": "flair", "PD": "pd"}
 MSSEG_NAMES = {"T1": "T1", "T2": "T2", "FLAIR": "FLAIR", "PD": "DP", "T1GD": "GADO"}
+# The BIDS suffix a modality is written with (the reader also accepts every alias).
+BIDS_SUFFIXES = {"T1": "T1w", "T2": "T2w", "FLAIR": "FLAIR", "PD": "PDw"}
 RATERS = {"isbi2015": ("mask1", "mask2"),
           "msseg2016": ("consensus",) + tuple(str(k) for k in range(1, 8)),
           "nnunet": ("labelsTr",), "bids": ("derivatives",)}
@@ -548,7 +550,8 @@ def bids_scans(root, rater: str = "derivatives", modalities=None,
         for modality in chosen:
             found = files.get(modality, [])
             if len(found) != 1:
-                expected = bids_files(root, sub, ses, [modality])[modality]
+                suffix = BIDS_SUFFIXES.get(modality, modality)
+                expected = bids_files(root, sub, ses, [suffix])[suffix]
                 raise LayoutError(
                     f"Case {case}: " + (f"missing {modality} file {expected} (or .nii)" if not found
                                         else f"{len(found)} {modality} files {[str(f) for f in found]}")

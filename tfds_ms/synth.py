@@ -347,9 +347,8 @@ def _msseg_position(index: int) -> tuple[int, int]:
     return 1 + index // 5, 1 + index % 5
 
 
-# Canonical modality -> the phantom's image of it, and -> its BIDS suffix.
+# Canonical modality -> the phantom's image of it.
 _PHANTOM_IMAGES = {"T1": "t1", "T2": "t2", "FLAIR": "flair", "PD": "pd", "T1GD": "gado"}
-_BIDS_SUFFIXES = {"T1": "T1w", "T2": "T2w", "FLAIR": "FLAIR", "PD": "PDw"}
 NNUNET_CASE = "MS_{:03d}"
 BIDS_SUBJECT = "{:02d}"
 
@@ -380,9 +379,9 @@ def _layout_files(out, layout: str, index: int, modalities, folder: str = "Tr") 
         # Test cases: imagesTs/labelsTs, as nnU-Net keeps them.
         return {key: path.parent.with_name(path.parent.name[:-2] + folder) / path.name
                 for key, path in files.items()}
-    suffixes = [_BIDS_SUFFIXES[m] for m in modalities]
+    suffixes = [layouts.BIDS_SUFFIXES[m] for m in modalities]
     files = layouts.bids_files(out, BIDS_SUBJECT.format(index + 1), "01", suffixes)
-    return {m: files[_BIDS_SUFFIXES[m]] for m in modalities} | {"mask": files["mask"]}
+    return {m: files[layouts.BIDS_SUFFIXES[m]] for m in modalities} | {"mask": files["mask"]}
 
 
 def _reoriented(volume, affine, codes):
@@ -436,7 +435,7 @@ def _layout_modalities(layout: str, modalities) -> tuple[str, ...]:
     if layout in ("isbi2015", "msseg2016"):
         return tuple(layouts.ISBI_NAMES if layout == "isbi2015" else layouts.MSSEG_NAMES)
     chosen = mods.DEFAULT_MODALITIES if modalities is None else mods.canonical_list(modalities)
-    known = _BIDS_SUFFIXES if layout == "bids" else _PHANTOM_IMAGES
+    known = layouts.BIDS_SUFFIXES if layout == "bids" else _PHANTOM_IMAGES
     unknown = [m for m in chosen if m not in known]
     if unknown:
         raise ValueError(f"Invalid value for argument `modalities`: the phantom cannot write "
