@@ -209,3 +209,24 @@ def test_registration_without_simpleitk_says_how_to_fix(monkeypatch):
     scan = layouts.find_scans(DUMMY / "msseg2016", "msseg2016")[0]
     with pytest.raises(ImportError, match="pip install SimpleITK.*register=False"):
         scans.make_example(scan, TINY, register=True)
+
+
+def test_a_brain_wider_than_the_grid_is_cropped_with_a_warning():
+    scan = layouts.find_scans(DUMMY / "nnunet", "nnunet")[2]
+    narrow = ReferenceGrid((8, 24, 24), (10.0, 8.4, 8.0))  # 80 mm from left to right
+    with pytest.warns(scans.FieldOfViewWarning,
+                      match=r"Case MS_002_s1 \(.*MS_002_s1_0000.nii.gz\): .* % of the brain lies "
+                            r"outside the reference grid's field of view \(80 x 201.6 x 192 mm"):
+        example = scans.make_example(scan, narrow)
+    assert example["image"].shape == (8, 24, 24, 2)
+
+
+def test_a_brain_inside_the_grid_gives_no_warning(recwarn):
+    scans.make_example(layouts.find_scans(DUMMY / "nnunet", "nnunet")[2], TINY)
+    assert not [w for w in recwarn if issubclass(w.category, scans.FieldOfViewWarning)]
+
+
+def test_register_needs_a_t1():
+    scan = layouts.find_scans(DUMMY / "bids", "bids", modalities="FLAIR,T2w")[0]
+    with pytest.raises(scans.InvalidScanError, match="register=True aligns the T1"):
+        scans.make_example(scan, TINY, register=True)
