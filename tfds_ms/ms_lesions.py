@@ -223,7 +223,9 @@ def user_config(layout: str, manual_dir, *, modalities=None, grid: ReferenceGrid
         if num_folds is not None and num_folds != len(dataset_folds):
             raise ValueError(f"Invalid value for argument `num_folds`: {root}/splits_final.json "
                              f"holds {len(dataset_folds)} folds. Received: num_folds={num_folds}. "
-                             f"Leave num_folds unset, or delete splits_final.json.")
+                             f"Pass num_folds={len(dataset_folds)} (--num-folds "
+                             f"{len(dataset_folds)}) or leave it unset, or delete "
+                             f"splits_final.json.")
         num_folds = len(dataset_folds)
     num_folds = 2 if num_folds is None else num_folds
     extra = [path for path in (root / "dataset.json", root / "splits_final.json")

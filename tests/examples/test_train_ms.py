@@ -192,3 +192,98 @@ def test_reproduce_table1_writes_table_and_figure(data_dir, tmp_path):
     started = time.monotonic()
     assert reproduce.main(argv) == 0
     assert time.monotonic() - started < 30
+
+
+# --- user datasets: nnU-Net and BIDS ----------------------------------------------------------
+
+USER_GRID = ["--grid-shape", "16,24,24", "--grid-spacing", "10,8.4,8", "--patch-size", "16",
+             "--depth", "3", "--base-filters", "4", "--inference-patch", "32", "--verbose", "0",
+             "--epochs", "1", "--steps-per-epoch", "2"]
+
+
+def _predict_folder(model, images, out, modalities):
+    """Segments every CASE_XXXX set in ``images`` onto its own grid, one case at a time."""
+    from tfversky import inference, io, preprocessing
+
+    cases = sorted({path.name[:-len("_0000.nii.gz")] for path in images.glob("*_0000.nii.gz")})
+    grid = preprocessing.ReferenceGrid((16, 24, 24), (10.0, 8.4, 8.0))
+    for case in cases:
+        paths = {m: str(images / f"{case}_{k:04d}.nii.gz") for k, m in enumerate(modalities)}
+        image, reference = io.load_modalities(paths)
+        on_grid, _, grid_affine = preprocessing.prepare_volume(image, reference.affine, grid)
+        lesion = inference.predict_volume(model, on_grid, patch_size=32, progress=False)[..., 1]
+        mask = preprocessing.to_native((lesion >= 0.5).astype(np.uint8), grid_affine,
+                                       reference.affine, reference.shape, order=0)
+        io.save_like(mask.astype(np.uint8), reference, str(out / f"{case}.nii.gz"))
+    return cases
+
+
+def test_flair_only_nnunet_model_end_to_end(tmp_path):
+    """Build, train a few steps, save, reload, and segment a folder of unseen test cases."""
+    import keras
+
+    from tfds_ms import synth
+
+    root = tmp_path / "Dataset502_FLAIR"
+    synth.synthesize(root, subjects=4, layout="nnunet", resolution=8, progress=False,
+                     modalities=("FLAIR",), test_subjects=2)
+    out = tmp_path / "run"
+    stdout = _run([sys.executable, str(SCRIPT), "--dataset", "ms_lesions/nnunet", "--manual-dir",
+                   str(root), "--data-dir", str(tmp_path / "data"), "--out", str(out),
+                   *USER_GRID])
+    assert "inputs FLAIR on a 16x24x24 grid" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["modalities"] == ["FLAIR"] and len(results["subjects"]) == 2
+    model = keras.models.load_model(out / "model.keras")
+    assert model.input_shape == (None, None, None, None, 1)
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    cases = _predict_folder(model, root / "imagesTs", predictions, ("FLAIR",))
+    assert cases == ["MS_005", "MS_006"]
+    for case in cases:
+        scan, mask = nib.load(root / "imagesTs" / f"{case}_0000.nii.gz"), nib.load(
+            predictions / f"{case}.nii.gz")
+        assert mask.shape == scan.shape and np.allclose(mask.affine, scan.affine)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_bids_flair_t1_trains_with_two_input_channels(tmp_path):
+    from tfds_ms import synth
+
+    root = tmp_path / "bids"
+    synth.synthesize(root, subjects=4, layout="bids", resolution=8, progress=False,
+                     modalities=("FLAIR", "T1", "T2"))
+    out = tmp_path / "run"
+    _run([sys.executable, str(SCRIPT), "--dataset", "ms_lesions/bids", "--manual-dir", str(root),
+          "--modalities", "FLAIR,T1w", "--data-dir", str(tmp_path / "data"), "--out", str(out),
+          *USER_GRID])
+    assert json.loads((out / "results.json").read_text())["modalities"] == ["FLAIR", "T1"]
+    import keras
+
+    assert keras.models.load_model(out / "model.keras").input_shape[-1] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS"], "needs the modalities"),
+    (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR,T9"],
+     "Unknown modality 'T9'"),
+    (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR,PDw"],
+     "has PD"),
+    (["--dataset", "ms_lesions/nnunet", "--manual-dir", "NNUNET", "--subject-pattern", "^x"],
+     "does not match case id"),
+    (["--dataset", "ms_lesions/nnunet", "--manual-dir", "BIDS"], "No nnU-Net dataset.json"),
+    (["--dataset", "ms_lesions/nnunet"], "pass manual_dir=DIR"),
+    (["--dataset", "ms_lesions/synthetic_tiny", "--modalities", "FLAIR"],
+     "--modalities is for --dataset ms_lesions/nnunet"),
+    (["--grid-shape", "16,24"], "expected three positive numbers"),
+])
+def test_user_dataset_usage_errors(argv, message, capsys, tmp_path):
+    dummy = ROOT / "tests" / "tfds_ms" / "dummy_data"
+    argv = [{"BIDS": str(dummy / "bids"), "NNUNET": str(dummy / "nnunet")}.get(a, a) for a in argv]
+    try:
+        code = _load("train_ms").main(argv + ["--out", str(tmp_path), "--data-dir", str(tmp_path)])
+        lines = capsys.readouterr().err.splitlines()
+    except SystemExit as exit_info:  # argparse's own: the usage, then one line of error
+        code, lines = exit_info.code, capsys.readouterr().err.splitlines()[-1:]
+    assert code == 2
+    assert len(lines) == 1 and message in lines[0], lines
