@@ -218,6 +218,7 @@ def _predict_folder(model, images, out, modalities):
     return cases
 
 
+@pytest.mark.slow
 def test_flair_only_nnunet_model_end_to_end(tmp_path):
     """Build, train a few steps, save, reload, and segment a folder of unseen test cases."""
     import keras
@@ -247,20 +248,19 @@ def test_flair_only_nnunet_model_end_to_end(tmp_path):
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
 
 
-def test_bids_flair_t1_trains_with_two_input_channels(tmp_path):
-    from tfds_ms import synth
-
-    root = tmp_path / "bids"
-    synth.synthesize(root, subjects=4, layout="bids", resolution=8, progress=False,
-                     modalities=("FLAIR", "T1", "T2"))
-    out = tmp_path / "run"
-    _run([sys.executable, str(SCRIPT), "--dataset", "ms_lesions/bids", "--manual-dir", str(root),
-          "--modalities", "FLAIR,T1w", "--data-dir", str(tmp_path / "data"), "--out", str(out),
-          *USER_GRID])
-    assert json.loads((out / "results.json").read_text())["modalities"] == ["FLAIR", "T1"]
-    import keras
-
-    assert keras.models.load_model(out / "model.keras").input_shape[-1] == 2
+def test_model_inputs_follow_the_bids_modalities(tmp_path):
+    train_ms = _load("train_ms")
+    args = train_ms.build_parser().parse_args([
+        "--dataset", "ms_lesions/bids", "--manual-dir",
+        str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "bids"), "--modalities", "FLAIR,T1w",
+        "--data-dir", str(tmp_path), *USER_GRID])
+    patches, test, (modalities, grid, ignore_index) = train_ms.load_splits(args)
+    assert modalities == ("FLAIR", "T1") and grid.shape == (16, 24, 24) and ignore_index is None
+    x, y = next(iter(patches))
+    assert x.shape == (2, 16, 16, 16, 2)
+    model = train_ms.build_model(args, modalities, ignore_index)
+    assert model.input_shape == (None, None, None, None, 2)
+    assert model(x).shape == (2, 16, 16, 16, 2)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -287,3 +287,19 @@ def test_user_dataset_usage_errors(argv, message, capsys, tmp_path):
         code, lines = exit_info.code, capsys.readouterr().err.splitlines()[-1:]
     assert code == 2
     assert len(lines) == 1 and message in lines[0], lines
+
+
+@pytest.mark.slow
+def test_reproduce_table1_takes_the_user_dataset_flags(tmp_path):
+    reproduce = _load("reproduce_table1")
+    out = tmp_path / "table1"
+    argv = ["--dataset", "ms_lesions/nnunet", "--manual-dir",
+            str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "nnunet"), "--modalities", "FLAIR",
+            "--subject-pattern", "^MS_[0-9]+", "--data-dir", str(tmp_path / "data"), *USER_GRID,
+            "--steps-per-epoch", "1", "--out", str(out), "--settings", "0.3,0.7"]
+    assert reproduce.main(argv) == 0
+    runs = sorted(out.glob("alpha0.3_beta0.7/fold*/results.json"))
+    assert len(runs) == 2
+    tested = [s["subject"] for run in runs for s in json.loads(run.read_text())["subjects"]]
+    assert sorted(tested) == ["MS_001_s1", "MS_001_s2", "MS_002_s1", "MS_003_s1", "MS_004_s1"]
+    assert all(json.loads(run.read_text())["modalities"] == ["FLAIR"] for run in runs)
