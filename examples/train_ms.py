@@ -40,21 +40,6 @@ class UsageError(Exception):
     """A user mistake: printed as one line, exit status 2."""
 
 
-def _triple(kind):
-    """argparse type: three comma-separated numbers, e.g. 128,224,256."""
-    def parse(text: str):
-        try:
-            values = tuple(kind(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != 3 or not all(v > 0 for v in values):
-            raise argparse.ArgumentTypeError(f"expected three positive numbers such as "
-                                             f"{'128,224,256' if kind is int else '1.25,0.9,0.75'}"
-                                             f", got {text!r}")
-        return values
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_ms.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -83,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "--manual-dir (default derivatives/*)")
     data.add_argument("--mask-pattern", default=None,
                       help="bids: file name glob of the masks (default *_desc-lesion_mask.nii.gz)")
-    data.add_argument("--grid-shape", type=_triple(int), default=None, metavar="D,H,W",
+    data.add_argument("--grid-shape", default=None, metavar="D,H,W",
                       help="nnunet/bids: reference grid voxels (default the paper's 128,224,256)")
-    data.add_argument("--grid-spacing", type=_triple(float), default=None, metavar="X,Y,Z",
+    data.add_argument("--grid-spacing", default=None, metavar="X,Y,Z",
                       help="nnunet/bids: reference grid voxel size in mm (default 1.25,0.9,0.75: "
                            "a 160 x 201.6 x 192 mm field of view; larger brains are cropped, "
                            "with a warning)")
@@ -248,7 +233,6 @@ def load_splits(args, skip_batches: int = 0):
                          f"tfds_ms): {error}; pip install tensorflow-datasets") from None
     from tfds_ms import layouts
     from tfversky import data
-    from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
     config = args.dataset.split("/", 1)[1]
     known = [c.name for c in tfds_ms.MsLesions.BUILDER_CONFIGS]
@@ -262,13 +246,10 @@ def load_splits(args, skip_batches: int = 0):
                          f"ms_lesions/bids, not {args.dataset}")
     options = {}
     if user:
-        grid = None
-        if args.grid_shape or args.grid_spacing:
-            try:
-                grid = ReferenceGrid(args.grid_shape or PAPER_GRID.shape,
-                                     args.grid_spacing or PAPER_GRID.spacing)
-            except ValueError as error:
-                raise UsageError(f"--grid-shape/--grid-spacing: {error}") from None
+        try:
+            grid = tfds_ms.parse_grid(args.grid_shape, args.grid_spacing)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         options = dict(modalities=args.modalities, subject_pattern=args.subject_pattern,
                        mask_folder=args.mask_folder, mask_pattern=args.mask_pattern, grid=grid,
                        num_folds=args.num_folds)

@@ -17,11 +17,11 @@ examples ``tfversky.data`` takes), ``layouts`` (each dataset's files),
 ``scans`` (reading and checking one scan), ``synth`` (the phantom, ``python -m tfds_ms.synth``).
 """
 
-from tfds_ms.load import builder, load_dataset
+from tfds_ms.load import builder, load_dataset, parse_grid
 from tfds_ms.ms_lesions import (MANUAL_DOWNLOAD_INSTRUCTIONS, CacheMismatchError, MsLesions,
                                  MsLesionsConfig, assign_folds, dataset_grid,
                                  dataset_ignore_index, dataset_modalities, user_config)
 
 __all__ = ["MANUAL_DOWNLOAD_INSTRUCTIONS", "CacheMismatchError", "MsLesions", "MsLesionsConfig",
            "assign_folds", "builder", "dataset_grid", "dataset_ignore_index",
-           "dataset_modalities", "load_dataset", "user_config"]
+           "dataset_modalities", "load_dataset", "parse_grid", "user_config"]

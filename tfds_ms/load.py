@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
+from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
+
 # Imported for its side effect too: the module registers the builder with TFDS.
 from tfds_ms.ms_lesions import MsLesions
 
@@ -85,3 +87,39 @@ def load_dataset(name: str = "ms_lesions/synthetic", split: str = "fold0", *,
     """
     found = builder(name, data_dir=data_dir, manual_dir=manual_dir, **options)
     return found.as_dataset(split=split, shuffle_files=False)
+
+
+def parse_grid(shape: str | None = None, spacing: str | None = None) -> ReferenceGrid | None:
+    """A ``ReferenceGrid`` from command-line text; the part not given is the paper's.
+
+    Args:
+        shape: Voxels per axis, e.g. ``"128,224,256"``.
+        spacing: Voxel size per axis in mm, e.g. ``"1.25,0.9,0.75"``.
+
+    Returns:
+        The grid, or None when neither is given (the dataset's default).
+
+    Raises:
+        ValueError: naming the flag (``--grid-shape`` / ``--grid-spacing``) and the value.
+
+    Example:
+
+    >>> parse_grid("16,24,24", "10,8.4,8").field_of_view
+    (160.0, 201.6, 192.0)
+    >>> parse_grid() is None
+    True
+    """
+    if shape is None and spacing is None:
+        return None
+    values = {}
+    for flag, text, kind, default in (("--grid-shape", shape, int, PAPER_GRID.shape),
+                                      ("--grid-spacing", spacing, float, PAPER_GRID.spacing)):
+        try:
+            values[flag] = default if text is None else tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            values[flag] = ()
+        if len(values[flag]) != 3 or not all(v > 0 for v in values[flag]):
+            raise ValueError(f"{flag} {text!r}: expected three positive "
+                             f"{'integers' if kind is int else 'sizes in mm'} such as "
+                             f"{','.join(f'{v:g}' for v in default)}")
+    return ReferenceGrid(values["--grid-shape"], values["--grid-spacing"])

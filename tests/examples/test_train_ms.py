@@ -275,7 +275,8 @@ def test_model_inputs_follow_the_bids_modalities(tmp_path):
     (["--dataset", "ms_lesions/nnunet"], "pass manual_dir=DIR"),
     (["--dataset", "ms_lesions/synthetic_tiny", "--modalities", "FLAIR"],
      "--modalities is for --dataset ms_lesions/nnunet"),
-    (["--grid-shape", "16,24"], "expected three positive numbers"),
+    (["--dataset", "ms_lesions/nnunet", "--manual-dir", "NNUNET", "--grid-shape", "16,24"],
+     "--grid-shape '16,24': expected three positive integers"),
 ])
 def test_user_dataset_usage_errors(argv, message, capsys, tmp_path):
     dummy = ROOT / "tests" / "tfds_ms" / "dummy_data"

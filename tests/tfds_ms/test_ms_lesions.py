@@ -381,3 +381,15 @@ def test_user_dataset_errors(tmp_path, layout, kwargs, error, match):
     with pytest.raises(error, match=match):
         tfds.builder(f"ms_lesions/{layout}", data_dir=tmp_path, **kwargs)
     assert not (tmp_path / "ms_lesions").exists()
+
+
+def test_build_cli_builds_a_user_dataset_and_names_bad_input(tmp_path, capsys):
+    from tfds_ms.__main__ import main
+
+    argv = ["--config", "nnunet", "--manual-dir", str(DUMMY / "nnunet"), "--data-dir",
+            str(tmp_path), "--grid-shape", "16,24,24", "--grid-spacing", "10,8.4,8"]
+    assert main(argv) == 0
+    assert "ms_lesions/nnunet_nnunet_flair_t1_" in capsys.readouterr().out
+    assert main(argv + ["--modalities", "FLAIR,T2"]) == 2
+    err = capsys.readouterr().err
+    assert "T2 is not a channel of" in err and err.count("\n") == 1
