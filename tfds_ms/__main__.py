@@ -14,7 +14,6 @@ import time
 
 
 def main(argv=None) -> int:
-    import tensorflow_datasets as tfds
 
     import tfds_ms
 

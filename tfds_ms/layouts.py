@@ -202,13 +202,23 @@ def _check_rater(layout: str, rater: str) -> None:
                          f"of {RATERS[layout]}. Received: rater={rater!r}")
 
 
-def _layout_modalities(layout: str, names: dict, modalities) -> tuple[str, ...]:
-    """The requested modalities (canonical), or a LayoutError if the layout has no such file."""
+def choose_modalities(modalities, available, where: str) -> tuple[str, ...]:
+    """The requested modalities, canonical and in order (default T1, T2, FLAIR), all of
+    which must be ``available``.
+
+    Raises:
+        LayoutError: naming ``where`` and what it holds, for a modality it lacks.
+
+    Example:
+
+    >>> choose_modalities("flair,T1w", ("T1", "T2", "FLAIR"), "the msseg2016 layout")
+    ('FLAIR', 'T1')
+    """
     chosen = mods.DEFAULT_MODALITIES if modalities is None else mods.canonical_list(modalities)
-    missing = [m for m in chosen if m not in names]
+    missing = [m for m in chosen if m not in available]
     if missing:
-        raise LayoutError(f"Invalid value for argument `modalities`: the {layout} layout has no "
-                          f"{', '.join(missing)} files. It holds {', '.join(names)}. "
+        raise LayoutError(f"Invalid value for argument `modalities`: {where} has no "
+                          f"{', '.join(missing)}; it holds {', '.join(available)}. "
                           f"Received: modalities={list(chosen)!r}")
     return chosen
 
@@ -232,7 +242,7 @@ def isbi2015_scans(root, rater: str = "mask1", modalities=None) -> list[Scan]:
         LayoutError: no subject folders, or a scan lacks a modality or the rater's mask.
     """
     _check_rater("isbi2015", rater)
-    chosen = _layout_modalities("isbi2015", ISBI_NAMES, modalities)
+    chosen = choose_modalities(modalities, tuple(ISBI_NAMES), "the isbi2015 layout")
     subjects = _subjects_folder(pathlib.Path(root), "training", "training[0-9]*", "isbi2015")
     scans = []
     for folder in sorted(p for p in subjects.glob("training[0-9]*") if p.is_dir()):
@@ -259,7 +269,7 @@ def msseg2016_scans(root, rater: str = "consensus", modalities=None) -> list[Sca
         LayoutError: no patient folders, or a patient lacks a modality or the rater's mask.
     """
     _check_rater("msseg2016", rater)
-    chosen = _layout_modalities("msseg2016", MSSEG_NAMES, modalities)
+    chosen = choose_modalities(modalities, tuple(MSSEG_NAMES), "the msseg2016 layout")
     subjects = _subjects_folder(pathlib.Path(root), "Training", "Center_*", "msseg2016")
     scans = []
     for folder in sorted(p for p in subjects.glob("Center_[0-9]*/Patient_[0-9]*") if p.is_dir()):

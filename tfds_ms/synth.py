@@ -41,7 +41,6 @@ import numpy as np
 from scipy import ndimage
 
 from tfds_ms import layouts
-from tfversky import modalities as mods
 from tfversky import preprocessing
 
 LAYOUTS = ("isbi2015", "msseg2016", "nnunet", "bids")
@@ -434,14 +433,8 @@ def _layout_modalities(layout: str, modalities) -> tuple[str, ...]:
     chosen ones (default T1, T2, FLAIR)."""
     if layout in ("isbi2015", "msseg2016"):
         return tuple(layouts.ISBI_NAMES if layout == "isbi2015" else layouts.MSSEG_NAMES)
-    chosen = mods.DEFAULT_MODALITIES if modalities is None else mods.canonical_list(modalities)
     known = layouts.BIDS_SUFFIXES if layout == "bids" else _PHANTOM_IMAGES
-    unknown = [m for m in chosen if m not in known]
-    if unknown:
-        raise ValueError(f"Invalid value for argument `modalities`: the phantom cannot write "
-                         f"{', '.join(unknown)} in the {layout} layout (it writes "
-                         f"{', '.join(known)}). Received: modalities={list(chosen)!r}")
-    return chosen
+    return layouts.choose_modalities(modalities, tuple(known), f"the phantom's {layout} writer")
 
 
 def _write_dataset_files(out: pathlib.Path, layout: str, modalities, subjects: int,

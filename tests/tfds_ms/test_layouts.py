@@ -167,7 +167,7 @@ def test_isbi_and_msseg_take_a_chosen_set_of_modalities():
     found = layouts.find_scans(DUMMY / "msseg2016", "msseg2016", modalities="FLAIR,GADO")
     assert [p.name for p in found[0].images.values()] == ["FLAIR_preprocessed.nii.gz",
                                                           "GADO_preprocessed.nii.gz"]
-    with pytest.raises(layouts.LayoutError, match="the isbi2015 layout has no T1GD files"):
+    with pytest.raises(layouts.LayoutError, match="the isbi2015 layout has no T1GD; it holds T1, T2, FLAIR, PD"):
         layouts.find_scans(DUMMY / "isbi2015", "isbi2015", modalities="FLAIR,T1GD")
 
 

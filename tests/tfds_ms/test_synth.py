@@ -107,7 +107,7 @@ def test_nnunet_test_cases_take_axis_orders_no_training_case_has(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"layout": "bids", "modalities": ("T1GD",)}, "cannot write T1GD in the bids layout"),
+    ({"layout": "bids", "modalities": ("T1GD",)}, "the phantom's bids writer has no T1GD"),
     ({"layout": "nnunet", "modalities": ("T3",)}, "Unknown modality 'T3'"),
     ({"layout": "bids", "test_subjects": 2}, "test_subjects"),
 ])
