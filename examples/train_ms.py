@@ -224,13 +224,14 @@ def load_splits(args, skip_batches: int = 0):
     (the model's inputs), its ``ReferenceGrid`` and the label value the loss leaves out
     (or None). Wrong datasets and options are ``UsageError``s.
     """
-    import tensorflow_datasets as tfds
+    try:  # the builder is an adapter: only this step needs it
+        import tensorflow_datasets as tfds
 
-    try:
         import tfds_ms
     except ImportError as error:
-        raise UsageError(f"--dataset {args.dataset} needs the data extras (tensorflow-datasets, "
-                         f"tfds_ms): {error}; pip install tensorflow-datasets") from None
+        raise UsageError(f"--dataset {args.dataset} needs the data extras (tensorflow-datasets "
+                         f"and tfds_ms): {error}. Install them: pip install "
+                         f"'tensorflow-datasets==4.9.*' (tfds_ms ships with tfversky).") from None
     from tfds_ms import layouts
     from tfversky import data
 

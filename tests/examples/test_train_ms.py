@@ -304,3 +304,11 @@ def test_reproduce_table1_takes_the_user_dataset_flags(tmp_path):
     tested = [s["subject"] for run in runs for s in json.loads(run.read_text())["subjects"]]
     assert sorted(tested) == ["MS_001_s1", "MS_001_s2", "MS_002_s1", "MS_003_s1", "MS_004_s1"]
     assert all(json.loads(run.read_text())["modalities"] == ["FLAIR"] for run in runs)
+
+
+def test_missing_data_extras_are_one_clear_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
+    code = _load("train_ms").main(["--out", str(tmp_path), "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs the data extras" in err and "pip install" in err, err
+    assert err.count("\n") == 1
