@@ -1,4 +1,4 @@
-"""TFDS builder ``ms_lesions``: multiple sclerosis lesions, T1/T2/FLAIR on one reference grid.
+"""TFDS builder ``ms_lesions``: multiple sclerosis lesions, MR modalities on one reference grid.
 
 Configs:
 
@@ -11,6 +11,16 @@ Configs:
 * ``isbi2015`` / ``isbi2015_mask2``: the ISBI 2015 training set from ``manual_dir``, with
   rater 1's (rater 2's) masks as labels.
 * ``msseg2016``: the MSSEG 2016 training set (15 subjects) from ``manual_dir``, consensus masks.
+* ``nnunet`` / ``bids``: your own nnU-Net v2 raw or BIDS dataset, with its own modalities.
+  The builder reads the folder when it is made and takes a config keyed by what the folder
+  holds (``user_config``)::
+
+      tfds.builder("ms_lesions/nnunet", manual_dir="/data/Dataset501_MS")
+      tfds.builder("ms_lesions/bids", manual_dir="/data/bids", modalities="FLAIR,T1w")
+
+The image's channels are the config's modalities, in order; the prepared dataset records
+them, its grid and its ignore label in ``info.metadata`` (``dataset_modalities``,
+``dataset_grid``, ``dataset_ignore_index``).
 
 Other choices (grid, rater, number of folds, phantom seed) are a ``MsLesionsConfig`` away::
 
@@ -19,7 +29,8 @@ Other choices (grid, rater, number of folds, phantom seed) are a ``MsLesionsConf
 
 Splits ``fold0`` ... ``fold{k-1}`` (k = ``num_folds``, 2 as in the paper): subjects are
 sorted by id and subject i goes to fold i % k, so a subject's scans are never in two folds,
-every subject is in one, and the assignment depends on nothing but the ids.
+every subject is in one, and the assignment depends on nothing but the ids. An nnU-Net
+``splits_final.json`` sets the folds instead.
 """
 
 from __future__ import annotations

@@ -578,7 +578,8 @@ def main(argv=None) -> int:
         print(f"{record['subject']}: lesions {record['lesion_ml']:.2f} mL "
               f"({100 * record['lesion_fraction_of_brain']:.2f} % of brain), grid "
               f"{record['shape']} at {record['spacing_mm']} mm {record['axis_codes']}")
-    print(f"Wrote {len(manifest['subjects'])} subjects to {args.out}")
+    print(f"Wrote {len(manifest['subjects'])} subjects (+{len(manifest['test_subjects'])} test) "
+          f"to {args.out}")
     return 0
 
 
