@@ -68,7 +68,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.dataset:
-        volumes = data.load_dataset(args.dataset, args.split, data_dir=args.data_dir)
+        import tfds_ms
+
+        volumes = tfds_ms.load_dataset(args.dataset, args.split, data_dir=args.data_dir)
         count, source = int(volumes.cardinality()), f"{args.dataset}[{args.split}]"
     else:
         volumes, count = random_volumes(args.volumes, tuple(args.grid)), args.volumes

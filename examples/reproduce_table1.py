@@ -8,6 +8,9 @@ Description: trains examples/train_ms.py once per setting and test fold, pools e
     python examples/reproduce_table1.py                       # small CPU setting
     python examples/reproduce_table1.py --dataset ms_lesions/msseg2016 --manual-dir DIR \\
         --epochs 1000 --steps-per-epoch 100 --lr 1e-4 --patch-size 64    # the paper's scale
+    python examples/reproduce_table1.py --dataset ms_lesions/nnunet --manual-dir DIR
+    python examples/reproduce_table1.py --dataset ms_lesions/bids --manual-dir DIR \\
+        --modalities FLAIR,T1w                                           # your own data
 
 Takes every flag of train_ms.py. A setting whose folds already have results in --out is not
 trained again, so an interrupted reproduction continues where it stopped.

@@ -8,6 +8,12 @@ Description: data -> 3D U-Net -> Tversky loss -> model.fit (tf.distribute) ->
     python examples/train_ms.py --alpha 0.5 --beta 0.5 --out runs/dice
     python examples/train_ms.py --dataset ms_lesions/msseg2016 --manual-dir /data/msseg2016 \\
         --patch-size 64 --batch-size 4 --epochs 1000 --steps-per-epoch 100 --lr 1e-4
+    python examples/train_ms.py --dataset ms_lesions/nnunet --manual-dir /data/Dataset501_MS
+    python examples/train_ms.py --dataset ms_lesions/bids --manual-dir /data/bids \\
+        --modalities FLAIR,T1w
+
+The model's input channels follow the dataset's modalities (nnU-Net: dataset.json's
+channel_names; BIDS: --modalities).
 
 alpha weighs false positives, beta false negatives, as in the paper (best: 0.3, 0.7).
 
@@ -43,15 +49,37 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="ms_lesions/synthetic",
                       help="TFDS name/config: ms_lesions/{synthetic,synthetic_lowres,isbi2015,"
-                           "isbi2015_mask2,msseg2016}")
+                           "isbi2015_mask2,msseg2016,nnunet,bids}")
     data.add_argument("--data-dir", default=None,
                       help="where TFDS keeps built datasets (default: ~/tensorflow_datasets)")
     data.add_argument("--manual-dir", default=None,
-                      help="the folder holding the downloaded ISBI 2015 / MSSEG 2016 data")
+                      help="the dataset folder: ISBI 2015 / MSSEG 2016 download, nnU-Net raw "
+                           "dataset (holding dataset.json) or BIDS dataset")
+    data.add_argument("--modalities", default=None,
+                      help="nnunet/bids: the input channels, in order, by canonical name or "
+                           "alias (e.g. FLAIR,T1w). bids: required; nnunet: default all "
+                           "channel_names of dataset.json")
+    data.add_argument("--subject-pattern", default=None, metavar="REGEX",
+                      help="nnunet: regular expression on the case id whose match (or group "
+                           "'subject') is the subject, so that a subject's sessions share a fold "
+                           "(e.g. '^MS_[0-9]+' for MS_003_ses2)")
+    data.add_argument("--mask-folder", default=None,
+                      help="bids: folder(s) holding the lesion masks, a glob relative to "
+                           "--manual-dir (default derivatives/*)")
+    data.add_argument("--mask-pattern", default=None,
+                      help="bids: file name glob of the masks (default *_desc-lesion_mask.nii.gz)")
+    data.add_argument("--grid-shape", default=None, metavar="D,H,W",
+                      help="nnunet/bids: reference grid voxels (default the paper's 128,224,256)")
+    data.add_argument("--grid-spacing", default=None, metavar="X,Y,Z",
+                      help="nnunet/bids: reference grid voxel size in mm (default 1.25,0.9,0.75: "
+                           "a 160 x 201.6 x 192 mm field of view; larger brains are cropped, "
+                           "with a warning)")
     data.add_argument("--fold", type=int, default=1,
                       help="test fold; training uses the other(s). Fold 1 of the synthetic data "
                            "holds its highest- and lowest-lesion-load subjects")
-    data.add_argument("--num-folds", type=int, default=2, help="folds of the dataset (paper: 2)")
+    data.add_argument("--num-folds", type=int, default=2,
+                      help="folds of the dataset (paper: 2; nnunet: must match "
+                           "splits_final.json when the dataset has one)")
     data.add_argument("--patch-size", type=int, default=48,
                       help="cubic training patch edge; a multiple of 2^(depth-1)")
     data.add_argument("--lesion-fraction", type=float, default=0.5,
@@ -185,11 +213,26 @@ def is_chief(strategy) -> bool:
 # --- 2. data ----------------------------------------------------------------------------------
 
 
-def load_splits(args, skip_batches: int = 0):
-    """(training patches, test-fold volumes), with clear errors for a wrong dataset."""
-    import tensorflow_datasets as tfds
+USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "grid_shape",
+                "grid_spacing")
 
-    import tfds_ms
+
+def load_splits(args, skip_batches: int = 0):
+    """(training patches, test-fold volumes, (modalities, grid, ignore_index)).
+
+    The third item describes the dataset: its canonical modality names in channel order
+    (the model's inputs), its ``ReferenceGrid`` and the label value the loss leaves out
+    (or None). Wrong datasets and options are ``UsageError``s.
+    """
+    try:  # the builder is an adapter: only this step needs it
+        import tensorflow_datasets as tfds
+
+        import tfds_ms
+    except ImportError as error:
+        raise UsageError(f"--dataset {args.dataset} needs the data extras (tensorflow-datasets "
+                         f"and tfds_ms): {error}. Install them: pip install "
+                         f"'tensorflow-datasets==4.9.*' (tfds_ms ships with tfversky).") from None
+    from tfds_ms import layouts
     from tfversky import data
 
     config = args.dataset.split("/", 1)[1]
@@ -197,42 +240,67 @@ def load_splits(args, skip_batches: int = 0):
     if config not in known:
         raise UsageError(f"--dataset {args.dataset!r}: unknown config {config!r}; expected one "
                          f"of {', '.join('ms_lesions/' + k for k in known)}")
+    user = config in layouts.USER_LAYOUTS
+    given = [name for name in USER_OPTIONS if getattr(args, name, None) is not None]
+    if given and not user:
+        raise UsageError(f"--{given[0].replace('_', '-')} is for --dataset ms_lesions/nnunet or "
+                         f"ms_lesions/bids, not {args.dataset}")
+    options = {}
+    if user:
+        try:
+            grid = tfds_ms.parse_grid(args.grid_shape, args.grid_spacing)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        options = dict(modalities=args.modalities, subject_pattern=args.subject_pattern,
+                       mask_folder=args.mask_folder, mask_pattern=args.mask_pattern, grid=grid,
+                       num_folds=args.num_folds)
     try:
         train_split, test_split = data.fold_splits(args.fold, args.num_folds)
     except ValueError as error:
         raise UsageError(f"--fold {args.fold}: {error}") from None
     try:
-        train = data.load_dataset(args.dataset, train_split, data_dir=args.data_dir,
-                                  manual_dir=args.manual_dir)
-        test = data.load_dataset(args.dataset, test_split, data_dir=args.data_dir,
-                                 manual_dir=args.manual_dir)
+        builder = tfds_ms.builder(args.dataset, data_dir=args.data_dir,
+                                  manual_dir=args.manual_dir, **options)
+        train = builder.as_dataset(split=train_split, shuffle_files=False)
+        test = builder.as_dataset(split=test_split, shuffle_files=False)
     except (tfds.core.download.download_manager.NonMatchingChecksumError, ValueError,
             FileNotFoundError, AssertionError) as error:
         raise UsageError(f"--dataset {args.dataset}: {error}".splitlines()[0]) from None
+    modalities = tfds_ms.dataset_modalities(builder)
+    grid = tfds_ms.dataset_grid(builder)
     patches = data.patch_dataset(train, patch_size=(args.patch_size,) * 3,
                                  batch_size=args.batch_size,
                                  lesion_fraction=args.lesion_fraction, seed=args.seed,
                                  skip_batches=skip_batches)
-    return patches, test
+    return patches, test, (modalities, grid, tfds_ms.dataset_ignore_index(builder))
 
 
 # --- 3. model and loss ------------------------------------------------------------------------
 
 
-def build_model(args):
+def build_model(args, modalities=None, ignore_index=None):
+    """The U-Net with one input channel per modality, compiled with the Tversky loss.
+
+    ``modalities`` defaults to ``tfversky.modalities.DEFAULT_MODALITIES`` (T1, T2, FLAIR);
+    ``ignore_index`` is the label value the loss leaves out (nnU-Net's ``ignore`` label).
+    """
     import keras
 
     import tfversky
     from tfversky import metrics, models
+    from tfversky.modalities import DEFAULT_MODALITIES
 
-    model = models.unet3d(base_filters=args.base_filters, depth=args.depth,
+    channels = len(modalities or DEFAULT_MODALITIES)
+    model = models.unet3d(input_shape=(None, None, None, channels), base_filters=args.base_filters,
+                          depth=args.depth,
                           normalization=None if args.normalization == "none" else args.normalization)
     schedule = keras.optimizers.schedules.ExponentialDecay(
         args.lr, decay_steps=1000, decay_rate=0.9, staircase=True)
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=tfversky.TverskyLoss(args.alpha, args.beta, gamma=args.gamma,
-                                  batch=args.batch_dice, implementation=args.loss_impl),
+                                  batch=args.batch_dice, implementation=args.loss_impl,
+                                  ignore_index=ignore_index),
         metrics=[metrics.DiceScore(), metrics.Sensitivity(), metrics.FBetaScore(2.0)],
         # The fused op has no XLA kernel: under XLA the loss would run its pure fallback.
         jit_compile=False if args.loss_impl == "fused" else "auto")
@@ -259,9 +327,13 @@ def train(args, strategy, out: pathlib.Path, chief: bool):
     done = completed_epochs(work / "backup")
     if done:
         print(f"resuming after epoch {done} from {work / 'backup'}")
-    patches, test = load_splits(args, skip_batches=done * args.steps_per_epoch)
+    patches, test, (modalities, grid, ignore_index) = load_splits(
+        args, skip_batches=done * args.steps_per_epoch)
+    print(f"data: {args.dataset}, inputs {', '.join(modalities)} on a "
+          f"{'x'.join(map(str, grid.shape))} grid of {' x '.join(f'{s:g}' for s in grid.spacing)} "
+          f"mm" + (f", label {ignore_index} ignored by the loss" if ignore_index is not None else ""))
     with strategy.scope():
-        model = build_model(args)
+        model = build_model(args, modalities, ignore_index)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(work / "backup")),
         keras.callbacks.ModelCheckpoint(str(work / "best.keras"), monitor="loss",
@@ -274,14 +346,17 @@ def train(args, strategy, out: pathlib.Path, chief: bool):
     history = model.fit(patches, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                         callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
-    return model, test, history.history, seconds
+    return model, test, history.history, seconds, modalities
 
 
 # --- 5. evaluation and report -----------------------------------------------------------------
 
 
-def evaluate_fold(model, test, args, out: pathlib.Path) -> dict:
-    """Whole-volume inference on every test subject; metrics, NIfTI masks and figures."""
+def evaluate_fold(model, test, args, out: pathlib.Path, modalities=("T1", "T2", "FLAIR")) -> dict:
+    """Whole-volume inference on every test subject; metrics, NIfTI masks and figures.
+
+    Overlays are drawn on the FLAIR channel (the first channel without one).
+    """
     import nibabel as nib
     import numpy as np
     import tqdm
@@ -298,7 +373,7 @@ def evaluate_fold(model, test, args, out: pathlib.Path) -> dict:
         probs = inference.predict_volume(model, volume["image"], overlap=args.overlap,
                                          patch_size=args.inference_patch, progress=False)
         lesion_prob = probs[..., 1]
-        truth = volume["label"] > 0
+        truth = volume["label"] == 1  # not an `ignore` value (255)
         subject_evaluator = metrics.Evaluator(args.threshold)
         scores = subject_evaluator.update(truth, lesion_prob)
         evaluator.merge(subject_evaluator)
@@ -312,7 +387,8 @@ def evaluate_fold(model, test, args, out: pathlib.Path) -> dict:
                                          volume["affine"], tuple(volume["shape"]), order=0)
         nib.save(nib.Nifti1Image(native.astype(np.uint8), volume["affine"]),
                  out / "predictions" / f"{name}_lesions.nii.gz")
-        plotting.plot_overlay(volume["image"][..., 2], truth, predicted,
+        overlay = modalities.index("FLAIR") if "FLAIR" in modalities else 0
+        plotting.plot_overlay(volume["image"][..., overlay], truth, predicted,
                               out / "overlays" / f"{name}.png",
                               title=f"{name}: DSC {scores['dsc']:.3f}")
         precision, recall, _ = subject_evaluator.precision_recall_curve()
@@ -376,7 +452,7 @@ def run(args) -> dict:
           f"{keras.__version__}; strategy {type(strategy).__name__} with "
           f"{strategy.num_replicas_in_sync} replica(s); loss: {loss_impl}, alpha={args.alpha} "
           f"(FP), beta={args.beta} (FN)")
-    model, test, history, train_seconds = train(args, strategy, out, chief)
+    model, test, history, train_seconds, modalities = train(args, strategy, out, chief)
     if not chief:
         return {}
     model.save(out / "model.keras")
@@ -384,9 +460,9 @@ def run(args) -> dict:
     # workers have finished) and it checks the artifact users get.
     model = keras.models.load_model(out / "model.keras")
     start = time.perf_counter()
-    results = evaluate_fold(model, test, args, out)
+    results = evaluate_fold(model, test, args, out, modalities)
     results.update(
-        config=vars(args), history=history,
+        config=vars(args), modalities=list(modalities), history=history,
         timing={"train_seconds": train_seconds,
                 "inference_seconds": time.perf_counter() - start,
                 "patches_per_second": args.epochs * args.steps_per_epoch * args.batch_size

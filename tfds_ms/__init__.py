@@ -8,8 +8,12 @@ Importing the package registers the builder::
     ds = tfds.load("ms_lesions", split="fold0")                 # synthetic phantom, offline
     ds = tfds.load("ms_lesions/isbi2015", split="fold1", download_and_prepare_kwargs={
         "download_config": tfds.download.DownloadConfig(manual_dir="/data/isbi2015")})
+    ds = tfds_ms.load_dataset("ms_lesions/nnunet", "fold0", manual_dir="/data/Dataset501_MS")
+    ds = tfds_ms.load_dataset("ms_lesions/bids", "fold0", manual_dir="/data/bids",
+                              modalities="FLAIR,T1w")
 
-Modules: ``ms_lesions`` (the builder and its configs), ``layouts`` (each dataset's files),
+Modules: ``ms_lesions`` (the builder and its configs), ``load`` (a split by name: the
+examples ``tfversky.data`` takes), ``layouts`` (each dataset's files),
 ``scans`` (reading and checking one scan), ``synth`` (the phantom, ``python -m tfds_ms.synth``).
 """
 
@@ -20,7 +24,11 @@ for _module in ("tensorflow_datasets", "nibabel", "scipy"):
     require(_module)
 del _module
 
-from tfds_ms.ms_lesions import (MANUAL_DOWNLOAD_INSTRUCTIONS, MsLesions, MsLesionsConfig,
-                                 assign_folds)
+from tfds_ms.load import builder, load_dataset, parse_grid
+from tfds_ms.ms_lesions import (MANUAL_DOWNLOAD_INSTRUCTIONS, CacheMismatchError, MsLesions,
+                                 MsLesionsConfig, assign_folds, dataset_grid,
+                                 dataset_ignore_index, dataset_modalities, user_config)
 
-__all__ = ["MANUAL_DOWNLOAD_INSTRUCTIONS", "MsLesions", "MsLesionsConfig", "assign_folds"]
+__all__ = ["MANUAL_DOWNLOAD_INSTRUCTIONS", "CacheMismatchError", "MsLesions", "MsLesionsConfig",
+           "assign_folds", "builder", "dataset_grid", "dataset_ignore_index",
+           "dataset_modalities", "load_dataset", "parse_grid", "user_config"]

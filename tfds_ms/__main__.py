@@ -2,6 +2,10 @@
 
     python -m tfds_ms --config synthetic_lowres --data-dir ~/tensorflow_datasets
     python -m tfds_ms --config msseg2016 --manual-dir /data/msseg2016
+    python -m tfds_ms --config nnunet --manual-dir /data/Dataset501_MS --subject-pattern '^MS_[0-9]+'
+    python -m tfds_ms --config bids --manual-dir /data/bids --modalities FLAIR,T1w
+
+A wrong folder or option is one line on stderr and exit status 2.
 """
 
 import argparse
@@ -10,27 +14,46 @@ import time
 
 
 def main(argv=None) -> int:
-    import tensorflow_datasets as tfds
 
-    from tfds_ms import MsLesions
+    import tfds_ms
 
-    configs = [config.name for config in MsLesions.BUILDER_CONFIGS]
+    configs = [config.name for config in tfds_ms.MsLesions.BUILDER_CONFIGS]
     parser = argparse.ArgumentParser(prog="python -m tfds_ms", description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=configs, default="synthetic",
                         help="builder config (default synthetic)")
     parser.add_argument("--data-dir", default=None,
                         help="where TFDS keeps datasets (default ~/tensorflow_datasets)")
     parser.add_argument("--manual-dir", default=None,
-                        help="the unpacked ISBI 2015 / MSSEG 2016 folder (real-data configs)")
+                        help="the dataset folder: ISBI 2015 / MSSEG 2016 download, nnU-Net raw "
+                             "dataset (holding dataset.json), BIDS dataset")
+    user = parser.add_argument_group("nnunet and bids")
+    user.add_argument("--modalities", help="input channels in order, e.g. FLAIR,T1w (bids: "
+                                           "required; nnunet: default all channel_names)")
+    user.add_argument("--subject-pattern", metavar="REGEX",
+                      help="nnunet: regex on the case id giving the subject")
+    user.add_argument("--mask-folder", help="bids: masks folder glob (default derivatives/*)")
+    user.add_argument("--mask-pattern",
+                      help="bids: mask file glob (default *_desc-lesion_mask.nii.gz)")
+    user.add_argument("--num-folds", type=int, help="folds (default 2, or splits_final.json's)")
+    user.add_argument("--grid-shape", metavar="D,H,W",
+                      help="grid voxels (default 128,224,256)")
+    user.add_argument("--grid-spacing", metavar="X,Y,Z",
+                      help="grid voxel size in mm (default 1.25,0.9,0.75)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    builder = tfds.builder(f"ms_lesions/{args.config}", data_dir=args.data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir))
+    options = {name: getattr(args, name) for name in
+               ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "num_folds")}
+    try:
+        options["grid"] = tfds_ms.parse_grid(args.grid_shape, args.grid_spacing)
+        builder = tfds_ms.builder(f"ms_lesions/{args.config}", data_dir=args.data_dir,
+                                  manual_dir=args.manual_dir, **options)
+    except (ValueError, FileNotFoundError, AssertionError) as error:
+        print(f"python -m tfds_ms: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
     splits = ", ".join(f"{name}: {split.num_examples}"
                        for name, split in sorted(builder.info.splits.items()))
-    print(f"ms_lesions/{args.config} in {builder.data_dir} ({splits}; "
-          f"{time.perf_counter() - start:.0f} s)")
+    print(f"ms_lesions/{builder.builder_config.name} ({', '.join(tfds_ms.dataset_modalities(builder))})"
+          f" in {builder.data_dir} ({splits}; {time.perf_counter() - start:.0f} s)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""TFDS builder ``ms_lesions``: multiple sclerosis lesions, T1/T2/FLAIR on one reference grid.
+"""TFDS builder ``ms_lesions``: multiple sclerosis lesions, MR modalities on one reference grid.
 
 Configs:
 
@@ -11,6 +11,16 @@ Configs:
 * ``isbi2015`` / ``isbi2015_mask2``: the ISBI 2015 training set from ``manual_dir``, with
   rater 1's (rater 2's) masks as labels.
 * ``msseg2016``: the MSSEG 2016 training set (15 subjects) from ``manual_dir``, consensus masks.
+* ``nnunet`` / ``bids``: your own nnU-Net v2 raw or BIDS dataset, with its own modalities.
+  The builder reads the folder when it is made and takes a config keyed by what the folder
+  holds (``user_config``)::
+
+      tfds.builder("ms_lesions/nnunet", manual_dir="/data/Dataset501_MS")
+      tfds.builder("ms_lesions/bids", manual_dir="/data/bids", modalities="FLAIR,T1w")
+
+The image's channels are the config's modalities, in order; the prepared dataset records
+them, its grid and its ignore label in ``info.metadata`` (``dataset_modalities``,
+``dataset_grid``, ``dataset_ignore_index``).
 
 Other choices (grid, rater, number of folds, phantom seed) are a ``MsLesionsConfig`` away::
 
@@ -19,18 +29,23 @@ Other choices (grid, rater, number of folds, phantom seed) are a ``MsLesionsConf
 
 Splits ``fold0`` ... ``fold{k-1}`` (k = ``num_folds``, 2 as in the paper): subjects are
 sorted by id and subject i goes to fold i % k, so a subject's scans are never in two folds,
-every subject is in one, and the assignment depends on nothing but the ids.
+every subject is in one, and the assignment depends on nothing but the ids. An nnU-Net
+``splits_final.json`` sets the folds instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import pathlib
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from tfds_ms import layouts, scans, synth
+from tfversky import modalities as mods
 from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
 _CITATION = """\
@@ -87,14 +102,26 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
     """One way to build ``ms_lesions``.
 
     Attributes:
-        layout: ``"isbi2015"`` or ``"msseg2016"``: the file layout read (for ``synthetic``
-            sources, the layout the phantom is written in). Defaults to ``"msseg2016"``.
+        layout: The file layout read (``tfds_ms.layouts.READERS``: ``isbi2015``,
+            ``msseg2016``, ``nnunet``, ``bids``); for ``synthetic`` sources, the layout the
+            phantom is written in. Defaults to ``"msseg2016"``.
         source: ``"manual"`` (read ``manual_dir``) or ``"synthetic"`` (make the phantom in
             the download folder first). Defaults to ``"manual"``.
         grid: The reference grid. Defaults to ``PAPER_GRID`` (128x224x256).
         rater: Whose masks are the labels (``tfds_ms.layouts.RATERS``). Defaults to the
             layout's ``mask1`` / ``consensus``.
         num_folds: Number of cross-validation folds (splits). Defaults to 2 (the paper).
+        modalities: Canonical modality names, in channel order. Defaults to None: T1, T2,
+            FLAIR for ISBI, MSSEG and the phantom; ``dataset.json``'s channels for nnunet;
+            bids needs them named.
+        subject_pattern: nnunet: regular expression on the case id that gives the subject
+            (``tfds_ms.layouts.subject_of``). Defaults to None (a case is a subject).
+        mask_folder, mask_pattern: bids: where the lesion masks are. Default to
+            ``derivatives/*`` and ``*_desc-lesion_mask.nii.gz``.
+        manual_dir, fingerprint: For a config made from a user's folder by ``user_config``:
+            the folder and the digest of what it holds (``tfds_ms.layouts.fingerprint``).
+        ignore_index: The label value of voxels the loss leaves out (nnU-Net's ``ignore``
+            label, stored as ``scans.IGNORE_LABEL``), or None.
         synth_subjects, synth_seed, synth_resolution: The phantom's subjects, seed and
             working resolution (mm), for ``source="synthetic"``. Default 15, 0, 1.0.
         register: Place the grid by rigid registration of each T1 to the MNI152 template
@@ -107,6 +134,13 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
     grid: ReferenceGrid = PAPER_GRID
     rater: str | None = None
     num_folds: int = 2
+    modalities: tuple | None = None
+    subject_pattern: str | None = None
+    mask_folder: str | None = None
+    mask_pattern: str | None = None
+    manual_dir: str | None = None
+    fingerprint: str | None = None
+    ignore_index: int | None = None
     synth_subjects: int = 15
     synth_seed: int = 0
     synth_resolution: float = 1.0
@@ -130,6 +164,99 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
             raise ValueError(f"Invalid value for argument `synth_subjects`: each of the "
                              f"{self.num_folds} folds needs a subject. "
                              f"Received: synth_subjects={self.synth_subjects!r}")
+        if self.modalities is not None:
+            self.modalities = mods.canonical_list(self.modalities)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The modalities of ``image``'s channels, in order."""
+        return self.modalities or mods.DEFAULT_MODALITIES
+
+
+def _slug(text: str, limit: int = 32) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "data"
+
+
+def user_config(layout: str, manual_dir, *, modalities=None, grid: ReferenceGrid = PAPER_GRID,
+                num_folds: int | None = None, subject_pattern: str | None = None,
+                mask_folder: str | None = None, mask_pattern: str | None = None,
+                register: bool = False) -> MsLesionsConfig:
+    """The ``ms_lesions`` config of a user's nnU-Net or BIDS folder, keyed by what it holds.
+
+    The folder is read (file names, ``dataset.json``; no voxels) and the config is named
+    ``<layout>_<folder>_<modalities>_<options digest>``, e.g.
+    ``nnunet_dataset501_ms_flair_t1_1c2e3a4b``: each dataset, modality set and option set
+    (grid, folds, subject pattern, masks) gets its own prepared copy. The config also
+    carries the folder's content ``fingerprint``; ``MsLesions`` refuses a prepared copy
+    made from other files (``CacheMismatchError``).
+
+    Args:
+        layout: ``"nnunet"`` or ``"bids"``.
+        manual_dir: The dataset folder (holding ``dataset.json``, or ``sub-*/``).
+        modalities: Canonical names or aliases (``"FLAIR,T1w"``), in channel order.
+            nnunet: defaults to every channel of ``dataset.json``; bids: required.
+        grid: The reference grid. Defaults to ``PAPER_GRID``.
+        num_folds: Folds. Defaults to 2, or to the folds of nnU-Net's ``splits_final.json``.
+        subject_pattern: nnunet: regex on the case id giving the subject. Defaults to None.
+        mask_folder, mask_pattern: bids: the masks' folder glob and file pattern.
+        register: Register each T1 to MNI152 (needs SimpleITK). Defaults to False.
+
+    Raises:
+        tfds_ms.layouts.LayoutError: the folder breaks its layout (see the readers).
+        ValueError: ``num_folds`` disagrees with ``splits_final.json``, or the subjects
+            cannot fill the folds.
+
+    Example:
+
+    >>> import tempfile
+    >>> from tfds_ms import synth
+    >>> root = tempfile.mkdtemp()
+    >>> _ = synth.synthesize(root, subjects=2, layout="nnunet", resolution=8, progress=False,
+    ...                      modalities=("FLAIR",))
+    >>> config = user_config("nnunet", root)
+    >>> config.modalities, config.name.startswith("nnunet_"), len(config.fingerprint)
+    (('FLAIR',), True, 16)
+    """
+    if layout not in layouts.USER_LAYOUTS:
+        raise ValueError(f"Invalid value for argument `layout`: user datasets are read in the "
+                         f"{' or '.join(layouts.USER_LAYOUTS)} layout. Received: layout={layout!r}")
+    if manual_dir is None:
+        raise ValueError(f"ms_lesions/{layout} reads your dataset folder: pass manual_dir=DIR "
+                         f"to the builder (tfds.builder('ms_lesions/{layout}', manual_dir=DIR), "
+                         f"tfds_ms.load_dataset(..., manual_dir=DIR), or --manual-dir DIR).")
+    root = pathlib.Path(manual_dir).expanduser().resolve()
+    options = {"nnunet": {"subject_pattern": subject_pattern},
+               "bids": {"mask_folder": mask_folder, "mask_pattern": mask_pattern}}[layout]
+    found = layouts.find_scans(root, layout, modalities=modalities, **options)
+    channels = tuple(found[0].images)
+    dataset_folds = {scan.fold for scan in found} - {None}
+    if dataset_folds:
+        if num_folds is not None and num_folds != len(dataset_folds):
+            raise ValueError(f"Invalid value for argument `num_folds`: {root}/splits_final.json "
+                             f"holds {len(dataset_folds)} folds. Received: num_folds={num_folds}. "
+                             f"Pass num_folds={len(dataset_folds)} (--num-folds "
+                             f"{len(dataset_folds)}) or leave it unset, or delete "
+                             f"splits_final.json.")
+        num_folds = len(dataset_folds)
+    num_folds = 2 if num_folds is None else num_folds
+    extra = [path for path in (root / "dataset.json", root / "splits_final.json")
+             if path.is_file()]
+    key = json.dumps([grid.shape, grid.spacing, num_folds, subject_pattern, mask_folder,
+                      mask_pattern, register])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    name = f"{layout}_{_slug(root.name)}_{'_'.join(m.lower() for m in channels)}_{digest}"
+    ignore = any("ignore" in scan.labels for scan in found)
+    return MsLesionsConfig(
+        name=name, layout=layout, grid=grid, num_folds=num_folds, modalities=channels,
+        subject_pattern=subject_pattern, mask_folder=mask_folder, mask_pattern=mask_pattern,
+        manual_dir=str(root), fingerprint=layouts.fingerprint(found, extra),
+        ignore_index=scans.IGNORE_LABEL if ignore else None, register=register,
+        description=f"{layout} dataset {root.name} ({len(found)} scans of "
+                    f"{len({s.subject for s in found})} subjects; {', '.join(channels)}).")
+
+
+class CacheMismatchError(ValueError):
+    """A prepared ``ms_lesions`` copy was built from other files than the folder given now."""
 
 
 def assign_folds(subjects, num_folds: int = 2) -> dict:
@@ -144,10 +271,21 @@ def assign_folds(subjects, num_folds: int = 2) -> dict:
 
 
 class MsLesions(tfds.core.GeneratorBasedBuilder):
-    """MS lesion segmentation: T1, T2, FLAIR and a binary lesion mask per scan."""
+    """MS lesion segmentation: co-registered MR modalities and a lesion mask per scan.
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: synthetic, ISBI 2015 and MSSEG 2016 configs."}
+    ``nnunet`` and ``bids`` read the user's folder when the builder is made: pass it as
+    ``manual_dir`` (``tfds.builder("ms_lesions/nnunet", manual_dir=DIR)``, or in ``tfds.load``'s
+    ``builder_kwargs``), with the options of ``user_config``. The builder then takes the
+    config keyed by what the folder holds.
+
+    Raises:
+        CacheMismatchError: the prepared copy in ``data_dir`` was built from other files.
+    """
+
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release: synthetic, ISBI 2015 and MSSEG 2016 configs.",
+                     "1.1.0": "nnunet and bids configs; any set of modalities; the modality "
+                              "names, grid and ignore label in the metadata."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [
         MsLesionsConfig(name="synthetic", source="synthetic",
@@ -168,25 +306,66 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
         MsLesionsConfig(name="msseg2016", layout="msseg2016",
                         description="MSSEG 2016 training set (15 subjects) from manual_dir, "
                                     "consensus masks."),
+        MsLesionsConfig(name="nnunet", layout="nnunet",
+                        description="Your nnU-Net v2 raw dataset (manual_dir holds "
+                                    "dataset.json): keyed by its contents on use."),
+        MsLesionsConfig(name="bids", layout="bids",
+                        description="Your BIDS dataset with lesion masks in derivatives/ "
+                                    "(manual_dir, modalities): keyed by its contents on use."),
     ]
     DEFAULT_CONFIG_NAME = "synthetic"
 
+    def __init__(self, *, manual_dir=None, modalities=None, grid: ReferenceGrid | None = None,
+                 num_folds: int | None = None, subject_pattern: str | None = None,
+                 mask_folder: str | None = None, mask_pattern: str | None = None, **kwargs):
+        config = kwargs.get("config")
+        if isinstance(config, str):
+            config = self.builder_configs.get(config.split(":")[0], config)
+        if isinstance(config, MsLesionsConfig) and config.layout in layouts.USER_LAYOUTS \
+                and config.source == "manual" and config.fingerprint is None:
+            kwargs["config"] = user_config(
+                config.layout, manual_dir, modalities=modalities or config.modalities,
+                grid=grid or config.grid,
+                num_folds=num_folds or (None if config.num_folds == 2 else config.num_folds),
+                subject_pattern=subject_pattern or config.subject_pattern,
+                mask_folder=mask_folder or config.mask_folder,
+                mask_pattern=mask_pattern or config.mask_pattern, register=config.register)
+        elif any(v is not None for v in (modalities, grid, num_folds, subject_pattern,
+                                          mask_folder, mask_pattern)):
+            raise ValueError(f"Builder options (modalities, grid, num_folds, subject_pattern, "
+                             f"mask_folder, mask_pattern) are for ms_lesions/nnunet and "
+                             f"ms_lesions/bids; for config {getattr(config, 'name', config)!r} "
+                             f"make a MsLesionsConfig(...) instead.")
+        super().__init__(**kwargs)
+        stored = (self.info.metadata or {}).get("fingerprint")
+        if self.builder_config.fingerprint and stored != self.builder_config.fingerprint:
+            raise CacheMismatchError(
+                f"ms_lesions/{self.builder_config.name} in {self.data_dir} was built from other "
+                f"files (fingerprint {stored}) than {self.builder_config.manual_dir} holds now "
+                f"(fingerprint {self.builder_config.fingerprint}). To rebuild it from this "
+                f"folder, delete {self.data_dir} (or use another data_dir / --data-dir).")
+
     def _info(self) -> tfds.core.DatasetInfo:
-        grid = self.builder_config.grid
+        config = self.builder_config
+        grid, channels = config.grid, config.channels
+        ignore = config.ignore_index
         return self.dataset_info_from_configs(
             description=(
-                "T1, T2 and FLAIR MR volumes of multiple sclerosis patients, each reoriented "
-                "to RAS+, resampled onto one reference grid centred on the brain (linear for "
-                "images, thresholded linear for masks) and z-scored per modality inside the "
-                "brain, with a binary lesion mask. `affine`/`shape` describe the scan's own "
-                "voxels and `grid_affine` the grid's, so a prediction maps back with "
-                "`tfversky.preprocessing.to_native`."),
+                "MR volumes of multiple sclerosis patients (the config's modalities, channels "
+                "last: see metadata['modalities']), each reoriented to RAS+, resampled onto "
+                "one reference grid centred on the brain (linear for images, thresholded "
+                "linear for masks) and z-scored per modality inside the brain, with a lesion "
+                "mask. `affine`/`shape` describe the scan's own voxels and `grid_affine` the "
+                "grid's, so a prediction maps back with `tfversky.preprocessing.to_native`."),
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(*grid.shape, 3), dtype=np.float32,
-                                              encoding="zlib",
-                                              doc="T1, T2, FLAIR (channels last), z-scored"),
-                "label": tfds.features.Tensor(shape=grid.shape, dtype=np.uint8,
-                                              encoding="zlib", doc="1 = lesion"),
+                "image": tfds.features.Tensor(shape=(*grid.shape, len(channels)),
+                                              dtype=np.float32, encoding="zlib",
+                                              doc=f"{', '.join(channels)} (channels last), "
+                                                  f"z-scored"),
+                "label": tfds.features.Tensor(
+                    shape=grid.shape, dtype=np.uint8, encoding="zlib",
+                    doc="1 = lesion" + (f", {ignore} = ignore (left out by the loss)"
+                                        if ignore is not None else "")),
                 "subject": tfds.features.Text(doc="subject id; folds are split by it"),
                 "scan_id": tfds.features.Text(doc="unique scan id (subject and time point)"),
                 "affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float64,
@@ -201,28 +380,52 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
             supervised_keys=("image", "label"),
             homepage="https://doi.org/10.1007/978-3-319-67389-9_44",
             citation=_CITATION,
+            metadata=tfds.core.MetadataDict(
+                modalities=list(channels), grid_shape=list(grid.shape),
+                grid_spacing=list(grid.spacing), ignore_index=ignore, layout=config.layout,
+                num_folds=config.num_folds, fingerprint=config.fingerprint,
+                manual_dir=config.manual_dir),
         )
 
     def _source_dir(self, dl_manager) -> pathlib.Path:
         config = self.builder_config
         if config.source == "manual":
-            return pathlib.Path(str(dl_manager.manual_dir))
+            return pathlib.Path(config.manual_dir or str(dl_manager.manual_dir))
         folder = pathlib.Path(str(dl_manager.download_dir)) / (
             f"phantom_{config.layout}_{config.synth_subjects}subjects_seed{config.synth_seed}_"
-            f"{config.synth_resolution:g}mm")
+            f"{config.synth_resolution:g}mm" + "".join(f"_{m}" for m in config.modalities or ()))
         if not (folder / "phantom.json").exists():  # written last: a complete phantom
             synth.synthesize(folder, config.synth_subjects, config.layout, config.synth_seed,
-                             config.synth_resolution)
+                             config.synth_resolution, progress=True,
+                             modalities=config.channels)
         return folder
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
-        found = layouts.find_scans(self._source_dir(dl_manager), config.layout, config.rater)
-        folds = assign_folds([scan.subject for scan in found], config.num_folds)
-        if len(set(folds)) < config.num_folds:
-            raise ValueError(f"Config {config.name}: {len(set(folds))} subjects cannot fill "
-                             f"{config.num_folds} folds; lower `num_folds`.")
-        return {f"fold{k}": self._generate_examples([s for s in found if folds[s.subject] == k])
+        options = {"nnunet": {"subject_pattern": config.subject_pattern},
+                   "bids": {"mask_folder": config.mask_folder,
+                            "mask_pattern": config.mask_pattern}}.get(config.layout, {})
+        root = self._source_dir(dl_manager)
+        found = layouts.find_scans(root, config.layout, config.rater,
+                                   modalities=config.modalities, **options)
+        if config.fingerprint:
+            extra = [p for p in (root / "dataset.json", root / "splits_final.json") if p.is_file()]
+            now = layouts.fingerprint(found, extra)
+            if now != config.fingerprint:
+                raise CacheMismatchError(
+                    f"{root} changed after config {config.name} was made from it (fingerprint "
+                    f"{config.fingerprint}, now {now}): make the builder again "
+                    f"(tfds_ms.user_config / tfds.builder('ms_lesions/{config.layout}', "
+                    f"manual_dir=...)).")
+        if all(scan.fold is not None for scan in found):
+            folds = {scan.scan_id: scan.fold for scan in found}
+        else:
+            by_subject = assign_folds([scan.subject for scan in found], config.num_folds)
+            folds = {scan.scan_id: by_subject[scan.subject] for scan in found}
+        if len(set(folds.values())) < config.num_folds:
+            raise ValueError(f"Config {config.name}: {len({s.subject for s in found})} subjects "
+                             f"cannot fill {config.num_folds} folds; lower `num_folds`.")
+        return {f"fold{k}": self._generate_examples([s for s in found if folds[s.scan_id] == k])
                 for k in range(config.num_folds)}
 
     def _generate_examples(self, fold_scans):
@@ -230,3 +433,53 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
         for scan in fold_scans:
             yield scan.scan_id, scans.make_example(scan, self.builder_config.grid,
                                                    self.builder_config.register)
+
+
+def dataset_modalities(builder_or_info) -> tuple[str, ...]:
+    """The canonical modality names of a prepared ``ms_lesions`` dataset's channels, in order.
+
+    Args:
+        builder_or_info: A builder (``tfds.builder``, also a read-only one from files) or
+            its ``DatasetInfo``.
+
+    Example:
+
+    >>> import tempfile
+    >>> dataset_modalities(tfds.builder("ms_lesions/synthetic_tiny", data_dir=tempfile.mkdtemp()))
+    ('T1', 'T2', 'FLAIR')
+    """
+    return tuple(_metadata(builder_or_info)["modalities"])
+
+
+def dataset_grid(builder_or_info) -> ReferenceGrid:
+    """The ``ReferenceGrid`` a prepared ``ms_lesions`` dataset's volumes are on.
+
+    Example:
+
+    >>> import tempfile
+    >>> dataset_grid(tfds.builder("ms_lesions/synthetic_tiny", data_dir=tempfile.mkdtemp())).shape
+    (32, 56, 64)
+    """
+    metadata = _metadata(builder_or_info)
+    return ReferenceGrid(tuple(metadata["grid_shape"]), tuple(metadata["grid_spacing"]))
+
+
+def dataset_ignore_index(builder_or_info) -> int | None:
+    """The label value the loss must leave out (``TverskyLoss(ignore_index=...)``), or None.
+
+    Example:
+
+    >>> import tempfile
+    >>> dataset_ignore_index(tfds.builder("ms_lesions/synthetic", data_dir=tempfile.mkdtemp()))
+    """
+    return _metadata(builder_or_info).get("ignore_index")
+
+
+def _metadata(builder_or_info) -> dict:
+    info = getattr(builder_or_info, "info", builder_or_info)
+    metadata = info.metadata
+    if not metadata or "modalities" not in metadata:
+        raise ValueError(f"Dataset {info.full_name} has no ms_lesions metadata (modalities, "
+                         f"grid): it was not built by tfds_ms {MsLesions.VERSION} or later. "
+                         f"Rebuild it.")
+    return metadata

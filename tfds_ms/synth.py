@@ -15,13 +15,15 @@ The anatomy is the MNI ICBM152 2009a template (T1 and grey/white matter probabil
   (0.9-1.5 mm, anisotropic) and axis orientation, so the builder's reorientation and
   resampling do real work. Skull-stripped: zero outside the brain, as the public data.
 
-Files are written in a real dataset's layout (``isbi2015`` or ``msseg2016``, see
-``tfds_ms.layouts``) as gzipped NIfTI, so the same readers serve real and synthetic data.
+Files are written in a real dataset's layout (``isbi2015``, ``msseg2016``, ``nnunet`` or
+``bids``, see ``tfds_ms.layouts``; nnU-Net and BIDS with a chosen set of modalities) as gzipped NIfTI, so the same readers serve real and synthetic data.
 ``phantom.json`` at the top lists every subject's lesion volume and geometry.
 
 Command line::
 
     python -m tfds_ms.synth --out DIR --subjects 15 --layout msseg2016 --seed 0
+    python -m tfds_ms.synth --out DIR --layout nnunet --modalities FLAIR,T1 --test-subjects 4
+    python -m tfds_ms.synth --out DIR --layout bids --modalities FLAIR,T1
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from scipy import ndimage
 from tfds_ms import layouts
 from tfversky import preprocessing
 
-LAYOUTS = ("isbi2015", "msseg2016")
+LAYOUTS = ("isbi2015", "msseg2016", "nnunet", "bids")
 HIGH_LOAD_SUBJECT, LOW_LOAD_SUBJECT = 1, 3  # 0-based: the 2nd and 4th subject
 _TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -344,51 +346,146 @@ def _msseg_position(index: int) -> tuple[int, int]:
     return 1 + index // 5, 1 + index % 5
 
 
-def write_subject(subject: Subject, out, layout: str, rater_masks: bool = False) -> dict:
+# Canonical modality -> the phantom's image of it.
+_PHANTOM_IMAGES = {"T1": "t1", "T2": "t2", "FLAIR": "flair", "PD": "pd", "T1GD": "gado"}
+NNUNET_CASE = "MS_{:03d}"
+BIDS_SUBJECT = "{:02d}"
+
+
+def subject_name(index: int, layout: str) -> str:
+    """The id the readers give subject ``index`` (0-based) of a phantom in ``layout``.
+
+    Example:
+
+    >>> [subject_name(0, layout) for layout in LAYOUTS]
+    ['training01', 'center01_patient01', 'MS_001', 'sub-01']
+    """
+    return {"isbi2015": f"training{index + 1:02d}",
+            "msseg2016": "center{:02d}_patient{:02d}".format(*_msseg_position(index)),
+            "nnunet": NNUNET_CASE.format(index + 1),
+            "bids": "sub-" + BIDS_SUBJECT.format(index + 1)}[layout]
+
+
+def _layout_files(out, layout: str, index: int, modalities, folder: str = "Tr") -> dict:
+    if layout == "isbi2015":
+        return layouts.isbi2015_files(out, index + 1, 1, suffix=".nii.gz")
+    if layout == "msseg2016":
+        return layouts.msseg2016_files(out, *_msseg_position(index))
+    if layout == "nnunet":
+        files = layouts.nnunet_files(out, NNUNET_CASE.format(index + 1), len(modalities))
+        files = {modalities[k]: files[k] for k in range(len(modalities))} | {
+            "label": files["label"]}
+        # Test cases: imagesTs/labelsTs, as nnU-Net keeps them.
+        return {key: path.parent.with_name(path.parent.name[:-2] + folder) / path.name
+                for key, path in files.items()}
+    suffixes = [layouts.BIDS_SUFFIXES[m] for m in modalities]
+    files = layouts.bids_files(out, BIDS_SUBJECT.format(index + 1), "01", suffixes)
+    return {m: files[layouts.BIDS_SUFFIXES[m]] for m in modalities} | {"mask": files["mask"]}
+
+
+def _reoriented(volume, affine, codes):
+    """The same voxels stored in another axis order (``codes`` such as ``"PIR"``)."""
+    transform = nib.orientations.ornt_transform(nib.io_orientation(affine),
+                                                nib.orientations.axcodes2ornt(codes))
+    moved = nib.orientations.apply_orientation(volume, transform)
+    return moved, affine @ nib.orientations.inv_ornt_aff(transform, volume.shape)
+
+
+def write_subject(subject: Subject, out, layout: str, rater_masks: bool = False,
+                  modalities=None, folder: str = "Tr", axcodes: str | None = None) -> dict:
     """Writes one subject in ``layout`` (gzipped NIfTI, intensities as int16 like a scanner's).
 
     ISBI 2015: mprage/t2/flair/pd and two raters' masks (mask1: the lesion map's 50 %
     contour, the truth; mask2: a more generous 40 % contour). MSSEG 2016: T1/T2/FLAIR/DP/
     GADO and the consensus (50 %); with ``rater_masks``, seven raters' masks from 35 % to
-    65 %. Returns the written paths by key.
+    65 %. nnU-Net: ``imagesTr/MS_00N_000K`` for each of ``modalities`` and
+    ``labelsTr/MS_00N`` (``folder="Ts"``: imagesTs/labelsTs). BIDS: ``sub-0N/ses-01/anat``
+    images by BIDS suffix, the mask in ``derivatives/lesions``. ``axcodes`` stores the
+    voxels in another axis order (e.g. ``"PIR"``). Returns the written paths by key.
     """
     index = subject.info["index"]
-    if layout == "isbi2015":
-        files = layouts.isbi2015_files(out, index + 1, 1, suffix=".nii.gz")
-        thresholds = {"mask1": 0.5, "mask2": 0.4}
-    elif layout == "msseg2016":
-        files = layouts.msseg2016_files(out, *_msseg_position(index))
-        thresholds = {"consensus": 0.5}
-        if rater_masks:
-            thresholds.update({str(k): 0.35 + 0.05 * (k - 1) for k in range(1, 8)})
-    else:
+    if layout not in LAYOUTS:
         raise ValueError(f"Invalid value for argument `layout`: expected one of {LAYOUTS}. "
                          f"Received: layout={layout!r}")
+    modalities = _layout_modalities(layout, modalities)
+    files = _layout_files(out, layout, index, modalities, folder)
+    thresholds = {"mask1": 0.5, "mask2": 0.4, "consensus": 0.5, "label": 0.5, "mask": 0.5}
+    if rater_masks:
+        thresholds.update({str(k): 0.35 + 0.05 * (k - 1) for k in range(1, 8)})
     written = {}
     for key, path in files.items():
-        if key in subject.images:
-            _save(np.round(subject.images[key]), subject.affine, path, np.int16)
+        if key in _PHANTOM_IMAGES and (layout in ("isbi2015", "msseg2016") or key in modalities):
+            volume, dtype = np.round(subject.images[_PHANTOM_IMAGES[key]]), np.int16
         elif key in thresholds:
-            _save(subject.lesion >= thresholds[key], subject.affine, path, np.uint8)
+            volume, dtype = subject.lesion >= thresholds[key], np.uint8
         else:
             continue
+        affine = subject.affine
+        if axcodes:
+            volume, affine = _reoriented(volume, affine, axcodes)
+        _save(volume, affine, path, dtype)
         written[key] = path
     return written
 
 
+def _layout_modalities(layout: str, modalities) -> tuple[str, ...]:
+    """The modalities a layout writer writes: all the layout has (ISBI, MSSEG), else the
+    chosen ones (default T1, T2, FLAIR)."""
+    if layout in ("isbi2015", "msseg2016"):
+        return tuple(layouts.ISBI_NAMES if layout == "isbi2015" else layouts.MSSEG_NAMES)
+    known = layouts.BIDS_SUFFIXES if layout == "bids" else _PHANTOM_IMAGES
+    return layouts.choose_modalities(modalities, tuple(known), f"the phantom's {layout} writer")
+
+
+def _write_dataset_files(out: pathlib.Path, layout: str, modalities, subjects: int,
+                         test_subjects: int) -> None:
+    """nnU-Net's dataset.json; BIDS's dataset_description.json files."""
+    if layout == "nnunet":
+        spec = {"name": out.name, "channel_names": {str(k): m for k, m in enumerate(modalities)},
+                "labels": {"background": 0, "lesion": 1}, "numTraining": subjects,
+                "numTest": test_subjects, "file_ending": ".nii.gz",
+                "description": "tfds_ms synthetic MS phantom"}
+        (out / "dataset.json").write_text(json.dumps(spec, indent=1))
+    elif layout == "bids":
+        for folder, kind in ((out, "raw"), (out / "derivatives" / "lesions", "derivative")):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "dataset_description.json").write_text(json.dumps(
+                {"Name": "tfds_ms synthetic MS phantom", "BIDSVersion": "1.9.0",
+                 "DatasetType": kind}, indent=1))
+
+
+def _unused_axcodes(taken) -> list[str]:
+    """Every axis order (48 of them) that no scan in ``taken`` uses, in a fixed order."""
+    letters = (("L", "R"), ("P", "A"), ("I", "S"))
+    codes = []
+    for order in ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2)):
+        for signs in range(8):
+            code = "".join(letters[axis][(signs >> k) & 1] for k, axis in enumerate(order))
+            if code not in taken:
+                codes.append(code)
+    return codes
+
+
 def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0,
-               resolution: float = 1.0, rater_masks: bool = False, progress: bool = True) -> dict:
+               resolution: float = 1.0, rater_masks: bool = False, progress: bool = True,
+               modalities=None, test_subjects: int = 0) -> dict:
     """Writes a synthetic MS dataset of ``subjects`` subjects into ``out`` in ``layout``.
 
     Args:
         out: Output folder (created; existing files of the same names are replaced).
         subjects: Number of subjects, >= 1. Defaults to 15 (the paper's).
-        layout: ``"isbi2015"`` or ``"msseg2016"``. Defaults to ``"msseg2016"``.
+        layout: ``"isbi2015"``, ``"msseg2016"``, ``"nnunet"`` or ``"bids"``. Defaults to
+            ``"msseg2016"``.
         seed: Random seed; the same seed gives the same files. Defaults to 0.
         resolution: Working voxel size in mm (template resolution; scans get 0.9-1.5x it).
             Defaults to 1.0; larger is faster and coarser.
         rater_masks: MSSEG layout: also write seven raters' masks. Defaults to False.
         progress: Show a progress bar. Defaults to True.
+        modalities: nnunet / bids: the modalities to write, in channel order. Defaults to
+            T1, T2, FLAIR. (ISBI and MSSEG always get all of theirs.)
+        test_subjects: nnunet: further subjects written to imagesTs/ (and their masks to
+            labelsTs/), each stored in an axis order that no training scan has (each scan
+            also has its own voxel size). Defaults to 0.
 
     Returns:
         The manifest also written to ``out/phantom.json``: parameters, per-subject lesion
@@ -408,30 +505,43 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
     if not isinstance(subjects, (int, np.integer)) or subjects < 1:
         raise ValueError(f"Invalid value for argument `subjects`: expected an integer >= 1. "
                          f"Received: subjects={subjects!r}")
+    if not isinstance(test_subjects, (int, np.integer)) or test_subjects < 0 or (
+            test_subjects and layout != "nnunet"):
+        raise ValueError(f"Invalid value for argument `test_subjects`: expected an integer >= 0, "
+                         f"and only for layout 'nnunet' (imagesTs/). "
+                         f"Received: test_subjects={test_subjects!r}, layout={layout!r}")
+    chosen = _layout_modalities(layout, modalities)
     from tqdm.auto import tqdm
 
     out = pathlib.Path(out)
     start = time.perf_counter()
     anatomy = load_anatomy(resolution)
     anatomy_seconds = time.perf_counter() - start
-    records = []
-    for index in tqdm(range(subjects), desc=f"phantom ({layout})", unit="subject",
-                      disable=not progress):
+    records, tests, taken = [], [], set()
+    for index in tqdm(range(subjects + test_subjects), desc=f"phantom ({layout})",
+                      unit="subject", disable=not progress):
         tick = time.perf_counter()
         subject = synthesize_subject(anatomy, index, seed)
-        written = write_subject(subject, out, layout, rater_masks)
-        name = (f"training{index + 1:02d}" if layout == "isbi2015"
-                else "center{:02d}_patient{:02d}".format(*_msseg_position(index)))
-        records.append({"subject": name, **subject.info,
-                        "files": {k: str(p.relative_to(out)) for k, p in written.items()},
-                        "seconds": round(time.perf_counter() - tick, 2)})
+        is_test = index >= subjects
+        axcodes = _unused_axcodes(taken)[0] if is_test else None
+        written = write_subject(subject, out, layout, rater_masks, chosen,
+                                folder="Ts" if is_test else "Tr", axcodes=axcodes)
+        info = dict(subject.info, axis_codes=axcodes or subject.info["axis_codes"])
+        taken.add(info["axis_codes"])
+        (tests if is_test else records).append(
+            {"subject": subject_name(index, layout), **info,
+             "files": {k: str(p.relative_to(out)) for k, p in written.items()},
+             "seconds": round(time.perf_counter() - tick, 2)})
+    _write_dataset_files(out, layout, chosen, subjects, test_subjects)
     manifest = {"layout": layout, "subjects_count": subjects, "seed": seed,
                 "resolution_mm": resolution, "rater_masks": rater_masks,
+                "modalities": list(chosen),
                 "high_load_subject": records[HIGH_LOAD_SUBJECT]["subject"]
                 if subjects > HIGH_LOAD_SUBJECT else None,
                 "low_load_subject": records[LOW_LOAD_SUBJECT]["subject"]
                 if subjects > LOW_LOAD_SUBJECT else None,
-                "template_seconds": round(anatomy_seconds, 2), "subjects": records}
+                "template_seconds": round(anatomy_seconds, 2), "subjects": records,
+                "test_subjects": tests}
     # Written last: its presence marks a complete phantom.
     (out / "phantom.json").write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -451,17 +561,25 @@ def main(argv=None) -> int:
                         help="working voxel size in mm; larger is faster (default 1.0)")
     parser.add_argument("--rater-masks", action="store_true",
                         help="msseg2016: also write ManualSegmentation_1..7")
+    parser.add_argument("--modalities", default=None,
+                        help="nnunet/bids: modalities to write, in channel order, e.g. FLAIR,T1 "
+                             "(default T1,T2,FLAIR)")
+    parser.add_argument("--test-subjects", type=int, default=0,
+                        help="nnunet: further subjects in imagesTs/ (masks in labelsTs/), each in "
+                             "an axis order no training scan has (default 0)")
     args = parser.parse_args(argv)
     try:
         manifest = synthesize(args.out, args.subjects, args.layout, args.seed, args.resolution,
-                              args.rater_masks)
+                              args.rater_masks, modalities=args.modalities,
+                              test_subjects=args.test_subjects)
     except (ValueError, OSError, ImportError) as err:
         parser.error(str(err))
-    for record in manifest["subjects"]:
+    for record in manifest["subjects"] + manifest["test_subjects"]:
         print(f"{record['subject']}: lesions {record['lesion_ml']:.2f} mL "
               f"({100 * record['lesion_fraction_of_brain']:.2f} % of brain), grid "
               f"{record['shape']} at {record['spacing_mm']} mm {record['axis_codes']}")
-    print(f"Wrote {len(manifest['subjects'])} subjects to {args.out}")
+    print(f"Wrote {len(manifest['subjects'])} subjects (+{len(manifest['test_subjects'])} test) "
+          f"to {args.out}")
     return 0
 
 

@@ -5,7 +5,7 @@ activations do not fit a batch on most devices, and patches let the sampler over
 the rare lesion voxels. As in nnU-Net, a set fraction of the patches is forced to contain a
 lesion voxel (at a random position in the patch); the others are drawn uniformly.
 
-    train = tfversky.data.load_dataset("ms_lesions/synthetic", "fold0")
+    train = tfds_ms.load_dataset("ms_lesions/synthetic", "fold0")   # or any tf.data of dicts
     batches = tfversky.data.patch_dataset(train, patch_size=(64, 64, 64), batch_size=2)
     model.fit(batches, steps_per_epoch=100, epochs=10)
 
@@ -20,6 +20,9 @@ The pipeline (each stage a ``tf.data`` transformation):
    whatever the parallelism;
 4. batch, prefetch.
 
+The module takes examples (``tf.data`` datasets of dicts or tuples) and knows no dataset
+names: ``tfds_ms.load_dataset`` turns ``"ms_lesions/<config>"`` into such examples.
+
 For evaluation, ``iterate_volumes`` yields the test split's whole volumes with what is needed
 to map a prediction back onto the scan (``tfversky.preprocessing.to_native``).
 """
@@ -28,8 +31,6 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-
-from tfversky._extras import require
 
 _SEED_SALT = 0x5EED  # separates this pipeline's random streams from other users of `seed`
 
@@ -108,8 +109,9 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
 
     Args:
         volumes: Dataset of whole volumes: dicts with ``image`` (D, H, W, C) float and
-            ``label`` (D, H, W) integer (e.g. a ``ms_lesions`` split), or (image, label)
-            tuples. Volumes may differ in shape.
+            ``label`` (D, H, W) integer, 1 = lesion (e.g. a ``ms_lesions`` split), or
+            (image, label) tuples. Volumes may differ in shape. Lesion patches are centred
+            on label 1 only, so an ``ignore`` value (255) is never taken for a lesion.
         patch_size: Patch (D, H, W). Volumes smaller than it are zero-padded.
             Defaults to (64, 64, 64).
         batch_size: Patches per batch (the global batch under a ``tf.distribute``
@@ -157,7 +159,8 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
         image = _pad_to(tf.cast(element["image"], tf.float32), patch_size)
         label = _pad_to(tf.cast(element["label"], tf.uint8), patch_size)
         return {"image": image, "label": label,
-                "lesions": tf.cast(tf.where(label > 0), tf.int32)}
+                # 1 only: other values (an `ignore` label, 255) are not lesions.
+                "lesions": tf.cast(tf.where(label == 1), tf.int32)}
 
     def extract(index, volume):
         image, label, lesions = volume["image"], volume["label"], volume["lesions"]
@@ -202,7 +205,8 @@ def iterate_volumes(dataset: tf.data.Dataset):
     """Yields a split's whole volumes as NumPy, for inference and evaluation.
 
     Args:
-        dataset: A ``ms_lesions`` split (``load_dataset``), unbatched.
+        dataset: Whole volumes, unbatched, e.g. a ``ms_lesions`` split
+            (``tfds_ms.load_dataset``).
 
     Yields:
         dicts with ``image`` (D, H, W, C) float32, ``label`` (D, H, W) uint8, ``subject`` and
@@ -236,27 +240,3 @@ def fold_splits(test_fold: int, num_folds: int = 2) -> tuple[str, str]:
                          f"[0, {num_folds}). Received: test_fold={test_fold!r}")
     train = "+".join(f"fold{k}" for k in range(num_folds) if k != test_fold)
     return train, f"fold{test_fold}"
-
-
-def load_dataset(name: str = "ms_lesions/synthetic", split: str = "fold0", *,
-                 data_dir: str | None = None, manual_dir: str | None = None) -> tf.data.Dataset:
-    """``tfds.load`` for ``ms_lesions`` (registered on the way), building it if needed.
-
-    Args:
-        name: ``"ms_lesions/<config>"`` (``synthetic``, ``synthetic_lowres``, ``isbi2015``,
-            ``isbi2015_mask2``, ``msseg2016``) or any TFDS dataset with image/label features.
-            Defaults to ``"ms_lesions/synthetic"``.
-        split: e.g. ``"fold0"`` or ``"fold0+fold2"`` (``fold_splits``). Defaults to "fold0".
-        data_dir: Where TFDS keeps built datasets. Defaults to TFDS's (~/tensorflow_datasets).
-        manual_dir: Where the real data were unpacked (``isbi2015``/``msseg2016``).
-
-    Returns:
-        The split, unbatched, one whole volume per element (features as in ``ms_lesions``).
-    """
-    tfds = require("tensorflow_datasets")
-
-    import tfds_ms  # noqa: F401  (registers ms_lesions)
-
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    return tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False,
-                     download_and_prepare_kwargs={"download_config": download_config})

@@ -25,9 +25,6 @@ from tfversky._extras import require
 
 ndimage = require("scipy.ndimage")
 
-MODALITIES = ("t1", "t2", "flair")
-
-
 @dataclasses.dataclass(frozen=True)
 class ReferenceGrid:
     """A voxel grid aligned with the RAS+ world axes, placed on each subject's brain.
@@ -127,6 +124,37 @@ def brain_center(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         corners.append((hit[0] + hit[-1]) / 2)
     return (affine @ np.array([*corners, 1.0]))[:3]
+
+
+def brain_outside_grid(image: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray,
+                       grid_shape) -> tuple[float, tuple[float, float, float]]:
+    """How much of the brain a grid crops: the fraction of brain voxels whose centres fall
+    outside it, and the brain's extent (mm) along the grid's axes.
+
+    Args:
+        image: (X, Y, Z) or (X, Y, Z, M) skull-stripped volume (zero background).
+        affine: Its 4x4 voxel-to-world affine.
+        grid_affine: The grid's voxel-to-world affine.
+        grid_shape: The grid's 3D shape.
+
+    Example:
+
+    >>> img = np.zeros((10, 10, 10)); img[:, 4:6, 4:6] = 1
+    >>> fraction, extent = brain_outside_grid(img, np.eye(4), np.eye(4), (8, 10, 10))
+    >>> fraction, extent
+    (0.2, (10.0, 2.0, 2.0))
+    """
+    mask = image != 0 if np.ndim(image) == 3 else brain_mask(image)
+    voxels = np.argwhere(mask)
+    if len(voxels) == 0:
+        return 0.0, (0.0, 0.0, 0.0)
+    matrix = np.linalg.inv(grid_affine) @ affine
+    index = voxels @ matrix[:3, :3].T + matrix[:3, 3]
+    inside = np.all((index > -0.5) & (index < np.asarray(grid_shape) - 0.5), axis=1)
+    spacing = np.linalg.norm(grid_affine[:3, :3], axis=0)
+    voxel = np.abs(matrix[:3, :3]).sum(axis=1)  # one source voxel's reach, in grid voxels
+    extent = (index.max(0) - index.min(0) + voxel) * spacing
+    return float((~inside).mean()), tuple(round(float(e), 1) for e in extent)
 
 
 def _grid_to_source(grid_affine, source_affine) -> np.ndarray:

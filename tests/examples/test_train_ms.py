@@ -192,3 +192,123 @@ def test_reproduce_table1_writes_table_and_figure(data_dir, tmp_path):
     started = time.monotonic()
     assert reproduce.main(argv) == 0
     assert time.monotonic() - started < 30
+
+
+# --- user datasets: nnU-Net and BIDS ----------------------------------------------------------
+
+USER_GRID = ["--grid-shape", "16,24,24", "--grid-spacing", "10,8.4,8", "--patch-size", "16",
+             "--depth", "3", "--base-filters", "4", "--inference-patch", "32", "--verbose", "0",
+             "--epochs", "1", "--steps-per-epoch", "2"]
+
+
+def _predict_folder(model, images, out, modalities):
+    """Segments every CASE_XXXX set in ``images`` onto its own grid, one case at a time."""
+    from tfversky import inference, io, preprocessing
+
+    cases = sorted({path.name[:-len("_0000.nii.gz")] for path in images.glob("*_0000.nii.gz")})
+    grid = preprocessing.ReferenceGrid((16, 24, 24), (10.0, 8.4, 8.0))
+    for case in cases:
+        paths = {m: str(images / f"{case}_{k:04d}.nii.gz") for k, m in enumerate(modalities)}
+        image, reference = io.load_modalities(paths)
+        on_grid, _, grid_affine = preprocessing.prepare_volume(image, reference.affine, grid)
+        lesion = inference.predict_volume(model, on_grid, patch_size=32, progress=False)[..., 1]
+        mask = preprocessing.to_native((lesion >= 0.5).astype(np.uint8), grid_affine,
+                                       reference.affine, reference.shape, order=0)
+        io.save_like(mask.astype(np.uint8), reference, str(out / f"{case}.nii.gz"))
+    return cases
+
+
+@pytest.mark.slow
+def test_flair_only_nnunet_model_end_to_end(tmp_path):
+    """Build, train a few steps, save, reload, and segment a folder of unseen test cases."""
+    import keras
+
+    from tfds_ms import synth
+
+    root = tmp_path / "Dataset502_FLAIR"
+    synth.synthesize(root, subjects=4, layout="nnunet", resolution=8, progress=False,
+                     modalities=("FLAIR",), test_subjects=2)
+    out = tmp_path / "run"
+    stdout = _run([sys.executable, str(SCRIPT), "--dataset", "ms_lesions/nnunet", "--manual-dir",
+                   str(root), "--data-dir", str(tmp_path / "data"), "--out", str(out),
+                   *USER_GRID])
+    assert "inputs FLAIR on a 16x24x24 grid" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["modalities"] == ["FLAIR"] and len(results["subjects"]) == 2
+    model = keras.models.load_model(out / "model.keras")
+    assert model.input_shape == (None, None, None, None, 1)
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    cases = _predict_folder(model, root / "imagesTs", predictions, ("FLAIR",))
+    assert cases == ["MS_005", "MS_006"]
+    for case in cases:
+        scan, mask = nib.load(root / "imagesTs" / f"{case}_0000.nii.gz"), nib.load(
+            predictions / f"{case}.nii.gz")
+        assert mask.shape == scan.shape and np.allclose(mask.affine, scan.affine)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_model_inputs_follow_the_bids_modalities(tmp_path):
+    train_ms = _load("train_ms")
+    args = train_ms.build_parser().parse_args([
+        "--dataset", "ms_lesions/bids", "--manual-dir",
+        str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "bids"), "--modalities", "FLAIR,T1w",
+        "--data-dir", str(tmp_path), *USER_GRID])
+    patches, test, (modalities, grid, ignore_index) = train_ms.load_splits(args)
+    assert modalities == ("FLAIR", "T1") and grid.shape == (16, 24, 24) and ignore_index is None
+    x, y = next(iter(patches))
+    assert x.shape == (2, 16, 16, 16, 2)
+    model = train_ms.build_model(args, modalities, ignore_index)
+    assert model.input_shape == (None, None, None, None, 2)
+    assert model(x).shape == (2, 16, 16, 16, 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS"], "needs the modalities"),
+    (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR,T9"],
+     "Unknown modality 'T9'"),
+    (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR,PDw"],
+     "has PD"),
+    (["--dataset", "ms_lesions/nnunet", "--manual-dir", "NNUNET", "--subject-pattern", "^x"],
+     "does not match case id"),
+    (["--dataset", "ms_lesions/nnunet", "--manual-dir", "BIDS"], "No nnU-Net dataset.json"),
+    (["--dataset", "ms_lesions/nnunet"], "pass manual_dir=DIR"),
+    (["--dataset", "ms_lesions/synthetic_tiny", "--modalities", "FLAIR"],
+     "--modalities is for --dataset ms_lesions/nnunet"),
+    (["--dataset", "ms_lesions/nnunet", "--manual-dir", "NNUNET", "--grid-shape", "16,24"],
+     "--grid-shape '16,24': expected three positive integers"),
+])
+def test_user_dataset_usage_errors(argv, message, capsys, tmp_path):
+    dummy = ROOT / "tests" / "tfds_ms" / "dummy_data"
+    argv = [{"BIDS": str(dummy / "bids"), "NNUNET": str(dummy / "nnunet")}.get(a, a) for a in argv]
+    try:
+        code = _load("train_ms").main(argv + ["--out", str(tmp_path), "--data-dir", str(tmp_path)])
+        lines = capsys.readouterr().err.splitlines()
+    except SystemExit as exit_info:  # argparse's own: the usage, then one line of error
+        code, lines = exit_info.code, capsys.readouterr().err.splitlines()[-1:]
+    assert code == 2
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+@pytest.mark.slow
+def test_reproduce_table1_takes_the_user_dataset_flags(tmp_path):
+    reproduce = _load("reproduce_table1")
+    out = tmp_path / "table1"
+    argv = ["--dataset", "ms_lesions/nnunet", "--manual-dir",
+            str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "nnunet"), "--modalities", "FLAIR",
+            "--subject-pattern", "^MS_[0-9]+", "--data-dir", str(tmp_path / "data"), *USER_GRID,
+            "--steps-per-epoch", "1", "--out", str(out), "--settings", "0.3,0.7"]
+    assert reproduce.main(argv) == 0
+    runs = sorted(out.glob("alpha0.3_beta0.7/fold*/results.json"))
+    assert len(runs) == 2
+    tested = [s["subject"] for run in runs for s in json.loads(run.read_text())["subjects"]]
+    assert sorted(tested) == ["MS_001_s1", "MS_001_s2", "MS_002_s1", "MS_003_s1", "MS_004_s1"]
+    assert all(json.loads(run.read_text())["modalities"] == ["FLAIR"] for run in runs)
+
+
+def test_missing_data_extras_are_one_clear_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
+    code = _load("train_ms").main(["--out", str(tmp_path), "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs the data extras" in err and "pip install" in err, err
+    assert err.count("\n") == 1

@@ -1,9 +1,12 @@
 """The ms_lesions builder: TFDS's own builder tests on dummy data in each layout, folds,
-feature shapes, and an offline build."""
+feature shapes, modalities as data, content-keyed user configs, and an offline build."""
 
+import json
 import pathlib
+import shutil
 import socket
 
+import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -34,6 +37,31 @@ class Msseg2016BuilderTest(tfds.testing.DatasetBuilderTestCase):
                                                     grid=TINY)]
     EXAMPLE_DIR = DUMMY / "msseg2016"
     SPLITS = {"fold0": 2, "fold1": 2}
+    SKIP_CHECKSUMS = True
+
+
+SESSIONS = r"^MS_\d+"
+
+
+class NnunetBuilderTest(tfds.testing.DatasetBuilderTestCase):
+    """FLAIR + T1; MS_001's two sessions (MS_001_s1, MS_001_s2) both in fold0 with MS_003."""
+
+    DATASET_CLASS = MsLesions
+    BUILDER_CONFIG_NAMES_TO_TEST = [tfds_ms.user_config("nnunet", DUMMY / "nnunet", grid=TINY,
+                                                        subject_pattern=SESSIONS)]
+    EXAMPLE_DIR = DUMMY / "nnunet"
+    SPLITS = {"fold0": 3, "fold1": 2}
+    SKIP_CHECKSUMS = True
+
+
+class BidsBuilderTest(tfds.testing.DatasetBuilderTestCase):
+    """Three modalities; sub-01's two sessions both in fold0 with sub-03."""
+
+    DATASET_CLASS = MsLesions
+    BUILDER_CONFIG_NAMES_TO_TEST = [tfds_ms.user_config("bids", DUMMY / "bids", grid=TINY,
+                                                        modalities="FLAIR,T1w,T2w")]
+    EXAMPLE_DIR = DUMMY / "bids"
+    SPLITS = {"fold0": 3, "fold1": 2}
     SKIP_CHECKSUMS = True
 
 
@@ -174,3 +202,194 @@ def test_build_cli_rejects_unknown_config(capsys):
     with pytest.raises(SystemExit):
         main(["--config", "miccai2008"])
     assert "invalid choice: 'miccai2008'" in capsys.readouterr().err
+
+
+# --- user datasets: nnU-Net and BIDS ----------------------------------------------------------
+
+
+def _user_build(data_dir, layout, manual_dir, **options):
+    return tfds_ms.builder(f"ms_lesions/{layout}", data_dir=str(data_dir),
+                           manual_dir=str(manual_dir), grid=TINY, **options)
+
+
+def _subjects_by_fold(builder):
+    return {split: sorted((ex["subject"].decode(), ex["scan_id"].decode())
+                          for ex in tfds.as_numpy(builder.as_dataset(split=split)))
+            for split in builder.info.splits}
+
+
+@pytest.fixture(scope="module")
+def flair_only(tmp_path_factory):
+    """An nnU-Net dataset holding FLAIR alone, written by the phantom, built once."""
+    root = tmp_path_factory.mktemp("nnunet") / "Dataset502_FLAIR"
+    tfds_ms.synth.synthesize(root, subjects=4, layout="nnunet", resolution=8, progress=False,
+                             modalities=("FLAIR",))
+    return _user_build(tmp_path_factory.mktemp("data"), "nnunet", root)
+
+
+def test_flair_only_nnunet_flows_to_features_and_metadata(flair_only):
+    assert flair_only.info.features["image"].shape == (*TINY.shape, 1)
+    assert tfds_ms.dataset_modalities(flair_only) == ("FLAIR",)
+    assert tfds_ms.dataset_grid(flair_only) == TINY
+    assert tfds_ms.dataset_ignore_index(flair_only) is None
+    assert "FLAIR (channels last)" in flair_only.info.features["image"].doc.desc
+    assert flair_only.builder_config.name.startswith("nnunet_dataset502_flair_flair_")
+    ex = next(iter(tfds.as_numpy(flair_only.as_dataset(split="fold0"))))
+    assert ex["image"].shape == (*TINY.shape, 1) and ex["subject"].decode() == "MS_001"
+
+
+def test_a_reader_of_the_prepared_files_knows_the_modalities(flair_only):
+    """From the files alone (no builder code, no folder): TFDS's read-only builder."""
+    reader = tfds.builder(f"ms_lesions/{flair_only.builder_config.name}",
+                          data_dir=flair_only.data_dir_root)
+    assert type(reader) is not MsLesions
+    assert tfds_ms.dataset_modalities(reader) == ("FLAIR",)
+    assert tfds_ms.dataset_grid(reader.info) == TINY
+
+
+@pytest.mark.parametrize("layout, options, channels", [
+    ("nnunet", {}, ("FLAIR", "T1")),
+    ("nnunet", {"modalities": "T1,FLAIR"}, ("T1", "FLAIR")),
+    ("bids", {"modalities": "FLAIR"}, ("FLAIR",)),
+    ("bids", {"modalities": "FLAIR,T1w"}, ("FLAIR", "T1")),
+])
+def test_modality_sets_and_their_order(tmp_path, layout, options, channels):
+    builder = _user_build(tmp_path, layout, DUMMY / layout, **options)
+    assert tfds_ms.dataset_modalities(builder) == channels
+    ex = next(iter(tfds.as_numpy(builder.as_dataset(split="fold1"))))
+    assert ex["image"].shape == (*TINY.shape, len(channels))
+
+
+def test_channel_order_follows_the_modalities(tmp_path):
+    both = _user_build(tmp_path, "nnunet", DUMMY / "nnunet")
+    swapped = _user_build(tmp_path, "nnunet", DUMMY / "nnunet", modalities="T1,FLAIR")
+    assert both.data_dir != swapped.data_dir
+    a = next(iter(tfds.as_numpy(both.as_dataset(split="fold0"))))["image"]
+    b = next(iter(tfds.as_numpy(swapped.as_dataset(split="fold0"))))["image"]
+    np.testing.assert_allclose(a[..., ::-1], b, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout, options, fold0", [
+    ("nnunet", {"subject_pattern": SESSIONS}, ["MS_001", "MS_001", "MS_003"]),
+    ("bids", {"modalities": "FLAIR"}, ["sub-01", "sub-01", "sub-03"]),
+])
+def test_folds_group_a_subjects_sessions(tmp_path, layout, options, fold0):
+    folds = _subjects_by_fold(_user_build(tmp_path, layout, DUMMY / layout, **options))
+    assert [subject for subject, _ in folds["fold0"]] == fold0
+    assert not {s for s, _ in folds["fold0"]} & {s for s, _ in folds["fold1"]}
+
+
+def test_without_a_subject_pattern_sessions_are_subjects(tmp_path):
+    folds = _subjects_by_fold(_user_build(tmp_path, "nnunet", DUMMY / "nnunet"))
+    assert [case for _, case in folds["fold1"]] == ["MS_001_s2", "MS_003_s1"]
+
+
+def test_splits_final_json_sets_the_folds(tmp_path):
+    root = tmp_path / "Dataset501_MS"
+    shutil.copytree(DUMMY / "nnunet", root)
+    (root / "splits_final.json").write_text(json.dumps(
+        [{"train": [], "val": ["MS_002_s1"]}, {"train": [], "val": ["MS_003_s1", "MS_004_s1"]},
+         {"train": [], "val": ["MS_001_s1", "MS_001_s2"]}]))
+    builder = _user_build(tmp_path / "data", "nnunet", root, subject_pattern=SESSIONS)
+    assert builder.builder_config.num_folds == 3
+    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+        "fold0": 1, "fold1": 2, "fold2": 2}
+    with pytest.raises(ValueError, match="splits_final.json holds 3 folds.*num_folds=2"):
+        _user_build(tmp_path / "data", "nnunet", root, num_folds=2)
+
+
+def test_a_cache_built_from_one_dataset_is_refused_for_another(tmp_path):
+    first, second = tmp_path / "a" / "Dataset501_MS", tmp_path / "b" / "Dataset501_MS"
+    shutil.copytree(DUMMY / "nnunet", first)
+    shutil.copytree(DUMMY / "nnunet", second)
+    for path in second.glob("*/MS_004_s1*"):
+        path.unlink()  # the same name, other contents
+    data_dir = tmp_path / "data"
+    built = _user_build(data_dir, "nnunet", first)
+    assert _user_build(data_dir, "nnunet", first).data_dir == built.data_dir  # reused
+    with pytest.raises(tfds_ms.CacheMismatchError,
+                       match=f"was built from other files .* delete {built.data_dir}"):
+        _user_build(data_dir, "nnunet", second)
+    # Another folder name is another dataset: built beside the first, not refused.
+    other = tmp_path / "c" / "Dataset503_MS"
+    shutil.copytree(second, other)
+    assert _user_build(data_dir, "nnunet", other).info.splits["fold0"].num_examples == 2
+
+
+def test_a_folder_changed_after_its_config_was_made_is_refused(tmp_path):
+    root = tmp_path / "Dataset501_MS"
+    shutil.copytree(DUMMY / "nnunet", root)
+    config = tfds_ms.user_config("nnunet", root, grid=TINY)
+    for path in root.glob("*/MS_004_s1*"):
+        path.unlink()
+    with pytest.raises(tfds_ms.CacheMismatchError, match="changed after config"):
+        _build(tmp_path, config)
+
+
+def test_tfds_load_reads_a_user_dataset_by_its_layout_name(tmp_path):
+    ds = tfds.load("ms_lesions/nnunet", split="fold1", data_dir=tmp_path,
+                   builder_kwargs={"manual_dir": DUMMY / "nnunet", "grid": TINY,
+                                   "subject_pattern": SESSIONS})
+    assert sorted(ex["scan_id"].decode() for ex in tfds.as_numpy(ds)) == ["MS_002_s1",
+                                                                          "MS_004_s1"]
+
+
+def test_the_ignore_label_maps_to_the_loss_ignore_index(tmp_path):
+    root = tmp_path / "Dataset501_MS"
+    shutil.copytree(DUMMY / "nnunet", root)
+    spec = json.loads((root / "dataset.json").read_text())
+    spec["labels"] = {"background": 0, "MS lesion": 1, "ignore": 2}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    for path in (root / "labelsTr").glob("*.nii.gz"):
+        image = nib.load(path)
+        data = np.asarray(image.dataobj).copy()
+        data[:, :, : data.shape[2] // 2][data[:, :, : data.shape[2] // 2] == 0] = 2
+        nib.save(nib.Nifti1Image(data, image.affine, image.header), path)
+    builder = _user_build(tmp_path / "data", "nnunet", root)
+    assert tfds_ms.dataset_ignore_index(builder) == tfds_ms.scans.IGNORE_LABEL == 255
+    labels = [ex["label"] for ex in tfds.as_numpy(builder.as_dataset(split="fold0"))]
+    assert all(set(np.unique(label)) <= {0, 1, 255} for label in labels)
+    assert any((label == 255).any() for label in labels)
+    assert all(ex == (label == 1).sum() for ex, label in zip(
+        [e["lesion_voxels"] for e in tfds.as_numpy(builder.as_dataset(split="fold0"))], labels))
+
+
+def test_label_values_outside_dataset_json_are_named(tmp_path):
+    root = tmp_path / "Dataset501_MS"
+    shutil.copytree(DUMMY / "nnunet", root)
+    path = root / "labelsTr" / "MS_002_s1.nii.gz"
+    image = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 3, image.affine, image.header), path)
+    with pytest.raises(tfds_ms.scans.InvalidScanError,
+                       match="Case MS_002_s1: the mask file .*MS_002_s1.nii.gz holds values 0, 3; "
+                             "expected 0 \\(background\\), 1 \\(lesion\\)"):
+        _user_build(tmp_path / "data", "nnunet", root)
+    assert not list((tmp_path / "data").rglob(str(MsLesions.VERSION)))  # nothing half-built
+
+
+@pytest.mark.parametrize("layout, kwargs, error, match", [
+    ("nnunet", {}, ValueError, "reads your dataset folder: pass manual_dir=DIR"),
+    ("bids", {"manual_dir": DUMMY / "bids"}, ValueError, "needs the modalities"),
+    ("bids", {"manual_dir": DUMMY / "bids", "modalities": "FLAIR,DWI"}, ValueError,
+     "no subject under .* has DWI"),
+    ("nnunet", {"manual_dir": DUMMY / "nnunet", "subject_pattern": "^sub"}, ValueError,
+     "does not match case id 'MS_001_s1'"),
+    ("nnunet", {"manual_dir": DUMMY / "bids"}, ValueError, "No nnU-Net dataset.json"),
+    ("msseg2016", {"modalities": "FLAIR"}, ValueError, "are for ms_lesions/nnunet"),
+])
+def test_user_dataset_errors(tmp_path, layout, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tfds.builder(f"ms_lesions/{layout}", data_dir=tmp_path, **kwargs)
+    assert not (tmp_path / "ms_lesions").exists()
+
+
+def test_build_cli_builds_a_user_dataset_and_names_bad_input(tmp_path, capsys):
+    from tfds_ms.__main__ import main
+
+    argv = ["--config", "nnunet", "--manual-dir", str(DUMMY / "nnunet"), "--data-dir",
+            str(tmp_path), "--grid-shape", "16,24,24", "--grid-spacing", "10,8.4,8"]
+    assert main(argv) == 0
+    assert "ms_lesions/nnunet_nnunet_flair_t1_" in capsys.readouterr().out
+    assert main(argv + ["--modalities", "FLAIR,T2"]) == 2
+    err = capsys.readouterr().err
+    assert "T2 is not a channel of" in err and err.count("\n") == 1

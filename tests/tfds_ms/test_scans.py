@@ -46,8 +46,8 @@ def test_dummy_scan_loads(msseg):
 
 def test_missing_modality(msseg):
     root, files = msseg
-    files["t2"].unlink()
-    with pytest.raises(layouts.LayoutError, match=f"Subject {SUBJECT}: missing t2 file .*T2_"):
+    files["T2"].unlink()
+    with pytest.raises(layouts.LayoutError, match=f"Subject {SUBJECT}: missing T2 file .*T2_"):
         layouts.find_scans(root, "msseg2016")
 
 
@@ -67,13 +67,13 @@ def test_missing_rater_mask_named(msseg):
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_unreadable_file(msseg, damage):
     root, files = msseg
-    path = files["flair"]
+    path = files["FLAIR"]
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     else:
         path.write_bytes(gzip.compress(b"not a nifti file" * 50))
     with pytest.raises(scans.InvalidScanError,
-                       match=f"Subject {SUBJECT}: the flair file .*FLAIR_.* cannot be read"):
+                       match=f"Case {SUBJECT}: the FLAIR file .*FLAIR_.* cannot be read"):
         scans.load_scan(_first_scan(root))
 
 
@@ -82,23 +82,23 @@ def test_truncated_uncompressed_nii(tmp_path):
     root = tmp_path / "isbi"
     shutil.copytree(DUMMY / "isbi2015", root)
     files = layouts.isbi2015_files(root, 2, 1)
-    gz = pathlib.Path(str(files["t1"]) + ".gz")
-    nib.save(nib.load(gz), files["t1"])  # a plain .nii, found instead of the .gz
+    gz = pathlib.Path(str(files["T1"]) + ".gz")
+    nib.save(nib.load(gz), files["T1"])  # a plain .nii, found instead of the .gz
     gz.unlink()
     scan = [s for s in layouts.find_scans(root, "isbi2015") if s.subject == "training02"][0]
-    assert scan.images["t1"] == files["t1"]
+    assert scan.images["T1"] == files["T1"]
     scans.load_scan(scan)
-    files["t1"].write_bytes(files["t1"].read_bytes()[:-500])
-    with pytest.raises(scans.InvalidScanError, match="training02: the t1 file .* cannot be read"):
+    files["T1"].write_bytes(files["T1"].read_bytes()[:-500])
+    with pytest.raises(scans.InvalidScanError, match="training02_01: the T1 file .* cannot be read"):
         scans.load_scan(scan)
 
 
 def test_modalities_with_different_shapes(msseg):
     root, files = msseg
-    _rewrite(files["t2"], lambda a: a[:-2])
+    _rewrite(files["T2"], lambda a: a[:-2])
     with pytest.raises(scans.InvalidScanError,
-                       match=f"Subject {SUBJECT}: the t2 file .*T2_.* is not on the voxel grid "
-                             f"of the t1 file"):
+                       match=f"Case {SUBJECT}: the T2 file .*T2_.* is not on the voxel grid "
+                             f"of the T1 file"):
         scans.load_scan(_first_scan(root))
 
 
@@ -120,9 +120,9 @@ def test_nan_voxels(msseg):
         a[2, 3, 4] = np.nan
         return a
 
-    _rewrite(files["flair"], poke)
+    _rewrite(files["FLAIR"], poke)
     with pytest.raises(scans.InvalidScanError,
-                       match=f"Subject {SUBJECT}: the flair file .* holds 1 NaN/Inf voxels"):
+                       match=f"Case {SUBJECT}: the FLAIR file .* holds 1 NaN/Inf voxels"):
         scans.load_scan(_first_scan(root))
 
 
@@ -130,7 +130,7 @@ def test_label_values_other_than_0_1(msseg):
     root, files = msseg
     _rewrite(files["consensus"], lambda a: a * 2)
     with pytest.raises(scans.InvalidScanError,
-                       match=f"Subject {SUBJECT}: the mask file .*Consensus.* holds values 0, 2"):
+                       match=f"Case {SUBJECT}: the mask file .*Consensus.* holds values 0, 2"):
         scans.load_scan(_first_scan(root))
 
 
@@ -153,16 +153,16 @@ def test_float_mask_of_zeros_and_ones_is_fixed_up(msseg):
 
 def test_all_zero_scan(msseg):
     root, files = msseg
-    for key in ("t1", "t2", "flair"):
+    for key in ("T1", "T2", "FLAIR"):
         _rewrite(files[key], np.zeros_like)
-    with pytest.raises(scans.InvalidScanError, match=f"Subject {SUBJECT}: every voxel"):
+    with pytest.raises(scans.InvalidScanError, match=f"Case {SUBJECT}: every voxel"):
         scans.load_scan(_first_scan(root))
 
 
 def test_not_3d(msseg):
     root, files = msseg
-    _rewrite(files["t1"], lambda a: np.stack([a, a], -1))
-    with pytest.raises(scans.InvalidScanError, match="the t1 file .* has shape .*a 3D volume is expected"):
+    _rewrite(files["T1"], lambda a: np.stack([a, a], -1))
+    with pytest.raises(scans.InvalidScanError, match="the T1 file .* has shape .*a 3D volume is expected"):
         scans.load_scan(_first_scan(root))
 
 
@@ -199,7 +199,7 @@ def test_build_reports_the_bad_subject(msseg, tmp_path):
     _rewrite(files["consensus"], lambda a: a * 3)
     builder = MsLesions(config=MsLesionsConfig(name="msseg2016_tiny", grid=TINY),
                         data_dir=tmp_path / "data")
-    with pytest.raises(scans.InvalidScanError, match=f"Subject {SUBJECT}: the mask file"):
+    with pytest.raises(scans.InvalidScanError, match=f"Case {SUBJECT}: the mask file"):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=root))
 
@@ -208,4 +208,25 @@ def test_registration_without_simpleitk_says_how_to_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "SimpleITK", None)  # as if it were not installed
     scan = layouts.find_scans(DUMMY / "msseg2016", "msseg2016")[0]
     with pytest.raises(ImportError, match="pip install SimpleITK.*register=False"):
+        scans.make_example(scan, TINY, register=True)
+
+
+def test_a_brain_wider_than_the_grid_is_cropped_with_a_warning():
+    scan = layouts.find_scans(DUMMY / "nnunet", "nnunet")[2]
+    narrow = ReferenceGrid((8, 24, 24), (10.0, 8.4, 8.0))  # 80 mm from left to right
+    with pytest.warns(scans.FieldOfViewWarning,
+                      match=r"Case MS_002_s1 \(.*MS_002_s1_0000.nii.gz\): .* % of the brain lies "
+                            r"outside the reference grid's field of view \(80 x 201.6 x 192 mm"):
+        example = scans.make_example(scan, narrow)
+    assert example["image"].shape == (8, 24, 24, 2)
+
+
+def test_a_brain_inside_the_grid_gives_no_warning(recwarn):
+    scans.make_example(layouts.find_scans(DUMMY / "nnunet", "nnunet")[2], TINY)
+    assert not [w for w in recwarn if issubclass(w.category, scans.FieldOfViewWarning)]
+
+
+def test_register_needs_a_t1():
+    scan = layouts.find_scans(DUMMY / "bids", "bids", modalities="FLAIR,T2w")[0]
+    with pytest.raises(scans.InvalidScanError, match="register=True aligns the T1"):
         scans.make_example(scan, TINY, register=True)

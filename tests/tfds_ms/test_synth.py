@@ -71,19 +71,49 @@ def test_deterministic_with_seed(anatomy, subjects):
 
 @pytest.mark.parametrize("layout", synth.LAYOUTS)
 def test_cli_writes_a_readable_layout(tmp_path, layout):
+    extra = ["--modalities", "FLAIR,T1"] if layout in ("nnunet", "bids") else []
     assert synth.main(["--out", str(tmp_path), "--subjects", "2", "--layout", layout,
-                       "--resolution", "8", "--seed", "3", "--rater-masks"]) == 0
-    found = layouts.find_scans(tmp_path, layout)
+                       "--resolution", "8", "--seed", "3", "--rater-masks", *extra]) == 0
+    found = layouts.find_scans(tmp_path, layout,
+                               modalities="FLAIR,T1w" if layout == "bids" else None)
     assert len(found) == 2
     manifest = json.loads((tmp_path / "phantom.json").read_text())
     assert manifest["seed"] == 3 and [s["subject"] for s in manifest["subjects"]] == [
-        s.subject for s in found]
-    flair = nib.load(found[0].images["flair"])
+        s.scan_id if layout == "nnunet" else s.subject for s in found]
+    flair = nib.load(found[0].images["FLAIR"])
     assert flair.get_data_dtype() == np.int16 and flair.header["qform_code"] == 1
     if layout == "msseg2016":
         assert layouts._existing(layouts.msseg2016_files(tmp_path, 1, 1)["7"]) is not None
+    elif layout == "isbi2015":
+        assert found[0].images["T1"].name == "training01_01_mprage_pp.nii.gz"
     else:
-        assert found[0].images["t1"].name == "training01_01_mprage_pp.nii.gz"
+        assert tuple(found[0].images) == ("FLAIR", "T1")
+        names = {"nnunet": ("MS_001_0000.nii.gz", "MS_001_0001.nii.gz"),
+                 "bids": ("sub-01_ses-01_FLAIR.nii.gz", "sub-01_ses-01_T1w.nii.gz")}[layout]
+        assert tuple(path.name for path in found[0].images.values()) == names
+
+
+def test_nnunet_test_cases_take_axis_orders_no_training_case_has(tmp_path):
+    manifest = synth.synthesize(tmp_path, subjects=3, layout="nnunet", resolution=8,
+                                progress=False, modalities=("FLAIR", "T1"), test_subjects=2)
+    train = {nib.aff2axcodes(nib.load(s.images["FLAIR"]).affine)
+             for s in layouts.find_scans(tmp_path, "nnunet")}
+    tests = [nib.load(tmp_path / "imagesTs" / f"MS_00{k}_0001.nii.gz") for k in (4, 5)]
+    codes = [nib.aff2axcodes(image.affine) for image in tests]
+    assert not set(codes) & train and len(set(codes)) == 2
+    assert [t["axis_codes"] for t in manifest["test_subjects"]] == ["".join(c) for c in codes]
+    label = nib.load(tmp_path / "labelsTs" / "MS_004.nii.gz")
+    np.testing.assert_allclose(label.affine, tests[0].affine)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"layout": "bids", "modalities": ("T1GD",)}, "the phantom's bids writer has no T1GD"),
+    ({"layout": "nnunet", "modalities": ("T3",)}, "Unknown modality 'T3'"),
+    ({"layout": "bids", "test_subjects": 2}, "test_subjects"),
+])
+def test_layout_writer_errors(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        synth.synthesize(tmp_path, subjects=1, resolution=8, progress=False, **kwargs)
 
 
 @pytest.mark.parametrize("argv, message", [

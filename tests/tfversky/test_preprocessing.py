@@ -124,3 +124,20 @@ def test_normalize_intensity_inside_the_brain():
 def test_normalize_intensity_errors(image, match):
     with pytest.raises(ValueError, match=match):
         preprocessing.normalize_intensity(image)
+
+
+def test_brain_outside_grid_counts_what_the_grid_crops():
+    """A 180 mm wide brain (1 mm voxels, stored flipped) on the paper's 160 mm grid."""
+    brain = np.zeros((200, 100, 100))
+    brain[10:190, 20:80, 20:80] = 1
+    affine = np.diag([-1.0, 1, 1, 1])  # x runs right -> left: the grid must see through it
+    grid_affine = PAPER_GRID.affine(preprocessing.brain_center(brain, affine))
+    fraction, extent = preprocessing.brain_outside_grid(brain, affine, grid_affine,
+                                                        PAPER_GRID.shape)
+    assert fraction == pytest.approx(20 / 180, abs=0.01)  # 10 mm cropped on each side
+    assert extent == pytest.approx((180.0, 60.0, 60.0), abs=1.0)
+    wide = ReferenceGrid((100, 50, 50), (2.0, 2.0, 2.0))
+    inside, _ = preprocessing.brain_outside_grid(
+        brain[:, :, :, None], affine, wide.affine(preprocessing.brain_center(brain, affine)),
+        wide.shape)
+    assert inside == 0.0
