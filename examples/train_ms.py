@@ -239,6 +239,25 @@ def build_model(args):
     return model
 
 
+def training_plan(args):
+    """What this run trains with, for the model's plan: the dataset's modalities and grid
+    (and how the grid was placed), the normalisation, and the evaluation's window settings."""
+    import tensorflow_datasets as tfds
+
+    import tfds_ms  # noqa: F401  (registers ms_lesions)
+    from tfversky import modalities as modalities_lib
+    from tfversky import plan
+
+    config = tfds.builder(args.dataset, data_dir=args.data_dir).builder_config
+    loss = {"name": "TverskyLoss", "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma,
+            "batch": args.batch_dice}  # alpha weighs false positives, beta false negatives
+    return plan.Plan(
+        modalities=getattr(config, "modalities", modalities_lib.DEFAULT_MODALITIES),
+        grid=config.grid, placement="registration" if config.register else "brain_bbox",
+        patch_size=args.inference_patch, overlap=args.overlap, threshold=args.threshold,
+        loss=loss)
+
+
 # --- 4. training ------------------------------------------------------------------------------
 
 
@@ -251,6 +270,8 @@ def completed_epochs(backup: pathlib.Path) -> int:
 def train(args, strategy, out: pathlib.Path, chief: bool):
     import keras
 
+    from tfversky import plan
+
     # Non-chief workers keep their checkpoints apart, so they never overwrite the chief's.
     work = out if chief else out / f"worker-{strategy.cluster_resolver.task_id}"
     # A resumed run continues the patch stream where the killed one stopped, so it trains
@@ -261,7 +282,9 @@ def train(args, strategy, out: pathlib.Path, chief: bool):
         print(f"resuming after epoch {done} from {work / 'backup'}")
     patches, test = load_splits(args, skip_batches=done * args.steps_per_epoch)
     with strategy.scope():
-        model = build_model(args)
+        # The plan rides in every .keras file written below (checkpoints included), so
+        # `tfversky predict` prepares scans as these volumes were.
+        model = plan.attach(build_model(args), training_plan(args))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(work / "backup")),
         keras.callbacks.ModelCheckpoint(str(work / "best.keras"), monitor="loss",
@@ -282,12 +305,12 @@ def train(args, strategy, out: pathlib.Path, chief: bool):
 
 def evaluate_fold(model, test, args, out: pathlib.Path) -> dict:
     """Whole-volume inference on every test subject; metrics, NIfTI masks and figures."""
-    import nibabel as nib
     import numpy as np
     import tqdm
 
-    from tfversky import data, inference, metrics, plotting, preprocessing
+    from tfversky import data, inference, io, metrics, plan, plotting
 
+    model_plan = plan.read_plan(model)
     evaluator = metrics.Evaluator(args.threshold)
     subjects, lesion_counts, curves = [], [], {}
     (out / "predictions").mkdir(parents=True, exist_ok=True)
@@ -295,9 +318,8 @@ def evaluate_fold(model, test, args, out: pathlib.Path) -> dict:
                         total=int(test.cardinality()))
     for volume in volumes:
         name = volume["scan_id"] or volume["subject"]
-        probs = inference.predict_volume(model, volume["image"], overlap=args.overlap,
-                                         patch_size=args.inference_patch, progress=False)
-        lesion_prob = probs[..., 1]
+        # Scored on the reference grid, as the paper's registered volumes were.
+        lesion_prob = inference.segment_on_grid(model, volume["image"], model_plan)
         truth = volume["label"] > 0
         subject_evaluator = metrics.Evaluator(args.threshold)
         scores = subject_evaluator.update(truth, lesion_prob)
@@ -308,10 +330,12 @@ def evaluate_fold(model, test, args, out: pathlib.Path) -> dict:
         subjects.append({"subject": name, "lesion_voxels": int(truth.sum()),
                          **{k: scores[k] for k in metrics.PAPER_METRICS},
                          **{k: lesions[k] for k in ("ltpr", "lfpr", "lesion_f1")}})
-        native = preprocessing.to_native(predicted.astype(np.uint8), volume["grid_affine"],
-                                         volume["affine"], tuple(volume["shape"]), order=0)
-        nib.save(nib.Nifti1Image(native.astype(np.uint8), volume["affine"]),
-                 out / "predictions" / f"{name}_lesions.nii.gz")
+        # The records keep the scan's grid, not its header: the mask gets its affine.
+        _, native, _ = inference.back_to_scan(lesion_prob, volume["grid_affine"],
+                                              volume["affine"], volume["shape"],
+                                              threshold=model_plan.threshold)
+        io.save_like(native, io.grid_image(volume["shape"], volume["affine"]),
+                     out / "predictions" / f"{name}_lesions.nii.gz")
         plotting.plot_overlay(volume["image"][..., 2], truth, predicted,
                               out / "overlays" / f"{name}.png",
                               title=f"{name}: DSC {scores['dsc']:.3f}")
