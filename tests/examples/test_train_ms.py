@@ -20,6 +20,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tfversky import plan
+from tfversky.preprocessing import PAPER_GRID
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_ms.py"
 TINY = ["--dataset", "ms_lesions/synthetic_tiny", "--patch-size", "16", "--depth", "3",
@@ -110,6 +113,10 @@ def test_mirrored_strategy_on_two_cpu_replicas(data_dir, tmp_path):
     prediction = next((out / "predictions").glob("*.nii.gz"))
     image = nib.load(prediction)
     assert image.get_data_dtype() == np.uint8 and image.ndim == 3
+    # The saved model carries the dataset's grid and the evaluation's settings.
+    model_plan = plan.read_plan(out / "model.keras")
+    assert model_plan.grid == PAPER_GRID.scaled(4) and model_plan.patch_size == (32, 32, 32)
+    assert model_plan.modalities == ("T1", "T2", "FLAIR") and model_plan.loss["beta"] == 0.7
     assert "pooled" in stdout and str(out / "results.json") in stdout
 
 
