@@ -20,7 +20,7 @@ from tfversky import inference, metrics, plan
 from tfversky.cli import main
 from tfversky.losses import TverskyLoss
 from tfversky.models import unet3d
-from tfversky.preprocessing import ReferenceGrid
+from tfversky.preprocessing import ReferenceGrid, brain_center
 
 SHAPE = (20, 24, 28)
 GRID = ReferenceGrid((16, 16, 16), (2.0, 2.0, 2.0))
@@ -201,6 +201,42 @@ def test_brain_mask_makes_an_unstripped_scan_usable(files, tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj),
                                   np.asarray(nib.load(tmp_path / "stripped.nii.gz").dataobj))
     assert main(_args(files, tmp_path / "forced.nii.gz", "--no-skull-check", **heads)) == 0
+
+
+def test_folder_mode_brain_masks_come_from_a_folder_of_cases(files, tmp_path, capsys):
+    images, out, masks = _case_folder(files, tmp_path / "imagesTs"), tmp_path / "out", \
+        tmp_path / "masks"
+    out.mkdir()
+    masks.mkdir()
+    brain = (nib.load(files["t1"]).get_fdata() != 0).astype("float32")
+    _write_scan(masks / "case_a.nii.gz", brain)
+    argv = ["predict", "--quiet", "--model", files["model"], "-i", str(images), "-o", str(out),
+            "--brain-mask", str(masks)]
+    err = _error(capsys, argv)
+    assert "lacks case_b.nii.gz" in err and os.listdir(out) == []
+    _write_scan(masks / "case_b.nii.gz", brain)
+    assert main(argv) == 0
+    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+
+
+def test_registration_plan_places_the_grid_by_registering_the_t1(files, tmp_path, monkeypatch):
+    """The wiring only (registration itself is tested in tests/tfds_ms): the command line
+    hands segment a placement that registers the plan's T1 channel."""
+    from tfds_ms import registration
+
+    calls = []
+
+    def fake(t1, affine, grid):
+        calls.append(float(t1.max()))
+        return grid.affine(brain_center(t1, affine))
+
+    monkeypatch.setattr(registration, "registered_grid_affine", fake)
+    model = _save_model(tmp_path / "registered.keras",
+                        plan.Plan(modalities=("FLAIR", "T1", "T2"), grid=GRID, patch_size=16,
+                                  placement="registration"))
+    assert main(_args(files, tmp_path / "seg.nii.gz", model=model)) == 0
+    t1_max = float(nib.load(files["t1"]).get_fdata().max())
+    assert len(calls) == 1 and calls[0] == pytest.approx(t1_max, rel=1e-5)
 
 
 def _corrupt(path):
