@@ -265,7 +265,7 @@ def _predict(args) -> int:
             plan = plan_lib.read_plan(args.model)
     except ValueError as err:
         raise UsageError(f"--model: {err}") from None
-    if caught and not args.quiet:
+    if caught:  # shown even with --quiet: the defaults may not be how the model was trained
         print(f"warning: {caught[0].message}", file=sys.stderr)
     if args.from_logits:
         plan = dataclasses.replace(plan, from_logits=True)

@@ -192,19 +192,18 @@ class PlannedModel(keras.Model):
     def __init__(self, inputs, outputs, name=None, **kwargs):
         plan = kwargs.pop("plan", None)
         super().__init__(inputs, outputs, name=name, **kwargs)
-        if isinstance(plan, dict):
-            plan = Plan.from_dict(plan)
-        self.plan = plan if plan is not None else DEFAULT_PLAN
+        self.plan = Plan.from_dict(plan) if isinstance(plan, dict) else plan  # None: no plan
 
     def get_config(self):
-        return {**super().get_config(), "plan": self.plan.to_dict()}
+        return {**super().get_config(),
+                "plan": None if self.plan is None else self.plan.to_dict()}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        plan = Plan.from_dict(config.pop("plan"))
+        stored = config.pop("plan", None)
         model = super().from_config(config, custom_objects=custom_objects)
-        model.plan = plan
+        model.plan = None if stored is None else Plan.from_dict(stored)
         return model
 
 

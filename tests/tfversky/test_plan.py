@@ -62,6 +62,15 @@ def test_old_model_loads_with_the_defaults_and_one_warning(tmp_path):
             "brain_bbox", "zscore", 0.5)
 
 
+def test_a_planned_model_built_without_a_plan_still_warns(tmp_path):
+    bare = _model(3)
+    plan.PlannedModel(bare.inputs, bare.outputs).save(tmp_path / "none.keras")
+    loaded = keras.saving.load_model(tmp_path / "none.keras", compile=False)
+    assert loaded.plan is None
+    with pytest.warns(plan.PlanWarning, match="carries no plan"):
+        assert plan.read_plan(loaded) == plan.DEFAULT_PLAN
+
+
 def test_to_dict_is_json_and_names_the_orientation():
     stored = PLAN.to_dict()
     assert stored["grid"] == {"shape": [32, 40, 48], "spacing": [2.0, 2.5, 3.0],
