@@ -270,32 +270,7 @@ def _predict(args) -> int:
     if args.from_logits:
         plan = dataclasses.replace(plan, from_logits=True)
 
-    if folder_mode:
-        cases = _folder_cases(args.input, plan.modalities)
-        if os.path.realpath(args.output) == os.path.realpath(args.input):
-            raise UsageError(f"-o {args.output!r} is the input folder: write the masks "
-                             f"elsewhere (they would be mistaken for input files)")
-        _check_folder(args.output, "-o")
-        masks = {case: None for case in cases}
-        if args.brain_mask:
-            if not os.path.isdir(args.brain_mask):
-                raise UsageError(f"--brain-mask {args.brain_mask!r}: with -i, give a folder "
-                                 f"holding CASE.nii.gz for every case")
-            masks = {case: _case_file(args.brain_mask, case) for case in cases}
-    else:
-        try:
-            scans = inference.match_modalities(one_case, plan)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        outputs = [(args.out, "--out")] + ([(args.probabilities, "--probabilities")]
-                                           if args.probabilities else [])
-        for path, flag in outputs:
-            _check_output(path, flag, [args.model, *scans.values()])
-        if args.probabilities and os.path.abspath(args.probabilities) == os.path.abspath(
-                args.out):
-            raise UsageError("--probabilities and --out name the same file: choose two names")
-        cases = {None: scans}
-        masks = {None: args.brain_mask}
+    cases, masks = _cases(args, plan, folder_mode)
 
     model = _load_model(args.model)
     grid_affine = _registration(plan) if plan.placement == "registration" else None
@@ -343,6 +318,40 @@ def _predict(args) -> int:
         print(f"wrote {where}: {len(rows)} case(s), {total} lesion(s), {volume:.2f} mL at "
               f"threshold {plan.threshold if args.threshold is None else args.threshold}")
     return 0
+
+
+def _cases(args, plan, folder_mode: bool):
+    """(case -> {modality: file}, case -> brain mask file or None), every name checked; the
+    single case of --image/--out is case None."""
+    from tfversky import inference
+
+    if folder_mode:
+        cases = _folder_cases(args.input, plan.modalities)
+        if os.path.realpath(args.output) == os.path.realpath(args.input):
+            raise UsageError(f"-o {args.output!r} is the input folder: write the masks "
+                             f"elsewhere (they would be mistaken for input files)")
+        _check_folder(args.output, "-o")
+        masks = {case: None for case in cases}
+        if args.brain_mask:
+            if not os.path.isdir(args.brain_mask):
+                raise UsageError(f"--brain-mask {args.brain_mask!r}: with -i, give a folder "
+                                 f"holding CASE.nii.gz for every case")
+            masks = {case: _case_file(args.brain_mask, case) for case in cases}
+    else:
+        try:
+            scans = inference.match_modalities(_one_case_scans(args), plan)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        outputs = [(args.out, "--out")] + ([(args.probabilities, "--probabilities")]
+                                           if args.probabilities else [])
+        for path, flag in outputs:
+            _check_output(path, flag, [args.model, *scans.values()])
+        if args.probabilities and os.path.abspath(args.probabilities) == os.path.abspath(
+                args.out):
+            raise UsageError("--probabilities and --out name the same file: choose two names")
+        cases = {None: scans}
+        masks = {None: args.brain_mask}
+    return cases, masks
 
 
 def _case_file(folder: str, case: str) -> str:
