@@ -37,7 +37,7 @@ def child(args) -> None:
         "--batch-size", str(args.batch_size), "--loss-impl", args.loss_impl,
         "--cpu-replicas", str(args.cpu_replicas)])
     strategy = train_ms.make_strategy("auto", args.cpu_replicas)
-    patches, _ = train_ms.load_splits(run_args)
+    patches, *_ = train_ms.load_splits(run_args)
     with strategy.scope():
         model = train_ms.build_model(run_args)
     model.fit(patches, steps_per_epoch=args.warmup, epochs=1, verbose=0)

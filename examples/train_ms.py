@@ -218,11 +218,11 @@ USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", 
 
 
 def load_splits(args, skip_batches: int = 0):
-    """(training patches, test-fold volumes, (modalities, grid, ignore_index)).
+    """(training patches, test-fold volumes, (modalities, grid, ignore_index, placement)).
 
     The third item describes the dataset: its canonical modality names in channel order
-    (the model's inputs), its ``ReferenceGrid`` and the label value the loss leaves out
-    (or None). Wrong datasets and options are ``UsageError``s.
+    (the model's inputs), its ``ReferenceGrid``, the label value the loss leaves out
+    (or None), and how the grid was placed on each scan (the plan's ``placement``). Wrong datasets and options are ``UsageError``s.
     """
     try:  # the builder is an adapter: only this step needs it
         import tensorflow_datasets as tfds
@@ -272,7 +272,8 @@ def load_splits(args, skip_batches: int = 0):
                                  batch_size=args.batch_size,
                                  lesion_fraction=args.lesion_fraction, seed=args.seed,
                                  skip_batches=skip_batches)
-    return patches, test, (modalities, grid, tfds_ms.dataset_ignore_index(builder))
+    placement = "registration" if getattr(builder.builder_config, "register", False) else "brain_bbox"
+    return patches, test, (modalities, grid, tfds_ms.dataset_ignore_index(builder), placement)
 
 
 # --- 3. model and loss ------------------------------------------------------------------------
@@ -307,6 +308,18 @@ def build_model(args, modalities=None, ignore_index=None):
     return model
 
 
+def training_plan(args, modalities, grid, placement: str = "brain_bbox"):
+    """What this run trains with, for the model's plan: the dataset's modalities and grid
+    (and how the grid was placed), the normalisation, and the evaluation's window settings."""
+    from tfversky import plan
+
+    loss = {"name": "TverskyLoss", "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma,
+            "batch": args.batch_dice}  # alpha weighs false positives, beta false negatives
+    return plan.Plan(modalities=tuple(modalities), grid=grid, placement=placement,
+                     patch_size=args.inference_patch, overlap=args.overlap,
+                     threshold=args.threshold, loss=loss)
+
+
 # --- 4. training ------------------------------------------------------------------------------
 
 
@@ -319,6 +332,8 @@ def completed_epochs(backup: pathlib.Path) -> int:
 def train(args, strategy, out: pathlib.Path, chief: bool):
     import keras
 
+    from tfversky import plan
+
     # Non-chief workers keep their checkpoints apart, so they never overwrite the chief's.
     work = out if chief else out / f"worker-{strategy.cluster_resolver.task_id}"
     # A resumed run continues the patch stream where the killed one stopped, so it trains
@@ -327,13 +342,16 @@ def train(args, strategy, out: pathlib.Path, chief: bool):
     done = completed_epochs(work / "backup")
     if done:
         print(f"resuming after epoch {done} from {work / 'backup'}")
-    patches, test, (modalities, grid, ignore_index) = load_splits(
+    patches, test, (modalities, grid, ignore_index, placement) = load_splits(
         args, skip_batches=done * args.steps_per_epoch)
     print(f"data: {args.dataset}, inputs {', '.join(modalities)} on a "
           f"{'x'.join(map(str, grid.shape))} grid of {' x '.join(f'{s:g}' for s in grid.spacing)} "
           f"mm" + (f", label {ignore_index} ignored by the loss" if ignore_index is not None else ""))
     with strategy.scope():
-        model = build_model(args, modalities, ignore_index)
+        # The plan rides in every .keras file written below (checkpoints included), so
+        # `tfversky predict` prepares scans as these volumes were.
+        model = plan.attach(build_model(args, modalities, ignore_index),
+                            training_plan(args, modalities, grid, placement))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(work / "backup")),
         keras.callbacks.ModelCheckpoint(str(work / "best.keras"), monitor="loss",
@@ -357,12 +375,12 @@ def evaluate_fold(model, test, args, out: pathlib.Path, modalities=("T1", "T2", 
 
     Overlays are drawn on the FLAIR channel (the first channel without one).
     """
-    import nibabel as nib
     import numpy as np
     import tqdm
 
-    from tfversky import data, inference, metrics, plotting, preprocessing
+    from tfversky import data, inference, io, metrics, plan, plotting
 
+    model_plan = plan.read_plan(model)
     evaluator = metrics.Evaluator(args.threshold)
     subjects, lesion_counts, curves = [], [], {}
     (out / "predictions").mkdir(parents=True, exist_ok=True)
@@ -370,9 +388,8 @@ def evaluate_fold(model, test, args, out: pathlib.Path, modalities=("T1", "T2", 
                         total=int(test.cardinality()))
     for volume in volumes:
         name = volume["scan_id"] or volume["subject"]
-        probs = inference.predict_volume(model, volume["image"], overlap=args.overlap,
-                                         patch_size=args.inference_patch, progress=False)
-        lesion_prob = probs[..., 1]
+        # Scored on the reference grid, as the paper's registered volumes were.
+        lesion_prob = inference.segment_on_grid(model, volume["image"], model_plan)
         truth = volume["label"] == 1  # not an `ignore` value (255)
         subject_evaluator = metrics.Evaluator(args.threshold)
         scores = subject_evaluator.update(truth, lesion_prob)
@@ -383,10 +400,12 @@ def evaluate_fold(model, test, args, out: pathlib.Path, modalities=("T1", "T2", 
         subjects.append({"subject": name, "lesion_voxels": int(truth.sum()),
                          **{k: scores[k] for k in metrics.PAPER_METRICS},
                          **{k: lesions[k] for k in ("ltpr", "lfpr", "lesion_f1")}})
-        native = preprocessing.to_native(predicted.astype(np.uint8), volume["grid_affine"],
-                                         volume["affine"], tuple(volume["shape"]), order=0)
-        nib.save(nib.Nifti1Image(native.astype(np.uint8), volume["affine"]),
-                 out / "predictions" / f"{name}_lesions.nii.gz")
+        # The records keep the scan's grid, not its header: the mask gets its affine.
+        _, native, _ = inference.back_to_scan(lesion_prob, volume["grid_affine"],
+                                              volume["affine"], volume["shape"],
+                                              threshold=model_plan.threshold)
+        io.save_like(native, io.grid_image(volume["shape"], volume["affine"]),
+                     out / "predictions" / f"{name}_lesions.nii.gz")
         overlay = modalities.index("FLAIR") if "FLAIR" in modalities else 0
         plotting.plot_overlay(volume["image"][..., overlay], truth, predicted,
                               out / "overlays" / f"{name}.png",

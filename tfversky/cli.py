@@ -4,8 +4,9 @@ One subcommand per job; each registers its parser in ``_SUBCOMMANDS`` and gets a
 that returns the exit code. Mistakes a user can fix (a missing file, a bad option) end with a
 one-line message on stderr and exit code 2, without a traceback.
 
-    python -m tfversky predict --model model.keras --t1 T1.nii.gz --t2 T2.nii.gz \\
-        --flair FLAIR.nii.gz --out seg.nii.gz --probabilities lesion_prob.nii.gz
+    tfversky predict --model model.keras --image T1=T1.nii.gz --image T2=T2.nii.gz \\
+        --image FLAIR=FLAIR.nii.gz --out seg.nii.gz --probabilities lesion_prob.nii.gz
+    tfversky predict --model model.keras -i imagesTs -o predictions   # CASE_0000.nii.gz, ...
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import argparse
 import os
 import sys
 
-# Channel order of the network input, as in training (tfversky.preprocessing.MODALITIES).
+# Single-flag aliases of --image NAME=FILE.
 _MODALITY_FLAGS = (("t1", "T1"), ("t2", "T2"), ("flair", "FLAIR"))
+# nnU-Net's file names: CASE_XXXX.nii.gz, XXXX the channel index.
+_CASE_FILE = r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$"
 
 
 class UsageError(Exception):
@@ -59,37 +62,79 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _image(text: str):
+    """'NAME=FILE' -> (NAME, FILE)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, e.g. FLAIR=flair.nii.gz, got "
+                                         f"{text!r}")
+    return name.strip(), path
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (mm^3), got {text!r}")
+    return value
+
+
 def _add_predict(subparsers) -> None:
     parser = subparsers.add_parser(
-        "predict", help="segment lesions in one subject's T1, T2 and FLAIR scans",
-        description="Segment MS lesions with a trained model: reads the T1, T2 and FLAIR "
-                    "scans (NIfTI, co-registered), normalises them like the training data, "
-                    "runs sliding-window inference and writes a uint8 lesion mask (1 = lesion) "
-                    "on the scans' grid, with the T1's affine and header.")
+        "predict", help="segment lesions in one subject's scans, or in a folder of cases",
+        description="Segment MS lesions with a trained model, preparing the scans exactly as "
+                    "its training did (the plan saved in the .keras file: modalities and "
+                    "their order, reference grid and its placement, normalisation): RAS+ "
+                    "reorientation, resampling onto the grid, z-score, sliding windows, "
+                    "probabilities mapped back onto the scans' own grid and thresholded. "
+                    "Writes a uint8 lesion mask (1 = lesion) with the first modality's affine "
+                    "and header. Scans must be co-registered and skull-stripped (or given "
+                    "--brain-mask).")
     parser.add_argument("--model", required=True, metavar="FILE",
                         help="trained Keras model (.keras), e.g. from examples/train_ms.py")
+    parser.add_argument("--image", type=_image, action="append", default=[],
+                        metavar="NAME=FILE",
+                        help="one modality of one case (repeat for each modality the model "
+                             "takes; aliases such as T1w, flair are accepted)")
     for flag, name in _MODALITY_FLAGS:
-        parser.add_argument(f"--{flag}", required=True, metavar="FILE",
-                            help=f"{name} scan (.nii / .nii.gz)")
-    parser.add_argument("--out", required=True, metavar="FILE",
-                        help="output lesion mask, .nii or .nii.gz (uint8, 0/1)")
+        parser.add_argument(f"--{flag}", metavar="FILE", help=f"same as --image {name}=FILE")
+    parser.add_argument("--out", metavar="FILE",
+                        help="output lesion mask of one case, .nii or .nii.gz (uint8, 0/1)")
+    parser.add_argument("-i", "--input", metavar="DIR",
+                        help="folder of cases in nnU-Net naming: CASE_0000.nii.gz, "
+                             "CASE_0001.nii.gz, ... in the model's channel order")
+    parser.add_argument("-o", "--output", metavar="DIR",
+                        help="with -i: writes CASE.nii.gz per case and summary.csv")
     parser.add_argument("--probabilities", metavar="FILE",
-                        help="also write the lesion probability map here (float32 NIfTI)")
-    parser.add_argument("--threshold", type=_fraction(low_open=True), default=0.5, metavar="P",
-                        help="lesion if its probability is >= this (default: 0.5, the paper's)")
+                        help="one case: also write the lesion probability map (float32)")
+    parser.add_argument("--brain-mask", metavar="FILE|DIR",
+                        help="brain mask on the scans' grid (non-zero = brain), for scans that "
+                             "are not skull-stripped; with -i a folder holding CASE.nii.gz")
+    parser.add_argument("--no-skull-check", action="store_true",
+                        help="do not refuse scans that do not look skull-stripped")
+    parser.add_argument("--threshold", type=_fraction(low_open=True), default=None,
+                        metavar="P", help="lesion if its probability is >= P (default: the "
+                                          "model's plan, 0.5 as in the paper)")
+    parser.add_argument("--min-lesion-size", type=_non_negative, default=0.0, metavar="MM3",
+                        help="drop lesions smaller than this many mm^3 (converted with each "
+                             "scan's voxel size; default: 0, keep all)")
     parser.add_argument("--patch-size", type=_patch_size, default=None, metavar="N|D,H,W",
                         help="sliding-window patch, an int or D,H,W; multiples of the model's "
-                             "downsampling (default: the model's input size, else 128)")
-    parser.add_argument("--overlap", type=_fraction(low_open=False), default=0.5, metavar="F",
-                        help="fraction of a patch shared by neighbouring windows (default: 0.5)")
+                             "downsampling (default: the plan's, else the model's input size, "
+                             "else 128)")
+    parser.add_argument("--overlap", type=_fraction(low_open=False), default=None,
+                        metavar="F", help="fraction of a patch shared by neighbouring windows "
+                                          "(default: the plan's, 0.5)")
     parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
                         help="patches per model call (default: 1)")
     parser.add_argument("--from-logits", action="store_true",
-                        help="the model outputs logits (e.g. unet3d(final_activation=None)); "
-                             "apply softmax (2 classes) or sigmoid (1 channel)")
+                        help="the model outputs logits (a model saved without a plan; a plan "
+                             "records this): apply softmax (2 classes) or sigmoid (1 channel)")
     parser.add_argument("--resample-to-first", action="store_true",
-                        help="resample T2 and FLAIR linearly onto the T1 grid when their shapes "
-                             "or affines differ (otherwise that is an error)")
+                        help="resample the other modalities linearly onto the first one's grid "
+                             "when their shapes or affines differ (otherwise that is an error)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.set_defaults(handler=_predict)
 
@@ -114,13 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_output(path: str, flag: str, inputs) -> None:
     if not path.endswith((".nii", ".nii.gz")):
         raise UsageError(f"{flag} {path!r}: the file name must end in .nii or .nii.gz")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{flag} {path!r}: the folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{flag} {path!r}: the folder {folder!r} is not writable")
+    _check_folder(os.path.dirname(os.path.abspath(path)), f"{flag} {path!r}: the folder")
     if os.path.realpath(path) in {os.path.realpath(p) for p in inputs}:
         raise UsageError(f"{flag} {path!r} is one of the input files: choose another name")
+
+
+def _check_folder(folder: str, what: str) -> None:
+    if not os.path.isdir(folder):
+        raise UsageError(f"{what} {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{what} {folder!r} is not writable")
 
 
 def _load_model(path: str):
@@ -141,55 +189,191 @@ def _load_model(path: str):
                          f"({type(err).__name__}: {reason})") from None
 
 
+def _one_case_scans(args) -> dict:
+    scans = {}
+    given = list(args.image) + [(name, getattr(args, flag)) for flag, name in _MODALITY_FLAGS
+                                if getattr(args, flag)]
+    for name, path in given:
+        if name in scans:
+            raise UsageError(f"--image {name}= is given twice: give each modality once")
+        scans[name] = path
+    return scans
+
+
+def _folder_cases(folder: str, modalities) -> dict:
+    """CASE -> {modality: file} for a flat nnU-Net-style folder, every case checked first."""
+    import re
+
+    if not os.path.isdir(folder):
+        raise UsageError(f"-i {folder!r} is not a folder")
+    cases, strays = {}, []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith((".nii", ".nii.gz")):
+            continue
+        match = re.match(_CASE_FILE, name)
+        if match is None:
+            strays.append(name)
+            continue
+        cases.setdefault(match["case"], {})[int(match["channel"])] = os.path.join(folder, name)
+    expects = ", ".join(f"_{i:04d} = {m}" for i, m in enumerate(modalities))
+    if strays:
+        raise UsageError(f"-i {folder!r}: {strays[0]!r} is not named CASE_XXXX.nii.gz (XXXX the "
+                         f"channel: {expects}); move it out")
+    if not cases:
+        raise UsageError(f"-i {folder!r} holds no CASE_XXXX.nii.gz files: the model expects "
+                         f"one per modality ({expects})")
+    result = {}
+    for case, channels in cases.items():
+        extra = sorted(set(channels) - set(range(len(modalities))))
+        if extra:
+            raise UsageError(f"case {case!r} has channel file {case}_{extra[0]:04d}, but the "
+                             f"model takes {len(modalities)} modalities ({expects})")
+        missing = [i for i in range(len(modalities)) if i not in channels]
+        if missing:
+            raise UsageError(f"case {case!r} lacks {case}_{missing[0]:04d}.nii.gz "
+                             f"({modalities[missing[0]]}): the model expects {expects}")
+        result[case] = {m: channels[i] for i, m in enumerate(modalities)}
+    return result
+
+
 def _predict(args) -> int:
-    import numpy as np
+    import csv
+    import dataclasses
+    import shutil
+    import tempfile
+    import warnings
 
-    from tfversky.inference import predict_volume
-    from tfversky.io import ScanError, load_modalities, save_like
-    from tfversky.preprocessing import normalize_intensity
+    from tqdm.auto import tqdm
 
-    scans = {name: getattr(args, flag) for flag, name in _MODALITY_FLAGS}
-    inputs = [args.model, *scans.values()]
-    _check_output(args.out, "--out", inputs)
-    if args.probabilities:
-        _check_output(args.probabilities, "--probabilities", inputs)
-        if os.path.abspath(args.probabilities) == os.path.abspath(args.out):
-            raise UsageError("--probabilities and --out name the same file: choose two names")
+    from tfversky import inference, plan as plan_lib
+
+    one_case = _one_case_scans(args)
+    folder_mode = args.input is not None or args.output is not None
+    if folder_mode and (one_case or args.out or args.probabilities):
+        raise UsageError("-i/-o (a folder of cases) and --image/--out/--probabilities (one "
+                         "case) do not mix: use one or the other")
+    if folder_mode and (args.input is None or args.output is None):
+        raise UsageError("-i DIR and -o DIR go together: give both")
+    if not folder_mode and (not one_case or not args.out):
+        raise UsageError("give --image NAME=FILE for each modality and --out FILE (one case), "
+                         "or -i DIR -o DIR (a folder of cases)")
     if not os.path.isfile(args.model):
         raise UsageError(f"--model file {args.model!r} does not exist")
     try:
-        image, reference = load_modalities(scans, resample_to_first=args.resample_to_first)
-    except ScanError as err:
-        raise UsageError(str(err)) from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", plan_lib.PlanWarning)
+            plan = plan_lib.read_plan(args.model)
+    except ValueError as err:
+        raise UsageError(f"--model: {err}") from None
+    if caught:  # shown even with --quiet: the defaults may not be how the model was trained
+        print(f"warning: {caught[0].message}", file=sys.stderr)
+    if args.from_logits:
+        plan = dataclasses.replace(plan, from_logits=True)
+
+    cases, masks = _cases(args, plan, folder_mode)
+
     model = _load_model(args.model)
-    channels, classes = model.inputs[0].shape[-1], model.outputs[0].shape[-1]
-    if channels is not None and channels != len(scans):
-        raise UsageError(f"--model {args.model!r} takes {channels} input channel(s), but this "
-                         f"command feeds {len(scans)} (T1, T2, FLAIR)")
-    if classes not in (1, 2):
-        raise UsageError(f"--model {args.model!r} outputs {classes} channels; predict needs 2 "
-                         f"(background, lesion) or 1 (lesion probability)")
+    grid_affine = _registration(plan) if plan.placement == "registration" else None
+    options = dict(plan=plan, resample_to_first=args.resample_to_first, grid_affine=grid_affine,
+                   threshold=args.threshold, min_lesion_mm3=args.min_lesion_size,
+                   patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
+                   check_skull=not args.no_skull_check)
+    # Folder mode writes into a staging folder, moved into place once every case is done:
+    # a failing case leaves nothing half-written.
+    staging = tempfile.mkdtemp(prefix=".tfversky-predict-", dir=args.output) if folder_mode \
+        else None
+    rows = []
     try:
-        normalised = normalize_intensity(image)
-        probs = predict_volume(model, normalised, patch_size=args.patch_size,
-                               overlap=args.overlap, batch_size=args.batch_size,
-                               from_logits=args.from_logits,
-                               activation="softmax" if classes == 2 else "sigmoid",
-                               progress=not args.quiet)
-    except ValueError as err:  # our own checks; a model's shape error spans several lines
-        raise UsageError(" ".join(str(err).split())) from None
-    lesion = probs[..., classes - 1]  # softmax: channel 1 is the lesion; sigmoid: the only one
-    mask = (lesion >= args.threshold).astype(np.uint8)
-    save_like(mask, reference, args.out)
-    if args.probabilities:
-        save_like(lesion.astype(np.float32), reference, args.probabilities)
+        bar = tqdm(cases.items(), desc="predict", unit="case", disable=args.quiet or
+                   not folder_mode)
+        for case, scans in bar:
+            out = os.path.join(staging, f"{case}.nii.gz") if folder_mode else args.out
+            try:
+                result = inference.segment(
+                    model, scans, out, probabilities_out=None if folder_mode else
+                    args.probabilities, brain_mask=masks[case],
+                    progress=not args.quiet and not folder_mode, **options)
+            except ValueError as err:  # our checks; a model's shape error spans several lines
+                where = f"case {case!r}: " if folder_mode else ""
+                raise UsageError(where + " ".join(str(err).split())) from None
+            rows.append({"case": case, "lesion_count": result.lesion_count,
+                         "lesion_volume_ml": round(result.lesion_volume_ml, 4),
+                         "mask": os.path.basename(out),
+                         "inputs": ";".join(os.path.abspath(p) for p in scans.values())})
+        if folder_mode:
+            with open(os.path.join(staging, "summary.csv"), "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            for name in os.listdir(staging):
+                os.replace(os.path.join(staging, name), os.path.join(args.output, name))
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     if not args.quiet:
-        voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
-        count = int(mask.sum())
-        written = args.out + (f" and {args.probabilities}" if args.probabilities else "")
-        print(f"wrote {written}: {count} lesion voxels ({count * voxel_ml:.2f} mL) at threshold "
-              f"{args.threshold}")
+        where = (os.path.join(args.output, "summary.csv") if folder_mode else
+                 args.out + (f" and {args.probabilities}" if args.probabilities else ""))
+        total = sum(row["lesion_count"] for row in rows)
+        volume = sum(row["lesion_volume_ml"] for row in rows)
+        print(f"wrote {where}: {len(rows)} case(s), {total} lesion(s), {volume:.2f} mL at "
+              f"threshold {plan.threshold if args.threshold is None else args.threshold}")
     return 0
+
+
+def _cases(args, plan, folder_mode: bool):
+    """(case -> {modality: file}, case -> brain mask file or None), every name checked; the
+    single case of --image/--out is case None."""
+    from tfversky import inference
+
+    if folder_mode:
+        cases = _folder_cases(args.input, plan.modalities)
+        if os.path.realpath(args.output) == os.path.realpath(args.input):
+            raise UsageError(f"-o {args.output!r} is the input folder: write the masks "
+                             f"elsewhere (they would be mistaken for input files)")
+        _check_folder(args.output, "-o")
+        masks = {case: None for case in cases}
+        if args.brain_mask:
+            if not os.path.isdir(args.brain_mask):
+                raise UsageError(f"--brain-mask {args.brain_mask!r}: with -i, give a folder "
+                                 f"holding CASE.nii.gz for every case")
+            masks = {case: _case_file(args.brain_mask, case) for case in cases}
+    else:
+        try:
+            scans = inference.match_modalities(_one_case_scans(args), plan)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        outputs = [(args.out, "--out")] + ([(args.probabilities, "--probabilities")]
+                                           if args.probabilities else [])
+        for path, flag in outputs:
+            _check_output(path, flag, [args.model, *scans.values()])
+        if args.probabilities and os.path.abspath(args.probabilities) == os.path.abspath(
+                args.out):
+            raise UsageError("--probabilities and --out name the same file: choose two names")
+        cases = {None: scans}
+        masks = {None: args.brain_mask}
+    return cases, masks
+
+
+def _case_file(folder: str, case: str) -> str:
+    for name in (f"{case}.nii.gz", f"{case}.nii"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise UsageError(f"--brain-mask folder {folder!r} lacks {case}.nii.gz (the brain mask of "
+                     f"case {case!r})")
+
+
+def _registration(plan):
+    """The grid placement of a plan made with rigid registration (needs SimpleITK)."""
+    try:
+        from tfds_ms import registration
+    except ImportError as err:
+        raise UsageError(f"this model's grid is placed by rigid registration: {err}") from None
+    t1 = plan.modalities.index("T1") if "T1" in plan.modalities else 0
+
+    def place(image, affine, grid):
+        return registration.registered_grid_affine(image[..., t1], affine, grid)
+
+    return place
 
 
 def main(argv=None) -> int:
@@ -197,8 +381,9 @@ def main(argv=None) -> int:
 
     Example (what ``python -m tfversky ...`` runs)::
 
-        exit_code = main(["predict", "--model", "model.keras", "--t1", "T1.nii.gz",
-                          "--t2", "T2.nii.gz", "--flair", "FLAIR.nii.gz", "--out", "seg.nii.gz"])
+        exit_code = main(["predict", "--model", "model.keras", "--image", "T1=T1.nii.gz",
+                          "--image", "T2=T2.nii.gz", "--image", "FLAIR=FLAIR.nii.gz",
+                          "--out", "seg.nii.gz"])
     """
     parser = build_parser()
     args = parser.parse_args(argv)

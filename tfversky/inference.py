@@ -1,4 +1,17 @@
-"""Whole-volume inference by sliding windows.
+"""Whole-volume inference: the one scan-to-mask path, and its sliding windows.
+
+``segment(model, scans)`` takes a subject's NIfTI files to a lesion mask on the scans' own
+grid, exactly as the model's training prepared its volumes (``tfversky.plan``):
+
+1. load the modalities named by the plan, in its channel order (``tfversky.io``), and
+   check them: one 3D grid, finite, skull-stripped or given a brain mask;
+2. ``prepare_scan``: reorient to RAS+, place the reference grid as the plan says,
+   resample, normalise (``tfversky.preprocessing``);
+3. ``segment_on_grid``: sliding-window class probabilities on the reference grid; the
+   entry evaluation on ``ms_lesions`` records (which hold only grid volumes) calls;
+4. ``back_to_scan``: the lesion probabilities interpolated onto the scan's own voxels, then
+   thresholded (never the mask itself interpolated), small lesions dropped;
+5. written with the first modality's affine and header.
 
 ``predict_volume`` runs a segmentation network on a scan of any size: it pads the volume to
 at least one patch, slides patches over it with the given overlap, weights every patch's
@@ -9,9 +22,13 @@ batch of patches and two accumulators the size of the volume, whatever the numbe
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import numpy as np
 
-from tfversky import preprocessing
+from tfversky import io, metrics, plan as plan_lib, preprocessing
+from tfversky import modalities as modalities_lib
 from tfversky._extras import require
 
 DEFAULT_PATCH_SIZE = 128
@@ -237,3 +254,292 @@ def predict_volume(model, volume, patch_size=None, overlap: float = 0.5, batch_s
             bar.update(len(chunk))
     accumulated /= weight_sum[..., None]
     return np.ascontiguousarray(accumulated[:spatial[0], :spatial[1], :spatial[2]])
+
+
+# --- The scan-to-mask path --------------------------------------------------------------------
+
+
+def match_modalities(scans: Mapping, plan: plan_lib.Plan) -> dict:
+    """The scans of ``scans`` (modality name or alias -> file) in the plan's channel order.
+
+    Raises:
+        ValueError: for an unknown name, a modality given twice, one the plan names but
+            ``scans`` lacks, or one the plan does not name; the message names what the
+            model expects.
+
+    Example:
+
+    >>> match_modalities({"flair": "f.nii", "T1w": "a.nii", "T2": "b.nii"}, plan_lib.Plan())
+    {'T1': 'a.nii', 'T2': 'b.nii', 'FLAIR': 'f.nii'}
+    """
+    expects = f"The model expects {', '.join(plan.modalities)} (in this channel order)"
+    given = {}
+    for name, path in scans.items():
+        key = modalities_lib.canonical(name)
+        if key in given:
+            raise ValueError(f"{expects}; {key} is given twice ({given[key]!r} and "
+                             f"{path!r}; aliases count as the same modality).")
+        given[key] = path
+    missing = [name for name in plan.modalities if name not in given]
+    extra = [name for name in given if name not in plan.modalities]
+    if missing:
+        raise ValueError(f"{expects}; missing: {', '.join(missing)}. Give one file for each "
+                         f"(command line: --image NAME=FILE).")
+    if extra:
+        raise ValueError(f"{expects}; this model does not take {', '.join(extra)}: leave "
+                         f"{'it' if len(extra) == 1 else 'them'} out.")
+    return {name: given[name] for name in plan.modalities}
+
+
+def prepare_scan(image: np.ndarray, affine: np.ndarray, plan: plan_lib.Plan, *,
+                 grid_affine=None):
+    """A subject's modalities -> the network input on the plan's reference grid.
+
+    Reorients to RAS+ (``io.to_ras``), places the grid (the plan's ``placement``), resamples
+    and normalises (``preprocessing.prepare_volume``), as the ``ms_lesions`` builder did.
+
+    Args:
+        image: (X, Y, Z, M) skull-stripped (or masked) modalities in the plan's order.
+        affine: Their voxel-to-world affine.
+        plan: The model's plan.
+        grid_affine: Where to place the grid: None (the plan's ``brain_bbox`` placement), a
+            4x4 voxel-to-world affine, or a callable ``(image, affine, grid) -> affine``
+            called on the RAS+ image (e.g. wrapping
+            ``tfds_ms.registration.registered_grid_affine`` for ``registration``).
+            Defaults to None.
+
+    Returns:
+        ``(grid_image, grid_affine)``: float32 (*plan.grid.shape, M) and its affine.
+
+    Raises:
+        ValueError: for an all-zero image, or a ``registration`` plan without ``grid_affine``.
+
+    Example:
+
+    >>> img = np.zeros((30, 30, 30, 3), np.float32); img[5:25, 5:25, 5:25] = [1, 2, 3]
+    >>> grid = preprocessing.ReferenceGrid((16, 16, 16), (2.0, 2.0, 2.0))
+    >>> out, _ = prepare_scan(img, np.diag([-1.0, 1, 1, 1]), plan_lib.Plan(grid=grid))
+    >>> out.shape
+    (16, 16, 16, 3)
+    """
+    image, affine = io.to_ras(np.asarray(image, np.float32), affine)
+    if callable(grid_affine):
+        grid_affine = grid_affine(image, affine, plan.grid)
+    elif grid_affine is None and plan.placement == "registration":
+        raise ValueError(
+            "The model's grid was placed by rigid registration to the MNI152 template "
+            "(plan.placement='registration'): pass grid_affine, e.g. lambda image, affine, "
+            "grid: tfds_ms.registration.registered_grid_affine(image[..., t1], affine, grid) "
+            "(the command line does this).")
+    on_grid, _, grid_affine = preprocessing.prepare_volume(
+        image, affine, plan.grid, grid_affine=grid_affine,
+        clip_percentiles=plan.clip_percentiles)
+    return on_grid, grid_affine
+
+
+def segment_on_grid(model, image: np.ndarray, plan: plan_lib.Plan | None = None, *,
+                    patch_size=None, overlap: float | None = None, batch_size: int = 1,
+                    progress: bool = False) -> np.ndarray:
+    """Lesion probabilities of a volume on the reference grid: the stage that evaluation on
+    ``ms_lesions`` records (``example["image"]``) shares with ``segment``.
+
+    Args:
+        model: Keras model, (B, d, h, w, M) -> (B, d, h, w, C) with C = 2 (background,
+            lesion) or 1 (lesion).
+        image: (D, H, W, M) prepared volume (``prepare_scan``, or a dataset record).
+        plan: The model's plan. Defaults to ``plan.read_plan(model)``.
+        patch_size, overlap: Override the plan's sliding-window settings. Default None.
+        batch_size: Windows per model call. Defaults to 1.
+        progress: tqdm bar over the windows. Defaults to False.
+
+    Returns:
+        float32 (D, H, W) lesion probabilities; threshold them with ``plan.threshold``.
+
+    Raises:
+        ValueError: for a model whose channels or classes do not fit the plan, or any
+            ``predict_volume`` error.
+
+    Example:
+
+    >>> from tfversky.models import unet3d
+    >>> model = plan_lib.attach(unet3d(base_filters=2, depth=2), plan_lib.Plan(patch_size=8))
+    >>> segment_on_grid(model, np.zeros((8, 8, 8, 3))).shape
+    (8, 8, 8)
+    """
+    plan = plan_lib.read_plan(model) if plan is None else plan
+    plan_lib.check_channels(model, plan)
+    classes = model.outputs[0].shape[-1]
+    if classes not in (1, 2) or classes != len(plan.class_names):
+        raise ValueError(
+            f"The model outputs {classes} channel(s) and its plan names classes "
+            f"{list(plan.class_names)}: lesion segmentation needs 2 (background, lesion, "
+            f"softmax) or 1 (lesion, sigmoid).")
+    probabilities = predict_volume(
+        model, image, patch_size=plan.patch_size if patch_size is None else patch_size,
+        overlap=plan.overlap if overlap is None else overlap, batch_size=batch_size,
+        from_logits=plan.from_logits, activation="softmax" if classes == 2 else "sigmoid",
+        progress=progress)
+    return probabilities[..., classes - 1]  # softmax: channel 1 is the lesion
+
+
+def voxel_size_mm(affine) -> tuple[float, float, float]:
+    """Voxel edge lengths (mm) of a voxel-to-world affine.
+
+    Example:
+
+    >>> voxel_size_mm(np.diag([0.9, -0.9, 3.0, 1.0]))
+    (0.9, 0.9, 3.0)
+    """
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0))
+
+
+def back_to_scan(probabilities: np.ndarray, grid_affine, scan_affine, scan_shape, *,
+                 threshold: float, min_lesion_mm3: float = 0.0):
+    """Grid probabilities -> ``(probabilities, mask, lesion_count)`` on the scan's voxels.
+
+    The probabilities are interpolated linearly (anti-aliased where the scan's voxels are
+    coarser than the grid's, so a thick slice gets the mean over its extent), then
+    thresholded; lesions (26-connected) smaller than ``min_lesion_mm3`` mm^3, measured with
+    the scan's voxel size, are dropped. Outside the grid the probability is 0.
+
+    Args:
+        probabilities: (D, H, W) lesion probabilities on the grid.
+        grid_affine: The grid's affine (``prepare_scan``; ``grid_affine`` in ``ms_lesions``).
+        scan_affine, scan_shape: The scan's own grid (``affine``, ``shape`` in ``ms_lesions``).
+        threshold: Lesion where the probability is >= this (the plan's ``threshold``).
+        min_lesion_mm3: Smallest lesion kept, mm^3. Defaults to 0 (all).
+
+    Returns:
+        float32 probabilities, uint8 0/1 mask, both of ``scan_shape``; the lesion count.
+
+    Example:
+
+    >>> prob = np.zeros((8, 8, 8), np.float32); prob[2:6, 2:6, 2:6] = 0.9
+    >>> _, mask, count = back_to_scan(prob, np.diag([2.0, 2, 2, 1]), np.eye(4), (16, 16, 16),
+    ...                               threshold=0.5)
+    >>> int(mask.sum()), count
+    (343, 1)
+    """
+    shape = tuple(int(n) for n in scan_shape)
+    on_scan = preprocessing.to_native(np.asarray(probabilities, np.float32), grid_affine,
+                                      scan_affine, shape, order=1, antialias=True)
+    mask, count = metrics.remove_small_lesions(on_scan >= threshold, min_lesion_mm3,
+                                               voxel_size_mm(scan_affine))
+    return on_scan.astype(np.float32), mask.astype(np.uint8), count
+
+
+@dataclasses.dataclass
+class Segmentation:
+    """What ``segment`` found on the scans' own grid.
+
+    Attributes:
+        mask: uint8 (X, Y, Z), 1 = lesion.
+        probabilities: float32 (X, Y, Z) lesion probabilities.
+        reference: The first modality's nibabel image (its affine and header).
+        grid_affine: Where the reference grid was placed.
+        lesion_count: Lesions (26-connected components) in ``mask``.
+        lesion_volume_ml: Their volume, mL.
+        inputs: Modality -> file, in the plan's order.
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    reference: object
+    grid_affine: np.ndarray
+    lesion_count: int
+    lesion_volume_ml: float
+    inputs: dict
+
+
+def _masked(image, reference, brain_mask, check_skull):
+    """The image with zero outside the brain mask; or, without one, checked to be stripped."""
+    if brain_mask is None:
+        if check_skull:
+            preprocessing.check_skull_stripped(image, reference.affine, "the input scans")
+        return image
+    mask, mask_image = io.load_scan(brain_mask, "brain mask")
+    if not io.same_grid(mask.shape, mask_image.affine, image.shape, reference.affine):
+        raise io.ScanError(f"brain mask file {str(brain_mask)!r} is not on the scans' voxel grid "
+                           f"(shape {mask.shape} vs {image.shape[:3]}): resample it onto the "
+                           f"first modality's grid (nearest neighbour) first.")
+    if not (mask > 0).any():
+        raise io.ScanError(f"brain mask file {str(brain_mask)!r} is all zero: it marks no brain.")
+    return np.where((mask > 0)[..., None], image, 0.0).astype(np.float32)
+
+
+def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
+            plan: plan_lib.Plan | None = None, brain_mask=None, resample_to_first: bool = False,
+            grid_affine=None, threshold: float | None = None, min_lesion_mm3: float = 0.0,
+            patch_size=None, overlap: float | None = None, batch_size: int = 1,
+            check_skull: bool = True, progress: bool = False) -> Segmentation:
+    """One subject's scans -> lesion mask on their own grid, prepared as in training.
+
+    Args:
+        model: Trained Keras model, ideally carrying its plan (``tfversky.plan.attach``).
+        scans: Modality name (canonical or alias: ``T1w``, ``flair``, ...) -> NIfTI file,
+            exactly the plan's modalities; co-registered on one grid.
+        out: Write the uint8 mask here (.nii / .nii.gz), with the first modality's affine
+            and header. Defaults to None (nothing written).
+        probabilities_out: Also write the float32 lesion probabilities here. Defaults to None.
+        plan: Defaults to ``tfversky.plan.read_plan(model)`` (with a warning if it has none).
+        brain_mask: NIfTI brain mask on the scans' grid; voxels outside it are zeroed, as
+            skull-stripping would. Defaults to None: the scans must be skull-stripped.
+        resample_to_first: Resample modalities on another grid onto the first one's,
+            instead of refusing them. Defaults to False.
+        grid_affine: See ``prepare_scan``. Defaults to None (the plan's placement).
+        threshold: Defaults to the plan's.
+        min_lesion_mm3: Drop lesions smaller than this (mm^3). Defaults to 0.
+        patch_size, overlap, batch_size, progress: See ``segment_on_grid``.
+        check_skull: Refuse scans that do not look skull-stripped (when no ``brain_mask``
+            is given; ``preprocessing.check_skull_stripped``). Defaults to True.
+
+    Returns:
+        A ``Segmentation``.
+
+    Raises:
+        ValueError: (``io.ScanError`` for a file) for modalities that do not fit the plan; a
+            missing, unreadable, 4D or NaN file; modalities on different grids; a scan that
+            is not skull-stripped; a bad output name; a model that does not fit its plan.
+            Nothing is written then.
+
+    Example:
+
+    >>> import nibabel as nib, os, tempfile
+    >>> from tfversky.models import unet3d
+    >>> folder = tempfile.mkdtemp()
+    >>> brain = np.zeros((20, 20, 20), np.float32); brain[4:16, 4:16, 4:16] = 1
+    >>> scans = {m: os.path.join(folder, m + ".nii.gz") for m in ("T1", "T2", "FLAIR")}
+    >>> for path in scans.values():
+    ...     nib.save(nib.Nifti1Image(brain * np.random.rand(20, 20, 20), np.eye(4)), path)
+    >>> plan = plan_lib.Plan(grid=preprocessing.ReferenceGrid((8, 8, 8), (2.0, 2.0, 2.0)))
+    >>> model = plan_lib.attach(unet3d(base_filters=2, depth=2), plan)
+    >>> result = segment(model, scans, os.path.join(folder, "seg.nii.gz"))
+    >>> result.mask.shape, nib.load(os.path.join(folder, "seg.nii.gz")).shape
+    ((20, 20, 20), (20, 20, 20))
+    """
+    plan = plan_lib.read_plan(model) if plan is None else plan
+    plan_lib.check_channels(model, plan)
+    ordered = match_modalities(scans, plan)
+    for path in (out, probabilities_out):
+        if path is not None:
+            io.check_nifti_name(path)
+    try:
+        image, reference = io.load_modalities(ordered, resample_to_first=resample_to_first)
+        image = _masked(image, reference, brain_mask, check_skull)
+    except io.ScanError as err:
+        raise io.ScanError(f"{err} (This model takes {', '.join(plan.modalities)}: one 3D "
+                           f"scan each.)") from None
+    on_grid, grid_affine = prepare_scan(image, reference.affine, plan, grid_affine=grid_affine)
+    probabilities = segment_on_grid(model, on_grid, plan, patch_size=patch_size,
+                                    overlap=overlap, batch_size=batch_size, progress=progress)
+    probabilities, mask, count = back_to_scan(
+        probabilities, grid_affine, reference.affine, image.shape[:3],
+        threshold=plan.threshold if threshold is None else threshold,
+        min_lesion_mm3=min_lesion_mm3)
+    if out is not None:
+        io.save_like(mask, reference, out)
+    if probabilities_out is not None:
+        io.save_like(probabilities, reference, probabilities_out)
+    voxel_ml = float(np.prod(voxel_size_mm(reference.affine))) / 1000.0
+    return Segmentation(mask, probabilities, reference, grid_affine, count,
+                        float(mask.sum(dtype=np.int64)) * voxel_ml, ordered)

@@ -181,6 +181,18 @@ def load_modalities(paths: Mapping[str, str], resample_to_first: bool = False):
     return np.stack(channels, axis=-1), reference
 
 
+def check_nifti_name(path) -> None:
+    """Raise a ValueError unless ``path`` ends in .nii or .nii.gz (before any work is done).
+
+    Example:
+
+    >>> check_nifti_name("seg.nii.gz")
+    """
+    if not str(path).endswith((".nii", ".nii.gz")):
+        raise ValueError(f"Invalid output file name {str(path)!r}: it must end in .nii or "
+                         f".nii.gz (NIfTI).")
+
+
 def save_like(data, reference, path) -> None:
     """Write ``data`` as NIfTI with the reference scan's affine and header.
 
@@ -211,9 +223,7 @@ def save_like(data, reference, path) -> None:
     if data.shape != reference.shape[:data.ndim] or data.ndim != 3:
         raise ValueError(f"`data` must be 3D with the reference's shape {reference.shape[:3]}. "
                          f"Received: data.shape={data.shape}")
-    if not str(path).endswith((".nii", ".nii.gz")):
-        raise ValueError(f"Invalid output file name {str(path)!r}: it must end in .nii or "
-                         f".nii.gz (NIfTI).")
+    check_nifti_name(path)
     image = nib.Nifti1Image(data, reference.affine, header=reference.header)
     header = image.header
     source = reference.header
@@ -224,4 +234,59 @@ def save_like(data, reference, path) -> None:
     header.set_data_dtype(data.dtype)
     header.set_slope_inter(1.0, 0.0)  # stored values are the values: no rescaling on read
     header["descrip"] = b"tfversky"
-    nib.save(image, path)
+    # Written beside the target and renamed: a failed or interrupted write leaves no
+    # half-written file under the target's name.
+    folder, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(folder, f".{name}.partial-{os.getpid()}" + (
+        ".nii.gz" if name.endswith(".gz") else ".nii"))
+    try:
+        nib.save(image, partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def to_ras(data: np.ndarray, affine) -> tuple[np.ndarray, np.ndarray]:
+    """A volume in RAS+ voxel order (axis 0 left -> right, 1 posterior -> anterior, 2
+    inferior -> superior) and its affine, by flipping and permuting axes: no resampling,
+    the same voxels in the same world positions.
+
+    Args:
+        data: (X, Y, Z) or (X, Y, Z, M) array.
+        affine: Its 4x4 voxel-to-world affine.
+
+    Returns:
+        ``(data, affine)`` in RAS+ order (the closest for an oblique scan).
+
+    Example:
+
+    >>> lps = np.diag([-1.0, -1.0, 1.0, 1.0]); lps[:2, 3] = 3
+    >>> data, affine = to_ras(np.arange(64.0).reshape(4, 4, 4), lps)
+    >>> np.diag(affine).tolist(), affine[:3, 3].tolist(), float(data[0, 0, 0])
+    ([1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0], 60.0)
+    """
+    import nibabel as nib
+
+    affine = np.asarray(affine, float)
+    orientation = nib.orientations.io_orientation(affine)
+    ras_affine = affine @ nib.orientations.inv_ornt_aff(orientation, data.shape[:3])
+    return nib.orientations.apply_orientation(data, orientation), ras_affine
+
+
+def grid_image(shape, affine):
+    """A header-only NIfTI image of a grid (for ``save_like`` where only the grid is known,
+    e.g. TFDS records holding ``affine`` and ``shape``); no voxel array is allocated.
+
+    Example:
+
+    >>> grid_image((4, 5, 6), np.eye(4)).shape
+    (4, 5, 6)
+    """
+    import nibabel as nib
+
+    shape = tuple(int(n) for n in shape)
+    image = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), np.asarray(affine, float))
+    image.header.set_qform(image.affine, code=1)
+    image.header.set_sform(image.affine, code=1)
+    return image

@@ -304,12 +304,64 @@ def precision_recall_curve(y_true, y_prob):
 # --- Lesion-wise detection (connected components) -----------------------------------------
 
 
-def lesion_metrics(y_true, y_pred, connectivity: int = 3, min_lesion_size: int = 1) -> dict:
+def min_lesion_voxels(min_lesion_mm3: float, voxel_size_mm) -> int:
+    """The fewest voxels of ``voxel_size_mm`` (3 sizes, mm) that make a lesion of at least
+    ``min_lesion_mm3`` mm^3: the one conversion of a lesion size to voxels.
+
+    Raises:
+        ValueError: for a negative size or voxel sizes that are not 3 positive numbers.
+
+    Example:
+
+    >>> min_lesion_voxels(10, (1.0, 1.0, 1.0)), min_lesion_voxels(10, (0.9, 0.9, 3.0))
+    (10, 5)
+    """
+    sizes = np.asarray(voxel_size_mm, float).ravel()
+    if sizes.size != 3 or not np.all(np.isfinite(sizes) & (sizes > 0)):
+        raise ValueError(f"Invalid value for argument `voxel_size_mm`: expected 3 positive voxel "
+                         f"sizes in mm. Received: voxel_size_mm={voxel_size_mm!r}")
+    if not (np.isfinite(min_lesion_mm3) and min_lesion_mm3 >= 0):
+        raise ValueError(f"Invalid value for argument `min_lesion_mm3`: expected a size >= 0 in "
+                         f"mm^3. Received: min_lesion_mm3={min_lesion_mm3!r}")
+    # The tolerance keeps 10 mm^3 at 1 mm^3 voxels at 10 voxels despite float rounding.
+    return max(1, math.ceil(min_lesion_mm3 / float(np.prod(sizes)) - 1e-9))
+
+
+def remove_small_lesions(mask, min_lesion_mm3: float, voxel_size_mm, connectivity: int = 3):
+    """``(mask, count)``: the lesions (connected components) of at least ``min_lesion_mm3``
+    mm^3, as a bool mask, and how many there are.
+
+    Example:
+
+    >>> mask = np.zeros((8, 8, 8), bool); mask[0, 0, 0] = True; mask[4:6, 4:6, 4:6] = True
+    >>> kept, count = remove_small_lesions(mask, 2.0, (1, 1, 1))
+    >>> int(kept.sum()), count
+    (8, 1)
+    """
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(3, _checked_connectivity(connectivity))
+    ids, count = _components(np.asarray(mask, bool), structure,
+                             min_lesion_voxels(min_lesion_mm3, voxel_size_mm))
+    return ids > 0, count
+
+
+def _checked_connectivity(connectivity):
+    if connectivity not in (1, 2, 3):
+        raise ValueError(f"Invalid value for argument `connectivity`: expected 1, 2 or 3. "
+                         f"Received: connectivity={connectivity!r}")
+    return connectivity
+
+
+def lesion_metrics(y_true, y_pred, connectivity: int = 3, min_lesion_size: int = 1, *,
+                   min_lesion_mm3: float | None = None, voxel_size_mm=None) -> dict:
     """Lesion-wise detection on one 3D volume, as the MS challenges report it.
 
     Lesions are 3D connected components (``connectivity`` 1: faces, 2: +edges, 3: +corners,
-    i.e. 6/18/26 neighbours) of at least ``min_lesion_size`` voxels. A true lesion is
-    detected if any predicted lesion voxel overlaps it; a predicted lesion is a false
+    i.e. 6/18/26 neighbours) of at least ``min_lesion_size`` voxels, or, given
+    ``min_lesion_mm3`` and ``voxel_size_mm``, of at least that many mm^3 (the unit of
+    ``tfversky predict --min-lesion-size``; ``min_lesion_voxels`` converts). A true lesion
+    is detected if any predicted lesion voxel overlaps it; a predicted lesion is a false
     positive if it overlaps no true lesion voxel.
 
     Returns:
@@ -332,10 +384,14 @@ def lesion_metrics(y_true, y_pred, connectivity: int = 3, min_lesion_size: int =
     if y_true.ndim != 3:
         raise ValueError(f"lesion_metrics needs one 3D volume; received shape {y_true.shape}. "
                          f"Call it per volume and pool the counts with pool_lesion_counts.")
-    if connectivity not in (1, 2, 3):
-        raise ValueError(f"Invalid value for argument `connectivity`: expected 1, 2 or 3. "
-                         f"Received: connectivity={connectivity!r}")
-    structure = ndimage.generate_binary_structure(3, connectivity)
+    if min_lesion_mm3 is not None:
+        if voxel_size_mm is None or min_lesion_size != 1:
+            raise ValueError("Invalid arguments: `min_lesion_mm3` needs `voxel_size_mm` (the "
+                             "volume's voxel sizes in mm) and replaces `min_lesion_size` (voxels); "
+                             f"received voxel_size_mm={voxel_size_mm!r}, "
+                             f"min_lesion_size={min_lesion_size!r}")
+        min_lesion_size = min_lesion_voxels(min_lesion_mm3, voxel_size_mm)
+    structure = ndimage.generate_binary_structure(3, _checked_connectivity(connectivity))
     truth = _binary_truth(y_true)
     pred = _binary_truth(y_pred)
     true_ids, n_true = _components(truth, structure, min_lesion_size)

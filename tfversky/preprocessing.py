@@ -10,9 +10,12 @@ trained network is prepared exactly like the volumes it was trained on:
    anti-aliasing where the grid is coarser than the scan.
 3. ``normalize_intensity``: per-modality z-score inside the brain.
 4. ``to_native``: a prediction on the grid back onto the scan's own voxels.
+5. ``check_skull_stripped``: the brain is "the non-zero voxels" (as in the public data's
+   preprocessed, skull-stripped scans); a scan with skull or background noise is refused.
 
 ``prepare_volume`` chains 1-3. Volumes are NumPy arrays with a 4x4 voxel-to-world (RAS+ mm)
-affine, as nibabel gives them.
+affine, as nibabel gives them. ``tfversky.inference.segment`` runs the whole path for a
+model's plan (``tfversky.plan``).
 """
 
 from __future__ import annotations
@@ -98,6 +101,57 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
     1
     """
     return np.any(image != 0, axis=-1)
+
+
+# A skull-stripped adult brain (with its CSF) is 1.0-2.0 L; a head with skull and scalp is
+# 3.5-5 L. Skull-stripped scans also leave the field of view's faces almost all zero, while
+# raw scans hold background noise there. Either sign alone refuses a scan.
+MAX_BRAIN_ML = 2500.0
+MAX_BORDER_FRACTION = 0.5
+
+
+def check_skull_stripped(image: np.ndarray, affine: np.ndarray, name: str = "the scan") -> None:
+    """Refuse a scan that is not skull-stripped: the pipeline takes its brain to be its
+    non-zero voxels (``brain_mask``), as in the training data.
+
+    A scan is refused if its non-zero voxels (any modality) fill more than ``MAX_BRAIN_ML``
+    mL (no brain is that large: skull, scalp or background noise are in), or cover more than
+    ``MAX_BORDER_FRACTION`` of the voxels on the faces of its field of view (background
+    noise around a raw head; a stripped brain touches a face at most where the field of
+    view cuts through it).
+
+    Args:
+        image: (X, Y, Z) or (X, Y, Z, M) volume.
+        affine: Its 4x4 voxel-to-world affine (for the voxel volume).
+        name: What the scan is, for the message. Defaults to "the scan".
+
+    Raises:
+        ValueError: naming the measured volume and border fraction and the fix (skull-strip
+            the scan, or give a brain mask).
+
+    Example:
+
+    >>> head = np.ones((200, 200, 150))           # 1 mm voxels, non-zero everywhere: 6 L
+    >>> check_skull_stripped(head, np.eye(4))
+    Traceback (most recent call last):
+    ...
+    ValueError: the scan does not look skull-stripped: ...
+    >>> brain = np.zeros((200, 200, 150)); brain[40:160, 30:170, 20:130] = 1  # 1.8 L
+    >>> check_skull_stripped(brain, np.eye(4))
+    """
+    mask = image != 0 if image.ndim == 3 else brain_mask(image)
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
+    volume_ml = float(mask.sum(dtype=np.int64)) * voxel_ml
+    faces = [mask[index] for axis in range(3) for index in
+             ((slice(None),) * axis + (0,), (slice(None),) * axis + (-1,))]
+    border = sum(int(face.sum()) for face in faces) / sum(face.size for face in faces)
+    if volume_ml > MAX_BRAIN_ML or border > MAX_BORDER_FRACTION:
+        raise ValueError(
+            f"{name} does not look skull-stripped: {volume_ml:.0f} mL of non-zero signal (a "
+            f"brain is 1000-2000 mL) and {100 * border:.0f}% of the field of view's border "
+            f"non-zero. The model was trained on skull-stripped scans (zero outside the "
+            f"brain): skull-strip the scans first (e.g. SynthStrip, HD-BET, FSL BET), or "
+            f"give a brain mask (command line: --brain-mask FILE).")
 
 
 def brain_center(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -305,7 +359,8 @@ def normalize_intensity(image: np.ndarray, mask: np.ndarray | None = None,
 
 
 def prepare_volume(image: np.ndarray, affine: np.ndarray, grid: ReferenceGrid = PAPER_GRID,
-                   label: np.ndarray | None = None, *, grid_affine: np.ndarray | None = None):
+                   label: np.ndarray | None = None, *, grid_affine: np.ndarray | None = None,
+                   clip_percentiles=(0.5, 99.5)):
     """Scan -> network input: centre the grid on the brain, resample, normalise.
 
     Args:
@@ -318,6 +373,7 @@ def prepare_volume(image: np.ndarray, affine: np.ndarray, grid: ReferenceGrid = 
         grid_affine: Where to place the grid (voxel-to-world), e.g. from a registration
             (``tfds_ms.registration``). Defaults to ``grid`` centred on the brain's bounding
             box, axis-aligned.
+        clip_percentiles: Passed to ``normalize_intensity``. Defaults to (0.5, 99.5).
 
     Returns:
         ``(image, label, grid_affine)``: float32 (*grid.shape, M) normalised image; uint8
@@ -337,11 +393,11 @@ def prepare_volume(image: np.ndarray, affine: np.ndarray, grid: ReferenceGrid = 
         grid_affine = grid.affine(brain_center(image, affine))
     on_grid = resample_to_grid(image, affine, grid_affine, grid.shape)
     on_label = None if label is None else resample_label(label, affine, grid_affine, grid.shape)
-    return normalize_intensity(on_grid), on_label, grid_affine
+    return normalize_intensity(on_grid, clip_percentiles=clip_percentiles), on_label, grid_affine
 
 
 def to_native(volume: np.ndarray, grid_affine: np.ndarray, native_affine: np.ndarray,
-              native_shape, *, order: int = 0) -> np.ndarray:
+              native_shape, *, order: int = 0, antialias: bool = False) -> np.ndarray:
     """Map a volume on the reference grid (a prediction) back onto the scan's own voxels.
 
     Args:
@@ -351,6 +407,9 @@ def to_native(volume: np.ndarray, grid_affine: np.ndarray, native_affine: np.nda
         native_affine: The scan's affine (``affine`` in the dataset).
         native_shape: The scan's 3D shape (``shape`` in the dataset).
         order: 0 (nearest) for label maps, 1 (linear) for probabilities. Defaults to 0.
+        antialias: Smooth first where the scan's voxels are coarser than the grid's (each
+            scan voxel then gets about the mean of the grid voxels it covers: right for
+            probabilities, never for labels). Defaults to False.
 
     Returns:
         float32 array of shape ``native_shape`` (plus the channel axis if any).
@@ -363,4 +422,4 @@ def to_native(volume: np.ndarray, grid_affine: np.ndarray, native_affine: np.nda
     ((16, 16, 16), 512)
     """
     return resample_to_grid(volume, grid_affine, native_affine, native_shape, order=order,
-                            antialias=False)
+                            antialias=antialias)

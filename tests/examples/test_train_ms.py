@@ -20,6 +20,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tfversky import plan
+from tfversky.preprocessing import PAPER_GRID
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_ms.py"
 TINY = ["--dataset", "ms_lesions/synthetic_tiny", "--patch-size", "16", "--depth", "3",
@@ -110,6 +113,10 @@ def test_mirrored_strategy_on_two_cpu_replicas(data_dir, tmp_path):
     prediction = next((out / "predictions").glob("*.nii.gz"))
     image = nib.load(prediction)
     assert image.get_data_dtype() == np.uint8 and image.ndim == 3
+    # The saved model carries the dataset's grid and the evaluation's settings.
+    model_plan = plan.read_plan(out / "model.keras")
+    assert model_plan.grid == PAPER_GRID.scaled(4) and model_plan.patch_size == (32, 32, 32)
+    assert model_plan.modalities == ("T1", "T2", "FLAIR") and model_plan.loss["beta"] == 0.7
     assert "pooled" in stdout and str(out / "results.json") in stdout
 
 
@@ -254,7 +261,7 @@ def test_model_inputs_follow_the_bids_modalities(tmp_path):
         "--dataset", "ms_lesions/bids", "--manual-dir",
         str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "bids"), "--modalities", "FLAIR,T1w",
         "--data-dir", str(tmp_path), *USER_GRID])
-    patches, test, (modalities, grid, ignore_index) = train_ms.load_splits(args)
+    patches, test, (modalities, grid, ignore_index, _) = train_ms.load_splits(args)
     assert modalities == ("FLAIR", "T1") and grid.shape == (16, 24, 24) and ignore_index is None
     x, y = next(iter(patches))
     assert x.shape == (2, 16, 16, 16, 2)

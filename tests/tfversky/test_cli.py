@@ -1,9 +1,12 @@
-"""``python -m tfversky predict``: the written NIfTI files and every user-error path.
+"""``tfversky predict``: the written NIfTI files, folder mode, and every user-error path.
 
 Most cases call ``tfversky.cli.main`` in this process (fast); two run the real
 ``python -m tfversky`` to check the entry point, the exit codes and that no traceback leaks.
+The models carry a small plan (a 16^3 grid of 2 mm voxels), so each call takes well under a
+second; one plan-less model checks the defaults and their warning.
 """
 
+import csv
 import os
 import subprocess
 import sys
@@ -13,13 +16,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tfversky import inference, metrics, plan
 from tfversky.cli import main
-from tfversky.inference import predict_volume
 from tfversky.losses import TverskyLoss
 from tfversky.models import unet3d
-from tfversky.preprocessing import normalize_intensity
+from tfversky.preprocessing import ReferenceGrid, brain_center
 
 SHAPE = (20, 24, 28)
+GRID = ReferenceGrid((16, 16, 16), (2.0, 2.0, 2.0))
+PLAN = plan.Plan(grid=GRID, patch_size=16, overlap=0.25)
 # Keras's own saving code trips NumPy 2's copy-keyword deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -38,9 +43,21 @@ def _write_scan(path, data, affine=None):
     return str(path)
 
 
-def _save_model(path, **kwargs):
+def _save_model(path, model_plan=PLAN, **kwargs):
     model = unet3d(**{"base_filters": 2, "depth": 2, **kwargs})
     model.compile(optimizer="adam", loss=TverskyLoss(0.3, 0.7))
+    (model if model_plan is None else plan.attach(model, model_plan)).save(path)
+    return str(path)
+
+
+def _pointwise_logits(path):
+    """A plan-less model of logits: lesion logit = FLAIR z-score - 1 (1x1x1 convolution)."""
+    inputs = keras.Input((None, None, None, 3))
+    conv = keras.layers.Conv3D(2, 1)
+    model = keras.Model(inputs, conv(inputs))
+    kernel = np.zeros((1, 1, 1, 3, 2), "float32")
+    kernel[0, 0, 0, 2, 1] = 1.0
+    conv.set_weights([kernel, np.array([0.0, -1.0], "float32")])
     model.save(path)
     return str(path)
 
@@ -56,7 +73,7 @@ def files(tmp_path_factory):
         data = np.where(brain, rng.normal(mean, 50, SHAPE), 0.0)
         paths[name] = _write_scan(folder / f"{name}.nii.gz", data)
     paths["model"] = _save_model(folder / "model.keras")
-    paths["logits_model"] = _save_model(folder / "logits.keras", final_activation=None)
+    paths["logits_model"] = _pointwise_logits(folder / "logits.keras")
     return paths
 
 
@@ -77,10 +94,9 @@ def _error(capsys, argv):
     return err
 
 
-def test_predict_writes_mask_and_probabilities_on_the_t1_grid(files, tmp_path, capsys):
+def test_predict_writes_what_segment_computes_with_the_first_scans_header(files, tmp_path):
     out, prob = tmp_path / "seg.nii.gz", tmp_path / "prob.nii"
-    assert main(_args(files, out, "--probabilities", str(prob), "--threshold", "0.4",
-                      "--patch-size", "16", "--overlap", "0.25")) == 0
+    assert main(_args(files, out, "--probabilities", str(prob), "--threshold", "0.4")) == 0
     t1 = nib.load(files["t1"])
     mask, lesion = nib.load(out), nib.load(prob)
     for image, dtype in ((mask, np.uint8), (lesion, np.float32)):
@@ -88,25 +104,37 @@ def test_predict_writes_mask_and_probabilities_on_the_t1_grid(files, tmp_path, c
         np.testing.assert_allclose(image.affine, t1.affine)
         assert (int(image.header["qform_code"]), int(image.header["sform_code"])) == (1, 2)
         assert image.header.get_zooms() == t1.header.get_zooms()
-    # Same normalisation and inference as the library calls, lesion = softmax channel 1.
-    image = np.stack([nib.load(files[m]).get_fdata() for m in ("t1", "t2", "flair")], -1)
+    # The command line is the library's one path, nothing else.
     model = keras.saving.load_model(files["model"], compile=False)
-    expected = predict_volume(model, normalize_intensity(image), patch_size=16, overlap=0.25,
-                              progress=False)[..., 1]
-    np.testing.assert_allclose(lesion.get_fdata(), expected, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(mask.dataobj), expected >= 0.4)
+    expected = inference.segment(model, {m: files[m.lower()] for m in ("T1", "T2", "FLAIR")},
+                                 threshold=0.4)
+    np.testing.assert_allclose(lesion.get_fdata(), expected.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), expected.mask)
+
+
+def test_image_flags_take_aliases_in_any_order(files, tmp_path):
+    out_a, out_b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    assert main(["predict", "--quiet", "--model", files["model"], "--out", str(out_a),
+                 "--image", f"flair={files['flair']}", "--image", f"T1w={files['t1']}",
+                 "--t2", files["t2"]]) == 0
+    assert main(_args(files, out_b)) == 0
+    np.testing.assert_array_equal(np.asarray(nib.load(out_a).dataobj),
+                                  np.asarray(nib.load(out_b).dataobj))
 
 
 def test_summary_line(files, tmp_path, capsys):
     argv = [a for a in _args(files, tmp_path / "seg.nii") if a != "--quiet"]
     assert main(argv) == 0
-    assert "lesion voxels" in capsys.readouterr().out
+    assert "1 case(s)" in capsys.readouterr().out
 
 
-def test_logits_model_needs_from_logits(files, tmp_path, capsys):
+def test_plan_less_model_warns_once_and_needs_from_logits(files, tmp_path, capsys):
     out = tmp_path / "seg.nii.gz"
-    err = _error(capsys, _args(files, out, model=files["logits_model"]))
-    assert "--from-logits" in err
+    argv = [a for a in _args(files, out, model=files["logits_model"]) if a != "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("carries no plan") == 1 and "T1, T2, FLAIR on a 128x224x256" in err
+    assert "--from-logits" in err.strip().splitlines()[-1]
     assert main(_args(files, out, "--from-logits", model=files["logits_model"])) == 0
     assert set(np.unique(nib.load(out).dataobj)) <= {0, 1}
 
@@ -121,6 +149,96 @@ def test_resample_to_first(files, tmp_path, capsys):
     assert nib.load(out).shape == SHAPE
 
 
+def test_min_lesion_size_in_mm3_uses_the_scans_voxel_size(files, tmp_path):
+    everything, large = tmp_path / "all.nii.gz", tmp_path / "large.nii.gz"
+    assert main(_args(files, everything, "--threshold", "0.3")) == 0
+    assert main(_args(files, large, "--threshold", "0.3", "--min-lesion-size", "30")) == 0
+    mask = np.asarray(nib.load(everything).dataobj) > 0
+    expected, _ = metrics.remove_small_lesions(mask, 30.0, (1.0, 1.0, 1.2))  # 25 voxels
+    np.testing.assert_array_equal(np.asarray(nib.load(large).dataobj) > 0, expected)
+
+
+def _case_folder(files, folder, cases=("case_a", "case_b")):
+    folder.mkdir()
+    for case in cases:
+        for channel, name in enumerate(("t1", "t2", "flair")):
+            os.symlink(files[name], folder / f"{case}_{channel:04d}.nii.gz")
+    return folder
+
+
+def test_folder_mode_writes_masks_and_summary(files, tmp_path, capsys):
+    images, out = _case_folder(files, tmp_path / "imagesTs"), tmp_path / "out"
+    out.mkdir()
+    assert main(["predict", "--model", files["model"], "-i", str(images), "-o", str(out),
+                 "--threshold", "0.3"]) == 0
+    assert "predict" in capsys.readouterr().err  # the progress bar over the cases
+    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+    with open(out / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case"] for row in rows] == ["case_a", "case_b"]
+    mask = np.asarray(nib.load(out / "case_a.nii.gz").dataobj) > 0
+    _, count = metrics.remove_small_lesions(mask, 0, (1, 1, 1))
+    assert int(rows[0]["lesion_count"]) == count
+    assert float(rows[0]["lesion_volume_ml"]) == pytest.approx(mask.sum() * 1.2e-3, abs=1e-4)
+    assert rows[0]["inputs"].split(";")[2].endswith("case_a_0002.nii.gz")
+
+
+def test_brain_mask_makes_an_unstripped_scan_usable(files, tmp_path, capsys):
+    """A 'head': noise everywhere around the brain. Refused; with the brain mask it gives
+    the stripped scan's mask."""
+    rng = np.random.default_rng(1)
+    brain = nib.load(files["t1"]).get_fdata() != 0
+    heads = {name: _write_scan(tmp_path / f"{name}.nii.gz", np.where(
+        brain, nib.load(files[name]).get_fdata(), rng.uniform(5, 50, SHAPE)))
+        for name in ("t1", "t2", "flair")}
+    mask_file = _write_scan(tmp_path / "brain.nii.gz", brain.astype("float32"))
+    out = tmp_path / "seg.nii.gz"
+    err = _error(capsys, _args(files, out, **heads))
+    assert "does not look skull-stripped" in err and "--brain-mask" in err
+    assert not out.exists()
+    assert main(_args(files, out, "--brain-mask", mask_file, **heads)) == 0
+    assert main(_args(files, tmp_path / "stripped.nii.gz")) == 0
+    np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj),
+                                  np.asarray(nib.load(tmp_path / "stripped.nii.gz").dataobj))
+    assert main(_args(files, tmp_path / "forced.nii.gz", "--no-skull-check", **heads)) == 0
+
+
+def test_folder_mode_brain_masks_come_from_a_folder_of_cases(files, tmp_path, capsys):
+    images, out, masks = _case_folder(files, tmp_path / "imagesTs"), tmp_path / "out", \
+        tmp_path / "masks"
+    out.mkdir()
+    masks.mkdir()
+    brain = (nib.load(files["t1"]).get_fdata() != 0).astype("float32")
+    _write_scan(masks / "case_a.nii.gz", brain)
+    argv = ["predict", "--quiet", "--model", files["model"], "-i", str(images), "-o", str(out),
+            "--brain-mask", str(masks)]
+    err = _error(capsys, argv)
+    assert "lacks case_b.nii.gz" in err and os.listdir(out) == []
+    _write_scan(masks / "case_b.nii.gz", brain)
+    assert main(argv) == 0
+    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+
+
+def test_registration_plan_places_the_grid_by_registering_the_t1(files, tmp_path, monkeypatch):
+    """The wiring only (registration itself is tested in tests/tfds_ms): the command line
+    hands segment a placement that registers the plan's T1 channel."""
+    from tfds_ms import registration
+
+    calls = []
+
+    def fake(t1, affine, grid):
+        calls.append(float(t1.max()))
+        return grid.affine(brain_center(t1, affine))
+
+    monkeypatch.setattr(registration, "registered_grid_affine", fake)
+    model = _save_model(tmp_path / "registered.keras",
+                        plan.Plan(modalities=("FLAIR", "T1", "T2"), grid=GRID, patch_size=16,
+                                  placement="registration"))
+    assert main(_args(files, tmp_path / "seg.nii.gz", model=model)) == 0
+    t1_max = float(nib.load(files["t1"]).get_fdata().max())
+    assert len(calls) == 1 and calls[0] == pytest.approx(t1_max, rel=1e-5)
+
+
 def _corrupt(path):
     path.write_bytes(b"\x1f\x8b" + b"garbage" * 20)
     return str(path)
@@ -129,20 +247,26 @@ def _corrupt(path):
 @pytest.mark.parametrize("case, expected", [
     ("missing_model", ["--model", "does not exist"]),
     ("corrupt_model", ["--model", "not a .keras archive"]),
-    ("model_not_keras", ["--model", "cannot be loaded as a Keras model"]),
-    ("missing_t2", ["T2 file", "does not exist"]),
+    ("model_not_keras", ["--model", "not a .keras archive"]),
+    ("missing_t2", ["T2 file", "does not exist", "This model takes T1, T2, FLAIR"]),
     ("corrupt_flair", ["FLAIR file", "cannot be read"]),
-    ("4d_t1", ["T1 file", "(20, 24, 28, 2)", "3D volume"]),
+    ("4d_t1", ["T1 file", "(20, 24, 28, 2)", "3D volume", "This model takes T1, T2, FLAIR"]),
+    ("nan_in_t2", ["T2 file", "NaN"]),
     ("other_shape_t2", ["T2 file", "shape (20, 24, 30) vs (20, 24, 28)",
                         "--resample-to-first"]),
+    ("missing_modality", ["expects T1, T2, FLAIR", "missing: FLAIR", "--image"]),
+    ("extra_modality", ["expects T1, T2, FLAIR", "does not take PD"]),
+    ("plan_names_missing_modality", ["expects FLAIR, T1, T2, PD", "missing: PD"]),
+    ("bad_image_name", ["Unknown modality 'T9'"]),
     ("bad_out_extension", ["--out", ".nii or .nii.gz"]),
     ("out_folder_missing", ["--out", "does not exist"]),
     ("out_is_input", ["--out", "input files"]),
     ("probabilities_is_out", ["--probabilities and --out"]),
     ("patch_not_multiple", ["patch_size", "multiple of 2", "8 or 10"]),
-    ("model_with_4_channels", ["4 input channel"]),
-    ("model_with_3_classes", ["outputs 3 channels"]),
-    ("empty_scans", ["brain mask is empty"]),
+    ("model_with_3_classes", ["outputs 3 channel"]),
+    ("empty_scans", ["all zero"]),
+    ("mask_on_other_grid", ["brain mask", "not on the scans' voxel grid"]),
+    ("folder_and_case_mixed", ["do not mix"]),
 ])
 def test_user_errors_exit_2_with_one_line(files, tmp_path, capsys, case, expected):
     out = tmp_path / "seg.nii.gz"
@@ -159,8 +283,22 @@ def test_user_errors_exit_2_with_one_line(files, tmp_path, capsys, case, expecte
         replace["flair"] = _corrupt(tmp_path / "flair.nii.gz")
     elif case == "4d_t1":
         replace["t1"] = _write_scan(tmp_path / "t1.nii.gz", np.ones((*SHAPE, 2)))
+    elif case == "nan_in_t2":
+        data = nib.load(files["t2"]).get_fdata()
+        data[5, 5, 5] = np.nan
+        replace["t2"] = _write_scan(tmp_path / "t2.nii.gz", data)
     elif case == "other_shape_t2":
         replace["t2"] = _write_scan(tmp_path / "t2.nii.gz", np.ones((20, 24, 30)))
+    elif case == "missing_modality":
+        replace["flair"] = ""
+    elif case == "extra_modality":
+        extra = ["--image", f"PD={files['t2']}"]
+    elif case == "plan_names_missing_modality":
+        model_plan = plan.Plan(modalities=("FLAIR", "T1", "T2", "PD"), grid=GRID, patch_size=16)
+        replace["model"] = _save_model(tmp_path / "m.keras", model_plan,
+                                       input_shape=(None, None, None, 4))
+    elif case == "bad_image_name":
+        extra = ["--image", f"T9={files['t2']}"]
     elif case == "bad_out_extension":
         out = tmp_path / "seg.png"
     elif case == "out_folder_missing":
@@ -171,22 +309,69 @@ def test_user_errors_exit_2_with_one_line(files, tmp_path, capsys, case, expecte
         extra = ["--probabilities", str(out)]
     elif case == "patch_not_multiple":
         extra = ["--patch-size", "9"]
-    elif case == "model_with_4_channels":
-        replace["model"] = _save_model(tmp_path / "m.keras", input_shape=(None, None, None, 4))
     elif case == "model_with_3_classes":
-        replace["model"] = _save_model(tmp_path / "m.keras", num_classes=3)
+        replace["model"] = _save_model(tmp_path / "m.keras",
+                                       plan.Plan(grid=GRID, patch_size=16,
+                                                 class_names=("a", "b", "c")), num_classes=3)
     elif case == "empty_scans":
         for flag in ("t1", "t2", "flair"):
             replace[flag] = _write_scan(tmp_path / f"{flag}.nii.gz", np.zeros(SHAPE))
-    err = _error(capsys, _args(files, out, *extra, **replace))
+    elif case == "mask_on_other_grid":
+        extra = ["--brain-mask", _write_scan(tmp_path / "mask.nii.gz", np.ones((20, 24, 30)))]
+    elif case == "folder_and_case_mixed":
+        extra = ["-i", str(tmp_path), "-o", str(tmp_path)]
+    argv = [a for a in _args(files, out, *extra, **replace)]
+    if case == "missing_modality":
+        argv = argv[:argv.index("--flair")] + argv[argv.index("--flair") + 2:]
+    err = _error(capsys, argv)
     assert err.startswith("python -m tfversky predict: error: ")
     for text in expected:
         assert text in err
     assert not os.path.exists(out) or case == "out_is_input"
 
 
+@pytest.mark.parametrize("case, expected", [
+    ("empty_folder", ["holds no CASE_XXXX.nii.gz", "_0002 = FLAIR"]),
+    ("missing_channel", ["case 'case_b' lacks case_b_0001.nii.gz (T2)"]),
+    ("extra_channel", ["case_a_0003", "takes 3 modalities"]),
+    ("stray_file", ["'notes.nii' is not named CASE_XXXX.nii.gz"]),
+    ("output_is_input", ["is the input folder"]),
+    ("bad_case_scan", ["case 'case_b'", "NaN"]),
+    ("output_missing", ["-o", "does not exist"]),
+])
+def test_folder_errors_write_nothing(files, tmp_path, capsys, case, expected):
+    images, out = tmp_path / "imagesTs", tmp_path / "out"
+    out.mkdir()
+    if case == "empty_folder":
+        images.mkdir()
+    else:
+        _case_folder(files, images)
+    if case == "missing_channel":
+        os.remove(images / "case_b_0001.nii.gz")
+    elif case == "extra_channel":
+        os.symlink(files["t1"], images / "case_a_0003.nii.gz")
+    elif case == "stray_file":
+        os.symlink(files["t1"], images / "notes.nii")
+    elif case == "output_is_input":
+        out = images
+    elif case == "bad_case_scan":
+        data = nib.load(files["t2"]).get_fdata()
+        data[0, 0, 0] = np.nan
+        os.remove(images / "case_b_0001.nii.gz")
+        _write_scan(images / "case_b_0001.nii.gz", data)
+    elif case == "output_missing":
+        out = tmp_path / "nowhere"
+    before = sorted(os.listdir(out)) if out.is_dir() else None
+    err = _error(capsys, ["predict", "--quiet", "--model", files["model"], "-i", str(images),
+                          "-o", str(out)])
+    for text in expected:
+        assert text in err
+    assert (sorted(os.listdir(out)) if out.is_dir() else None) == before
+
+
 @pytest.mark.parametrize("extra", [["--threshold", "1.5"], ["--overlap", "1"],
-                                   ["--patch-size", "8,8"], ["--batch-size", "0"]])
+                                   ["--patch-size", "8,8"], ["--batch-size", "0"],
+                                   ["--min-lesion-size", "-1"], ["--image", "T1"]])
 def test_invalid_option_values_are_argparse_errors(files, tmp_path, capsys, extra):
     with pytest.raises(SystemExit) as info:
         main(_args(files, tmp_path / "seg.nii.gz", *extra))
@@ -194,11 +379,12 @@ def test_invalid_option_values_are_argparse_errors(files, tmp_path, capsys, extr
     assert "error: argument" in capsys.readouterr().err
 
 
-def test_missing_required_flag_and_no_command(capsys):
-    for argv in (["predict", "--t1", "x.nii"], []):
-        with pytest.raises(SystemExit) as info:
-            main(argv)
-        assert info.value.code == 2
+def test_missing_inputs_and_no_command(capsys):
+    assert main(["predict", "--model", "m.keras"]) == 2
+    assert "--image NAME=FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
     assert "required" in capsys.readouterr().err
 
 
@@ -210,7 +396,7 @@ def _run_module(*argv):
 
 def test_module_entry_point(files, tmp_path):
     out = tmp_path / "seg.nii.gz"
-    result = _run_module(*_args(files, out, "--patch-size", "16"))
+    result = _run_module(*_args(files, out))
     assert result.returncode == 0, result.stderr
     assert nib.load(out).get_data_dtype() == np.uint8
 

@@ -147,3 +147,35 @@ def test_same_grid_measures_corner_displacement_in_mm():
     assert not same_grid((200, 200, 200), affine, (200, 200, 200), rotated)
     assert same_grid((10, 10, 10), affine, (10, 10, 10), rotated)  # 0.03 mm at its corners
     assert not same_grid((10, 10, 10), affine, (10, 10, 11), affine)
+
+
+def test_to_ras_is_a_lossless_reordering():
+    import nibabel as nib
+
+    from tfversky.io import to_ras
+
+    data = np.random.default_rng(0).normal(size=(4, 5, 6, 2))
+    ras_affine = np.diag([0.9, 1.1, 3.0, 1.0])
+    for codes in ("LPS", "PIR", "ASL"):
+        transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                                    nib.orientations.axcodes2ornt(codes))
+        moved = nib.orientations.apply_orientation(data, transform)
+        affine = ras_affine @ nib.orientations.inv_ornt_aff(transform, data.shape[:3])
+        back, back_affine = to_ras(moved, affine)
+        np.testing.assert_array_equal(back, data)
+        np.testing.assert_allclose(back_affine, ras_affine, atol=1e-12)
+
+
+def test_save_like_leaves_no_partial_file_on_failure(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    from tfversky.io import grid_image
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_like(np.zeros((4, 5, 6), np.uint8), grid_image((4, 5, 6), np.eye(4)),
+                  tmp_path / "mask.nii.gz")
+    assert list(tmp_path.iterdir()) == []

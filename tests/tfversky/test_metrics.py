@@ -239,3 +239,20 @@ def test_evaluator_save_and_load(rng, tmp_path):
     loaded = metrics.Evaluator.load(tmp_path / "ev.npz")
     assert loaded.threshold == 0.4 and loaded.result() == evaluator.result()
     assert (tmp_path / "ev.npz").stat().st_size < 500_000
+
+
+def test_lesion_size_in_mm3_is_converted_with_the_voxel_size():
+    from tfversky.metrics import lesion_metrics, min_lesion_voxels
+
+    truth = np.zeros((12, 12, 12), bool)
+    truth[1:3, 1:3, 1] = True                      # 4 voxels
+    truth[6:9, 6:9, 6] = True                      # 9 voxels
+    assert min_lesion_voxels(10.0, (1.0, 1.0, 3.0)) == 4
+    thick = lesion_metrics(truth, truth, min_lesion_mm3=10.0, voxel_size_mm=(1.0, 1.0, 3.0))
+    fine = lesion_metrics(truth, truth, min_lesion_mm3=10.0, voxel_size_mm=(1.0, 1.0, 1.0))
+    assert (thick["true_lesions"], fine["true_lesions"]) == (2, 0)
+    assert lesion_metrics(truth, truth, min_lesion_size=5)["true_lesions"] == 1
+    with pytest.raises(ValueError, match="needs `voxel_size_mm`"):
+        lesion_metrics(truth, truth, min_lesion_mm3=10.0)
+    with pytest.raises(ValueError, match="`min_lesion_mm3`"):
+        min_lesion_voxels(-1, (1, 1, 1))

@@ -141,3 +141,20 @@ def test_brain_outside_grid_counts_what_the_grid_crops():
         brain[:, :, :, None], affine, wide.affine(preprocessing.brain_center(brain, affine)),
         wide.shape)
     assert inside == 0.0
+
+
+def test_skull_check_refuses_heads_and_noise_and_passes_brains():
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    brain = np.zeros((120, 140, 120), np.float32)  # 180 x 210 x 180 mm field of view
+    brain[20:100, 20:120, 20:100] = 1.0            # 120 x 150 x 120 mm box: 2.2 L
+    preprocessing.check_skull_stripped(brain, affine)
+    head = brain.copy()
+    head[8:112, 8:132, 8:112] += 0.5               # skull and scalp around it: 4.5 L
+    with pytest.raises(ValueError, match="4526 mL of non-zero signal.*--brain-mask"):
+        preprocessing.check_skull_stripped(head, affine, "T1")
+    small = np.zeros((60, 60, 60), np.float32)     # a small field of view, noise outside
+    small[10:50, 10:50, 10:50] = 1.0
+    noisy = small + np.random.default_rng(0).uniform(1, 2, small.shape) * (small == 0)
+    with pytest.raises(ValueError, match="100% of the field of view's border"):
+        preprocessing.check_skull_stripped(noisy, np.eye(4))
+    preprocessing.check_skull_stripped(small, np.eye(4))
