@@ -8,6 +8,9 @@ fused loss. Where it is looked for, in order:
    in place);
 3. ``build/`` next to the package (a development build: ``cmake -S . -B build``).
 
+The op's XLA lowering (``_tfversky_xla.so``, csrc/xla) is a second library, loaded by
+``load_xla`` from the folder of the op library that loaded, with the same checks.
+
 Before loading, the TensorFlow version the library was built against (recorded in the
 library itself, see csrc/ops/build_info.cc) is compared with the running one: a library
 built for another TensorFlow can crash the process instead of raising.
@@ -60,7 +63,7 @@ def _tensorflow_version() -> str:
     return tf.__version__
 
 
-def find_library(paths=None) -> tuple[Path, dict]:
+def find_library(paths=None, *, what="fused Tversky op library") -> tuple[Path, dict]:
     """The first usable library among ``paths`` (default: ``search_paths()``) and its info.
 
     Raises:
@@ -82,14 +85,14 @@ def find_library(paths=None) -> tuple[Path, dict]:
             tried.append(f"{path}: built from tfversky {info.get('version')}, this is {__version__}")
         else:
             return path, info
-    raise FusedOpUnavailableError(_message(tried, running))
+    raise FusedOpUnavailableError(_message(tried, running, what))
 
 
-def _message(tried, running) -> str:
+def _message(tried, running, what) -> str:
     lines = "\n".join(f"  {entry}" for entry in tried) or "  (no paths)"
     return (
-        f"The fused Tversky op library is not available for tfversky {__version__} with "
-        f"TensorFlow {running}. Looked for {LIBRARY_NAME}:\n{lines}\n"
+        f"The {what} is not available for tfversky {__version__} with "
+        f"TensorFlow {running}. Looked for:\n{lines}\n"
         f"Build it against the running TensorFlow with:\n  {REBUILD_COMMAND}\n"
         f"or set {ENV_LIBRARY} to a built {LIBRARY_NAME}. implementation='tf' computes the "
         f"same loss in pure TensorFlow.")
@@ -136,3 +139,40 @@ def build_info() -> dict:
     """Build info of the loaded library, plus its ``path``. Loads it if needed."""
     load()
     return dict(_cache.info)
+
+
+# ---- the XLA lowering (csrc/xla) ----
+
+XLA_LIBRARY_NAME = "_tfversky_xla.so"
+_xla_cache = _Cache()
+
+
+def load_xla() -> dict:
+    """Loads the op's XLA lowering once, after the op library; returns its build info and path.
+
+    The library holds XLA compilation kernels of the two ops (custom calls to the same
+    kernels) and nothing to call from Python. It is looked for next to the op library that
+    loaded and checked as that one is.
+
+    Raises:
+        FusedOpUnavailableError: the op library or the lowering cannot be loaded.
+    """
+    load()
+    if _xla_cache.info is None and _xla_cache.error is None:
+        try:
+            path, info = find_library([Path(_cache.info["path"]).with_name(XLA_LIBRARY_NAME)],
+                                      what="XLA lowering of the fused op")
+            import tensorflow as tf
+
+            try:
+                tf.load_library(str(path))
+            except tf.errors.OpError as error:
+                raise FusedOpUnavailableError(
+                    f"TensorFlow could not load {path}: {error.message}\nRebuild it with:\n"
+                    f"  {REBUILD_COMMAND}") from error
+            _xla_cache.info = dict(info, path=str(path))
+        except FusedOpUnavailableError as error:
+            _xla_cache.error = error
+    if _xla_cache.error is not None:
+        raise _xla_cache.error
+    return dict(_xla_cache.info)

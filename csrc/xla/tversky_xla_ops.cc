@@ -69,6 +69,20 @@ xla::Shape RowMajor(xla::PrimitiveType type, absl::Span<const int64_t> dims) {
   return xla::ShapeUtil::MakeShapeWithDescendingLayout(type, dims);
 }
 
+// Input i's shape in this compilation. XLA compiles for static shapes; a dynamic (bounded)
+// dimension, which tf2xla makes only for ops such as tf.where or tf.unique, is refused.
+absl::StatusOr<tensorflow::TensorShape> StaticShape(XlaOpKernelContext* ctx, int i,
+                                                    const char* op) {
+  TF_ASSIGN_OR_RETURN(xla::Shape shape, ctx->InputXlaShape(i));
+  if (shape.is_dynamic()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": input ", i, " has the dynamic shape ", shape.ToString(),
+        " inside XLA; the fused op's lowering needs static shapes. Use implementation='tf' "
+        "there."));
+  }
+  return tensorflow::TensorShape(shape.dimensions());
+}
+
 // What both lowerings share: the attributes and types, read once, and the custom call.
 class FusedTverskyXlaOp : public tensorflow::XlaOpKernel {
  protected:
@@ -84,8 +98,9 @@ class FusedTverskyXlaOp : public tensorflow::XlaOpKernel {
   // The call for this compilation's (static) input shapes, checked as the TF kernels check.
   absl::Status MakeCall(XlaOpKernelContext* ctx, Call* c) const {
     *c = call_;
-    return SetSizes(op_, ctx->InputShape(0), ctx->InputShape(1), call_.labels != Labels::kDense,
-                    &c->problem);
+    TF_ASSIGN_OR_RETURN(tensorflow::TensorShape y, StaticShape(ctx, 0, op_));
+    TF_ASSIGN_OR_RETURN(tensorflow::TensorShape labels, StaticShape(ctx, 1, op_));
+    return SetSizes(op_, y, labels, call_.labels != Labels::kDense, &c->problem);
   }
 
   // One custom call on all the op's inputs, every buffer row-major.
@@ -144,10 +159,13 @@ class FusedTverskySumsGradXlaOp : public FusedTverskyXlaOp {
     Call c;
     OP_REQUIRES_OK(ctx, MakeCall(ctx, &c));
     for (int i = 2; i < 5; ++i) {
-      OP_REQUIRES_OK(ctx, CheckUpstream(op_, ctx->InputShape(i), i, c.problem));
+      absl::StatusOr<tensorflow::TensorShape> upstream = StaticShape(ctx, i, op_);
+      OP_REQUIRES_OK(ctx, upstream.status());
+      OP_REQUIRES_OK(ctx, CheckUpstream(op_, *upstream, i, c.problem));
     }
-    const tensorflow::TensorShape y = ctx->InputShape(0);
-    absl::StatusOr<xla::XlaOp> call = Emit(ctx, c, RowMajor(PrimitiveOf(c.elem), y.dim_sizes()));
+    absl::StatusOr<xla::Shape> y = ctx->InputXlaShape(0);
+    OP_REQUIRES_OK(ctx, y.status());
+    absl::StatusOr<xla::XlaOp> call = Emit(ctx, c, RowMajor(PrimitiveOf(c.elem), y->dimensions()));
     OP_REQUIRES_OK(ctx, call.status());
     ctx->SetOutput(0, *call);
   }
