@@ -7,7 +7,8 @@
 #
 # Builds only the pybind11 module (TFVERSKY_TF_OP=OFF), for this GPU's architecture
 # (CMAKE_CUDA_ARCHITECTURES=native; override with the variable), into build-gpu/, then
-# runs scripts/gpu_check.py, which writes build-gpu/gpu_check.json.
+# runs scripts/gpu_check.py, which writes build-gpu/gpu_check.json, and the check of the XLA
+# lowering's CUDA targets (build-gpu/tfversky_xla_cuda_check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +29,15 @@ cmake -S . -B "$BUILD_DIR" "${generator[@]}" \
   -DTFVERSKY_TF_OP=OFF -DTFVERSKY_CUDA="$CUDA" ${ARCHS:+-DCMAKE_CUDA_ARCHITECTURES="$ARCHS"}
 cmake --build "$BUILD_DIR" --parallel "$(nproc)"
 
-TFVERSKY_KERNELS_DIR="$BUILD_DIR" "$PYTHON" scripts/gpu_check.py --json "$BUILD_DIR/gpu_check.json" "$@"
+status=0
+TFVERSKY_KERNELS_DIR="$BUILD_DIR" "$PYTHON" scripts/gpu_check.py --json "$BUILD_DIR/gpu_check.json" "$@" \
+  || status=$?
+
+# The XLA lowering's CUDA custom-call targets, called as XLA's CUDA runtime calls them (no
+# TensorFlow here, so no XLA: csrc/xla/xla_cuda_check.cc). Built with CUDA only.
+if [[ -x "$BUILD_DIR/tfversky_xla_cuda_check" ]]; then
+  "$BUILD_DIR/tfversky_xla_cuda_check" || status=$?
+else
+  echo "xla cuda targets: not built (no CUDA in this build)"
+fi
+exit "$status"
