@@ -13,6 +13,8 @@
 #    code (CMAKE_CUDA_ARCHITECTURES=90; override with the variable), into build-gpu/.
 # 3. Runs the module's CPU tests (pytest tests/csrc), then scripts/gpu_check.py: the CUDA
 #    checks of tests/csrc/cuda_checks.py and the benchmark; its table is printed last.
+# 4. Calls the XLA lowering's CUDA custom-call targets as XLA's CUDA runtime would
+#    (build-gpu/tfversky_xla_cuda_check, csrc/xla/xla_cuda_check.cc; no TensorFlow needed).
 # Writes what ran (driver, nvcc, the machine code in the module, timings, results) to
 # $OUT/gpu_check.json when $OUT is set (the device tool's folder), else build-gpu/.
 set -euo pipefail
@@ -85,8 +87,17 @@ TFVERSKY_KERNELS_DIR="$BUILD_DIR" "$PYTHON" scripts/gpu_check.py --json "$REPORT
   --record "sass=$SASS" --record "build_seconds=$BUILD_SECONDS" \
   --record "pytest=$(tail -1 "$REPORT_DIR/pytest_tail.txt")" "$@"
 CHECKS_STATUS=$?
+
+stage "XLA lowering's CUDA targets (tfversky_xla_cuda_check)"
+XLA_STATUS=0
+if [[ -x "$BUILD_DIR/tfversky_xla_cuda_check" ]]; then
+  "$BUILD_DIR/tfversky_xla_cuda_check"
+  XLA_STATUS=$?
+else
+  echo "xla cuda targets: not built (no CUDA in this build)"
+fi
 set -e
 echo
-echo "gpu_check: $((SECONDS - START)) s in all; pytest exit $TESTS_STATUS, checks exit $CHECKS_STATUS;" \
+echo "gpu_check: $((SECONDS - START)) s in all; pytest exit $TESTS_STATUS, checks exit $CHECKS_STATUS, xla exit $XLA_STATUS;" \
      "report $REPORT_DIR/gpu_check.json"
-exit $(( TESTS_STATUS != 0 || CHECKS_STATUS != 0 ))
+exit $(( TESTS_STATUS != 0 || CHECKS_STATUS != 0 || XLA_STATUS != 0 ))

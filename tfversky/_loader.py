@@ -18,6 +18,9 @@ raising here:
 * the CUDA runtime it was built with must be supported by the installed NVIDIA driver.
 
 A library that passes but has no CUDA kernels while a GPU is visible loads with one warning.
+
+The op's XLA lowering (``_tfversky_xla.so``, csrc/xla) is a second library, loaded by
+``load_xla`` from the folder of the op library that loaded, with the same checks.
 """
 
 from __future__ import annotations
@@ -175,7 +178,7 @@ def _rejection(info: dict | None, running: str) -> str | None:
     return cuda_driver_problem(info, cuda_driver_version())
 
 
-def find_library(paths=None) -> tuple[Path, dict]:
+def find_library(paths=None, *, what="fused Tversky op library") -> tuple[Path, dict]:
     """The first usable library among ``paths`` (default: ``search_paths()``) and its info.
 
     Raises:
@@ -194,7 +197,7 @@ def find_library(paths=None) -> tuple[Path, dict]:
         if reason is None:
             return path, info
         tried.append(f"{path}: {reason}")
-    raise FusedOpUnavailableError(_message(tried, running))
+    raise FusedOpUnavailableError(_message(tried, running, what))
 
 
 def not_built_reason() -> str | None:
@@ -203,13 +206,13 @@ def not_built_reason() -> str | None:
     return note.read_text().strip() if note.is_file() else None
 
 
-def _message(tried, running) -> str:
+def _message(tried, running, what) -> str:
     lines = "\n".join(f"  {entry}" for entry in tried) or "  (no paths)"
     skipped = not_built_reason()
     skipped = f"This installation was made without the op: {skipped}\n" if skipped else ""
     return (
-        f"The fused Tversky op library is not available for tfversky {__version__} with "
-        f"TensorFlow {running}. Looked for {LIBRARY_NAME}:\n{lines}\n{skipped}"
+        f"The {what} is not available for tfversky {__version__} with "
+        f"TensorFlow {running}. Looked for:\n{lines}\n{skipped}"
         f"Build it against the running TensorFlow with:\n  {REBUILD_COMMAND}\n"
         f"or set {ENV_LIBRARY} to a built {LIBRARY_NAME}. implementation='tf' computes the "
         f"same loss in pure TensorFlow.")
@@ -267,3 +270,40 @@ def build_info() -> dict:
     """Build info of the loaded library, plus its ``path``. Loads it if needed."""
     load()
     return dict(_cache.info)
+
+
+# ---- the XLA lowering (csrc/xla) ----
+
+XLA_LIBRARY_NAME = "_tfversky_xla.so"
+_xla_cache = _Cache()
+
+
+def load_xla() -> dict:
+    """Loads the op's XLA lowering once, after the op library; returns its build info and path.
+
+    The library holds XLA compilation kernels of the two ops (custom calls to the same
+    kernels) and nothing to call from Python. It is looked for next to the op library that
+    loaded and checked as that one is.
+
+    Raises:
+        FusedOpUnavailableError: the op library or the lowering cannot be loaded.
+    """
+    load()
+    if _xla_cache.info is None and _xla_cache.error is None:
+        try:
+            path, info = find_library([Path(_cache.info["path"]).with_name(XLA_LIBRARY_NAME)],
+                                      what="XLA lowering of the fused op")
+            import tensorflow as tf
+
+            try:
+                tf.load_library(str(path))
+            except tf.errors.OpError as error:
+                raise FusedOpUnavailableError(
+                    f"TensorFlow could not load {path}: {error.message}\nRebuild it with:\n"
+                    f"  {REBUILD_COMMAND}") from error
+            _xla_cache.info = dict(info, path=str(path))
+        except FusedOpUnavailableError as error:
+            _xla_cache.error = error
+    if _xla_cache.error is not None:
+        raise _xla_cache.error
+    return dict(_xla_cache.info)

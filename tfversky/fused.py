@@ -12,11 +12,13 @@ writes dL/dy_pred, from dL/dTP, dL/dFP, dL/dFN given by TensorFlow's autodiff of
 ``loss_from_sums``. That is the closed form of DESIGN.md section 2 (the paper's Eq. 5
 without its stray factor 2), chained through the softmax or sigmoid.
 
-``implementation="auto"`` uses the op when its library loads, the class count is supported
-(1 to 64) and the code is not being compiled by XLA; otherwise the pure TensorFlow sums,
-with one warning if the library is missing. ``"fused"`` raises instead of falling back,
-except inside XLA (``jit_compile=True``, Keras's default on GPUs), which cannot compile
-custom ops: there both use the pure sums.
+``implementation="auto"`` uses the op when its library loads and the class count is
+supported (1 to 64); otherwise the pure TensorFlow sums, with one warning if the library is
+missing. ``"fused"`` raises instead of falling back. Inside XLA (``jit_compile=True``,
+Keras's default on GPUs) both ops lower to XLA custom calls of the same kernels (csrc/xla,
+loaded by ``_loader.load_xla``); where that lowering cannot load, both use the pure sums
+there, with one warning (under ``"auto"`` only when a GPU is visible, where Keras turns XLA
+on by itself).
 
 Example:
 
@@ -40,7 +42,7 @@ from tfversky import _loader
 from tfversky._loader import FusedOpUnavailableError, build_info
 
 __all__ = ["FusedOpUnavailableError", "build_info", "confusion_sums", "in_xla_context",
-           "is_available", "should_use"]
+           "is_available", "should_use", "xla_unavailable_reason"]
 
 MAX_CLASSES = 64  # kMaxClasses in csrc/kernels/tversky_math.h
 _OP_TYPE = "Tfversky>FusedTverskySums"
@@ -70,8 +72,8 @@ def is_available() -> bool:
 def in_xla_context() -> bool:
     """Whether the code being traced will be compiled by XLA (``jit_compile=True``).
 
-    XLA cannot compile custom ops, so the fused loss uses the pure sums there. This wraps
-    a private TensorFlow API (checked on TensorFlow 2.21); a test pins its behaviour.
+    There the fused ops need their XLA lowering (``xla_unavailable_reason``). This wraps a
+    private TensorFlow API (checked on TensorFlow 2.21); a test pins its behaviour.
 
     >>> import tensorflow as tf, tfversky.fused
     >>> bool(tf.function(tfversky.fused.in_xla_context, jit_compile=True)())
@@ -107,13 +109,6 @@ def should_use(implementation, labels, y_pred, *, sparse, options) -> bool:
     del labels, sparse, options  # every label layout and option is supported
     if implementation == "tf":
         return False
-    if in_xla_context():
-        if implementation == "fused":
-            _warn_once("xla", "implementation='fused' inside an XLA-compiled function "
-                              "(jit_compile=True): XLA cannot compile custom ops, so the pure "
-                              "TensorFlow sums are used there. Compile with jit_compile=False "
-                              "to run the fused op.")
-        return False
     reason = _unsupported(y_pred)
     if reason is not None:
         if implementation == "fused":
@@ -123,13 +118,42 @@ def should_use(implementation, labels, y_pred, *, sparse, options) -> bool:
         return False
     if implementation == "fused":
         _loader.load()
-        return True
-    try:
-        _loader.load()
-    except FusedOpUnavailableError as error:
-        _warn_once("missing", f"{error}\nUsing the pure TensorFlow sums (implementation='auto').")
-        return False
+    else:
+        try:
+            _loader.load()
+        except FusedOpUnavailableError as error:
+            _warn_once("missing", f"{error}\nUsing the pure TensorFlow sums "
+                                  f"(implementation='auto').")
+            return False
+    if in_xla_context():
+        reason = xla_unavailable_reason()
+        if reason is not None:
+            if implementation == "fused" or tf.config.list_physical_devices("GPU"):
+                _warn_once("xla", f"tfversky: the fused op cannot be compiled by XLA here "
+                                  f"(jit_compile=True): {reason}\nThe pure TensorFlow sums are "
+                                  f"used inside XLA; jit_compile=False runs the fused op.")
+            return False
     return True
+
+
+def xla_unavailable_reason() -> str | None:
+    """Why the fused ops cannot be compiled by XLA here, or None (loads the lowering).
+
+    With a GPU visible the lowering must have been built with CUDA: XLA may compile for
+    either device, and tells the op which only when it compiles.
+
+    >>> import tfversky.fused
+    >>> tfversky.fused.xla_unavailable_reason() is None
+    True
+    """
+    try:
+        info = _loader.load_xla()
+    except FusedOpUnavailableError as error:
+        return str(error)
+    if not info.get("cuda") and tf.config.list_physical_devices("GPU"):
+        return (f"{info['path']} was built without CUDA and a GPU is visible. Rebuild it with "
+                f"CUDA ({_loader.REBUILD_COMMAND}).")
+    return None
 
 
 def confusion_sums(labels, y_pred, *, sparse, from_logits, activation, ignore_index):

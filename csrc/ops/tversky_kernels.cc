@@ -13,6 +13,7 @@
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/framework/types.h"
 #include "tversky_kernels.h"
+#include "tversky_op_attrs.h"
 
 #if GOOGLE_CUDA
 #include "xla/stream_executor/stream.h"
@@ -54,50 +55,6 @@ const typename KernelType<T>::type* kernel_data(const Tensor& t) {
 template <class T>
 typename KernelType<T>::type* kernel_data(Tensor* t) {
   return reinterpret_cast<typename KernelType<T>::type*>(t->flat<T>().data());
-}
-
-// The attributes shared by both ops, into the problem's activation and ignore_index fields.
-absl::Status ReadAttrs(OpKernelConstruction* ctx, Problem* p) {
-  bool from_logits = false;
-  std::string activation;
-  TF_RETURN_IF_ERROR(ctx->GetAttr("from_logits", &from_logits));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("activation", &activation));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("has_ignore_index", &p->has_ignore_index));
-  TF_RETURN_IF_ERROR(ctx->GetAttr("ignore_index", &p->ignore_index));
-  p->activation = !from_logits              ? Activation::kNone
-                  : activation == "softmax" ? Activation::kSoftmax
-                                            : Activation::kSigmoid;
-  return absl::OkStatus();
-}
-
-// The problem's sizes, from the shapes at run time (the shape functions only see what is
-// static), checked.
-absl::Status SetSizes(const char* op, const Tensor& y_pred, const Tensor& labels, bool sparse,
-                      Problem* p) {
-  const TensorShape& y = y_pred.shape();
-  if (y.dims() < 3) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": y_pred must have shape (batch, *spatial, classes) with at least one spatial dim. "
-            "Received shape ",
-        y.DebugString()));
-  }
-  TensorShape expected = y;
-  if (sparse) expected.RemoveLastDims(1);
-  if (labels.shape() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": labels shape ", labels.shape().DebugString(), " does not match y_pred shape ",
-        y.DebugString(), ". Expected ", expected.DebugString(),
-        sparse ? " (class ids: y_pred's shape without the class dim)." : " (one-hot/soft)."));
-  }
-  p->batch = y.dim_size(0);
-  p->classes = y.dim_size(y.dims() - 1);
-  p->voxels = p->batch == 0 ? 0 : y.num_elements() / (p->batch * std::max<int64_t>(p->classes, 1));
-  if (const char* invalid = validate(*p)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", invalid, ". Received y_pred shape ", y.DebugString(), ".",
-        p->classes > kMaxClasses ? " Use implementation='tf' for more classes." : ""));
-  }
-  return absl::OkStatus();
 }
 
 absl::Status LabelStatus(const char* op, const LabelError& e, const Problem& p) {
@@ -142,7 +99,7 @@ class FusedTverskyOpKernel : public OpKernel {
   // The problem of y_pred (input 0) and labels (input 1), class ids if `sparse`.
   absl::Status MakeProblem(OpKernelContext* ctx, bool sparse, Problem* p) const {
     *p = attrs_;
-    return SetSizes(op_, ctx->input(0), ctx->input(1), sparse, p);
+    return SetSizes(op_, ctx->input(0).shape(), ctx->input(1).shape(), sparse, p);
   }
 
   const char* const op_;  // the op's name without namespace, for error messages
@@ -207,13 +164,8 @@ class FusedTverskySumsGradOp : public FusedTverskyOpKernel {
     const Tensor& labels = ctx->input(1);
     Problem p;
     OP_REQUIRES_OK(ctx, MakeProblem(ctx, kSparseLabels<L>, &p));
-    const TensorShape sums_shape({p.batch, p.classes});
     for (int i = 2; i < 5; ++i) {
-      OP_REQUIRES(ctx, ctx->input(i).shape() == sums_shape,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      op_, ": the upstream gradients must have shape (batch, classes) = ",
-                      sums_shape.DebugString(), ". Received ",
-                      ctx->input(i).shape().DebugString(), " for input ", i)));
+      OP_REQUIRES_OK(ctx, CheckUpstream(op_, ctx->input(i).shape(), i, p));
     }
     Tensor* grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_pred.shape(), &grad));
