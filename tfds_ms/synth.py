@@ -223,42 +223,61 @@ def _lesion_target_ml(index: int, brain_ml: float, rng) -> float:
 
 
 @dataclasses.dataclass
-class Subject:
-    """One synthetic subject on its own scan grid.
+class ScanGeometry:
+    """Where a subject's scan lies: its grid, and the rigid pose of the head in it.
 
     Attributes:
-        images: modality -> float32 volume (t1, t2, flair, pd, gado), zero outside the brain.
-        lesion: float32 soft lesion map (partial volume) in [0, 1]; a rater's mask is
-            ``lesion >= threshold`` (0.5 is the ground truth).
-        wm: float32 white-matter probability before lesions were painted.
-        affine: voxel-to-world affine of the scan grid.
-        pose: 4x4 rigid map from template (MNI) world to the scan's world: the misalignment.
-        info: geometry and lesion load, as written to ``phantom.json``.
+        affine, shape: voxel-to-world affine and shape of the scan grid.
+        pose: 4x4 rigid map from template (MNI) world to the scan's world.
+        spacing: voxel size (mm) per scan axis.
+        to_scan: resamples a template-grid volume onto the scan grid (keyword options of
+            ``tfversky.preprocessing.resample_to_grid``: linear unless ``order=0``).
     """
 
-    images: dict
-    lesion: np.ndarray
-    wm: np.ndarray
     affine: np.ndarray
+    shape: np.ndarray
     pose: np.ndarray
-    info: dict
+    spacing: np.ndarray
+    to_scan: object
+
+    def info(self, lesion: np.ndarray, brain: np.ndarray) -> dict:
+        """Lesion load and geometry of a scan, as ``phantom.json`` lists them."""
+        voxel_ml = float(np.prod(self.spacing)) / 1000
+        lesion_ml = float(lesion.sum()) * voxel_ml
+        brain_ml = float(brain.sum()) * voxel_ml
+        rotation = self.pose[:3, :3]
+        return {
+            "lesion_ml": round(lesion_ml, 3),
+            "lesion_fraction_of_brain": round(lesion_ml / brain_ml, 5),
+            "brain_ml": round(brain_ml, 1),
+            "shape": self.shape.tolist(),
+            "spacing_mm": np.round(self.spacing, 3).tolist(),
+            "axis_codes": "".join(nib.aff2axcodes(self.affine)),
+            "rotation_degrees": round(float(np.rad2deg(np.arccos(
+                np.clip((np.trace(rotation) - 1) / 2, -1, 1)))), 2),
+            "translation_mm": np.round(self.pose[:3, 3], 2).tolist(),
+        }
 
 
-def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
-    """Synthesises subject ``index`` (0-based); the same (index, seed) gives the same subject.
+def scan_geometry(anatomy: Anatomy, rng, spacing=None) -> ScanGeometry:
+    """A random scan grid (axis order, orientation) and head pose (up to 6 degrees, 8 mm).
+
+    Args:
+        anatomy: The template the subject is made on.
+        rng: The subject's NumPy generator.
+        spacing: Voxel size (mm) per scan axis; defaults to a random 0.9-1.2 x 0.9-1.2 x
+            1.0-1.5 times the anatomy's resolution.
 
     Example:
 
-    >>> subject = synthesize_subject(load_anatomy(4.0), index=0, seed=0)
-    >>> sorted(subject.images), subject.images["flair"].dtype
-    (['flair', 'gado', 'pd', 't1', 't2'], dtype('float32'))
+    >>> anatomy = load_anatomy(8.0)
+    >>> g = scan_geometry(anatomy, np.random.default_rng(0), spacing=np.array([8.0, 8, 8]))
+    >>> g.to_scan(anatomy.wm).shape == tuple(g.shape)
+    True
     """
-    rng = np.random.default_rng([seed, index])
-    lesions = _lesion_map(anatomy, rng, _lesion_target_ml(index, anatomy.brain_ml, rng))
-
-    # Scan geometry: voxel size, axis orientation, rigid pose of the head in the scanner.
-    spacing = anatomy.voxel_mm * np.concatenate([rng.uniform(0.9, 1.2, 2),
-                                                 rng.uniform(1.0, 1.5, 1)])
+    if spacing is None:
+        spacing = anatomy.voxel_mm * np.concatenate([rng.uniform(0.9, 1.2, 2),
+                                                     rng.uniform(1.0, 1.5, 1)])
     axes = rng.permutation(3)
     signs = rng.choice([-1.0, 1.0], 3)
     orientation = np.zeros((3, 3))
@@ -280,21 +299,78 @@ def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
                                                 nib.io_orientation(affine))
     source_affine = anatomy.affine @ nib.orientations.inv_ornt_aff(transform, anatomy.t1.shape)
 
-    def to_scan(volume):
+    def to_scan(volume, **options):
         volume = np.ascontiguousarray(nib.orientations.apply_orientation(volume, transform))
-        return preprocessing.resample_to_grid(volume, pose @ source_affine, affine, shape)
+        return preprocessing.resample_to_grid(volume, pose @ source_affine, affine, shape,
+                                              **options)
+
+    return ScanGeometry(affine, shape, pose, np.asarray(spacing, float), to_scan)
+
+
+def bias_field(shape, rng, strength: float) -> np.ndarray:
+    """Smooth multiplicative bias field: exp of a random quadratic over the scan.
+
+    ``strength`` is the sd of the quadratic's coefficients: 0.05 gives about +-10 %.
+
+    Example:
+
+    >>> field = bias_field((8, 9, 10), np.random.default_rng(0), 0.05)
+    >>> field.shape, bool(0.7 < field.min() <= field.max() < 1.4)
+    ((8, 9, 10), True)
+    """
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape],
+                          indexing="ij", sparse=True)
+    terms = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
+    coefficients = [float(c) for c in rng.normal(0, strength, len(terms))]
+    return np.exp(sum(c * t for c, t in zip(coefficients, terms)))
+
+
+@dataclasses.dataclass
+class Subject:
+    """One synthetic subject on its own scan grid.
+
+    Attributes:
+        images: modality -> float32 volume (t1, t2, flair, pd, gado), zero outside the brain.
+        lesion: float32 soft lesion map (partial volume) in [0, 1]; a rater's mask is
+            ``lesion >= threshold`` (0.5 is the ground truth).
+        wm: float32 white-matter probability before lesions were painted.
+        affine: voxel-to-world affine of the scan grid.
+        pose: 4x4 rigid map from template (MNI) world to the scan's world: the misalignment.
+        info: geometry and lesion load, as written to ``phantom.json``.
+        masks: rater key (``layouts.RATERS``) -> boolean mask, for phantoms whose raters
+            are simulated (``tfds_ms.realistic``); None: raters are contours of ``lesion``.
+    """
+
+    images: dict
+    lesion: np.ndarray
+    wm: np.ndarray
+    affine: np.ndarray
+    pose: np.ndarray
+    info: dict
+    masks: dict | None = None
+
+
+def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
+    """Synthesises subject ``index`` (0-based); the same (index, seed) gives the same subject.
+
+    Example:
+
+    >>> subject = synthesize_subject(load_anatomy(4.0), index=0, seed=0)
+    >>> sorted(subject.images), subject.images["flair"].dtype
+    (['flair', 'gado', 'pd', 't1', 't2'], dtype('float32'))
+    """
+    rng = np.random.default_rng([seed, index])
+    lesions = _lesion_map(anatomy, rng, _lesion_target_ml(index, anatomy.brain_ml, rng))
+
+    geometry = scan_geometry(anatomy, rng)
+    affine, shape, pose, to_scan = geometry.affine, geometry.shape, geometry.pose, geometry.to_scan
 
     t1, gm, wm, csf, lesion = map(to_scan, (anatomy.t1, anatomy.gm, anatomy.wm, anatomy.csf,
                                             lesions))
     brain = (gm + wm + csf) >= 0.5
     lesion = np.where(brain, lesion, 0)
 
-    # Smooth multiplicative bias field: exp of a random quadratic over the scan, about +-10 %.
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape],
-                          indexing="ij", sparse=True)
-    terms = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
-    coefficients = [float(c) for c in rng.normal(0, 0.05, len(terms))]
-    bias = np.exp(sum(c * t for c, t in zip(coefficients, terms)))
+    bias = bias_field(shape, rng, 0.05)
 
     # Python floats keep the arithmetic below in float32 (NumPy scalars would promote it).
     gain = float(rng.uniform(400, 900))
@@ -313,21 +389,7 @@ def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
         image += rng.standard_normal(shape, dtype=np.float32) * sigma
         images[name] = np.where(brain, np.maximum(image, 1.0), 0).astype(np.float32)
 
-    voxel_ml = float(np.prod(spacing)) / 1000
-    lesion_ml = float((lesion >= 0.5).sum()) * voxel_ml
-    brain_ml = float(brain.sum()) * voxel_ml
-    info = {
-        "index": index,
-        "lesion_ml": round(lesion_ml, 3),
-        "lesion_fraction_of_brain": round(lesion_ml / brain_ml, 5),
-        "brain_ml": round(brain_ml, 1),
-        "shape": shape.tolist(),
-        "spacing_mm": np.round(spacing, 3).tolist(),
-        "axis_codes": "".join(nib.aff2axcodes(affine)),
-        "rotation_degrees": round(float(np.rad2deg(np.arccos(
-            np.clip((np.trace(rotation) - 1) / 2, -1, 1)))), 2),
-        "translation_mm": np.round(translation, 2).tolist(),
-    }
+    info = {"index": index, **geometry.info(lesion >= 0.5, brain)}
     return Subject(images, lesion.astype(np.float32), wm, affine, pose, info)
 
 
@@ -350,7 +412,8 @@ def write_subject(subject: Subject, out, layout: str, rater_masks: bool = False)
     ISBI 2015: mprage/t2/flair/pd and two raters' masks (mask1: the lesion map's 50 %
     contour, the truth; mask2: a more generous 40 % contour). MSSEG 2016: T1/T2/FLAIR/DP/
     GADO and the consensus (50 %); with ``rater_masks``, seven raters' masks from 35 % to
-    65 %. Returns the written paths by key.
+    65 %. A subject with its own ``masks`` (simulated raters) writes those instead of
+    contours. Returns the written paths by key.
     """
     index = subject.info["index"]
     if layout == "isbi2015":
@@ -368,6 +431,10 @@ def write_subject(subject: Subject, out, layout: str, rater_masks: bool = False)
     for key, path in files.items():
         if key in subject.images:
             _save(np.round(subject.images[key]), subject.affine, path, np.int16)
+        elif subject.masks is not None:
+            if key not in subject.masks or key not in thresholds:
+                continue
+            _save(subject.masks[key], subject.affine, path, np.uint8)
         elif key in thresholds:
             _save(subject.lesion >= thresholds[key], subject.affine, path, np.uint8)
         else:
@@ -377,7 +444,8 @@ def write_subject(subject: Subject, out, layout: str, rater_masks: bool = False)
 
 
 def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0,
-               resolution: float = 1.0, rater_masks: bool = False, progress: bool = True) -> dict:
+               resolution: float = 1.0, rater_masks: bool = False, progress: bool = True,
+               make_subject=None, parameters: dict | None = None) -> dict:
     """Writes a synthetic MS dataset of ``subjects`` subjects into ``out`` in ``layout``.
 
     Args:
@@ -389,6 +457,9 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
             Defaults to 1.0; larger is faster and coarser.
         rater_masks: MSSEG layout: also write seven raters' masks. Defaults to False.
         progress: Show a progress bar. Defaults to True.
+        make_subject: ``f(anatomy, index, seed) -> Subject``, another phantom's generator
+            (``tfds_ms.realistic``). Defaults to this module's ``synthesize_subject``.
+        parameters: That phantom's own settings, added to the manifest. Defaults to None.
 
     Returns:
         The manifest also written to ``out/phantom.json``: parameters, per-subject lesion
@@ -418,7 +489,7 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
     for index in tqdm(range(subjects), desc=f"phantom ({layout})", unit="subject",
                       disable=not progress):
         tick = time.perf_counter()
-        subject = synthesize_subject(anatomy, index, seed)
+        subject = (make_subject or synthesize_subject)(anatomy, index, seed)
         written = write_subject(subject, out, layout, rater_masks)
         name = (f"training{index + 1:02d}" if layout == "isbi2015"
                 else "center{:02d}_patient{:02d}".format(*_msseg_position(index)))
@@ -427,6 +498,7 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
                         "seconds": round(time.perf_counter() - tick, 2)})
     manifest = {"layout": layout, "subjects_count": subjects, "seed": seed,
                 "resolution_mm": resolution, "rater_masks": rater_masks,
+                **(parameters or {"phantom": "easy"}),
                 "high_load_subject": records[HIGH_LOAD_SUBJECT]["subject"]
                 if subjects > HIGH_LOAD_SUBJECT else None,
                 "low_load_subject": records[LOW_LOAD_SUBJECT]["subject"]
