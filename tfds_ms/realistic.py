@@ -270,23 +270,12 @@ def _candidates(anatomy, maps, distances, masks, atrophy_mm):
 
 
 def _paint(occupancy, owner, anatomy_wm, rng, center, radii_mm, mm, lesion_id):
-    """Adds one soft ellipsoid (0.7 mm edge) owned by ``lesion_id``; returns its voxels >= 0.5."""
-    rotation = synth._random_rotation(rng, 180)
-    reach = int(np.ceil(max(radii_mm) / mm)) + 2
-    lo = np.maximum(center - reach, 0)
-    hi = np.minimum(center + reach + 1, occupancy.shape)
-    if np.any(hi <= lo):
-        return 0
-    grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
-    offset = (np.stack(grids, -1) - center) * mm @ rotation
-    radius = np.sqrt(((offset / radii_mm) ** 2).sum(-1))
-    soft = np.clip(0.5 + (1 - radius) * float(np.mean(radii_mm)) / 0.7, 0, 1)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    """Adds one soft ellipsoid (0.7 mm edge, faded outside white matter) owned by ``lesion_id``."""
+    box, soft = synth.ellipsoid_patch(occupancy.shape, center, radii_mm, mm, rng, edge_mm=0.7)
     soft = (soft * np.clip(anatomy_wm[box] / 0.5, 0, 1)).astype(np.float32)
     wins = soft > occupancy[box]
     occupancy[box] = np.where(wins, soft, occupancy[box])
     owner[box] = np.where(wins & (soft > 0.05), lesion_id, owner[box])
-    return int((soft >= 0.5).sum())
 
 
 def _lesions(anatomy, rng, maps, candidates, volumes, difficulty, lesion_contrast):

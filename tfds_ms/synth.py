@@ -168,19 +168,32 @@ def _random_rotation(rng, max_degrees) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
-def _add_ellipsoid(lesions, anatomy, rng, center, radii_mm):
-    """Paints one soft ellipsoid (edge ~1 mm of partial volume) into ``lesions`` in place."""
-    mm = anatomy.voxel_mm
+def ellipsoid_patch(shape, center, radii_mm, mm: float, rng, edge_mm: float = 1.0):
+    """A randomly oriented soft ellipsoid: (box of slices into ``shape``, values in [0, 1]).
+
+    The value is 0.5 on the surface and ramps over ``edge_mm`` (partial volume).
+
+    Example:
+
+    >>> box, soft = ellipsoid_patch((20, 20, 20), np.array([10, 10, 10]), np.array([3.0] * 3),
+    ...                             1.0, np.random.default_rng(0))
+    >>> int((soft >= 0.5).sum()) in range(100, 130)  # 4/3 pi 3^3 = 113 voxels
+    True
+    """
     rotation = _random_rotation(rng, 180)
     reach = int(np.ceil(max(radii_mm) / mm)) + 2
     lo = np.maximum(center - reach, 0)
-    hi = np.minimum(center + reach + 1, lesions.shape)
+    hi = np.minimum(center + reach + 1, shape)
     grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
     offset = (np.stack(grids, -1) - center) * mm @ rotation  # mm, in the ellipsoid's frame
     radius = np.sqrt(((offset / radii_mm) ** 2).sum(-1))  # 1 on the surface
-    edge_mm = 1.0
     soft = np.clip(0.5 + (1 - radius) * np.mean(radii_mm) / edge_mm, 0, 1)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), soft
+
+
+def _add_ellipsoid(lesions, anatomy, rng, center, radii_mm):
+    """Paints one soft ellipsoid (edge ~1 mm of partial volume) into ``lesions`` in place."""
+    box, soft = ellipsoid_patch(lesions.shape, center, radii_mm, anatomy.voxel_mm, rng)
     lesions[box] = np.maximum(lesions[box], soft * np.clip(anatomy.wm[box] / 0.6, 0, 1))
 
 
