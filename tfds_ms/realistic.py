@@ -352,10 +352,10 @@ def _render(maps, occupancy, contrast_map, nah, centre, mm):
 def _raters(lesion, owner, records, rng, voxel_mm):
     """Seven raters' masks on the scan grid and their majority-vote consensus.
 
-    Each rater draws the boundary at their own level (0.3-0.6 of the lesion map, seen
-    through a 0.6 mm blur) with a smooth jitter (+-0.08 over ~6 mm), and misses lesions by
-    their own rule: faint ones below a contrast the rater still sees (0.1-0.25), and tiny
-    ones (detection 1 - exp(-volume / 0.015 mL)). Sizes are in mm and mL, so the raters
+    Each rater draws the boundary at their own level (0.2-0.7 of the lesion map, seen
+    through a 1 mm blur: about +-0.8 mm of boundary between raters) with a smooth jitter
+    (sd 0.12 over ~8 mm), and misses lesions by their own rule: faint ones below a contrast
+    the rater still sees (0.12-0.3), and tiny ones (detection 1 - exp(-volume / 0.02 mL)). Sizes are in mm and mL, so the raters
     behave alike at every working resolution.
     """
     by_id = {r["id"]: r for r in records}
@@ -363,15 +363,15 @@ def _raters(lesion, owner, records, rng, voxel_mm):
     contrast = np.array([by_id[i]["contrast"] for i in ids])
     volume_ml = np.array([by_id[i]["voxels_scan"] for i in ids], float) * np.prod(
         voxel_mm) / 1000
-    soft = ndimage.gaussian_filter(lesion, 0.6 / np.asarray(voxel_mm))
+    soft = ndimage.gaussian_filter(lesion, 1.0 / np.asarray(voxel_mm))
     masks = []
     for _ in range(RATERS):
-        level = float(rng.uniform(0.3, 0.6))
-        jitter = _smooth_field(soft.shape, rng, 6.0 / float(np.mean(voxel_mm))) * 0.08
+        level = float(rng.uniform(0.2, 0.7))
+        jitter = _smooth_field(soft.shape, rng, 8.0 / float(np.mean(voxel_mm))) * 0.12
         drawn = soft >= np.clip(level + jitter, 0.1, 0.9)
-        seen_contrast = float(rng.uniform(0.1, 0.25))
+        seen_contrast = float(rng.uniform(0.12, 0.3))
         p_detect = 1 / (1 + np.exp(-(contrast - seen_contrast) / 0.04))
-        p_detect *= 1 - np.exp(-volume_ml / 0.015)
+        p_detect *= 1 - np.exp(-volume_ml / 0.02)
         missed = ids[rng.random(len(ids)) > p_detect]
         masks.append(drawn & ~np.isin(owner, missed))
     votes = np.sum(masks, axis=0)
