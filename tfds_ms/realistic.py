@@ -137,7 +137,6 @@ class _Regions:
     infratentorial: np.ndarray  # bool: brainstem and cerebellum (approximate MNI box)
     caps: np.ndarray  # bool: within 5 mm of the frontal and occipital horns
     septum: np.ndarray  # bool: between the lateral ventricles, at the midline
-    world: tuple  # MNI x, y, z of each axis (the template grid is axis-aligned)
 
 
 def _regions(anatomy: synth.Anatomy) -> _Regions:
@@ -162,7 +161,7 @@ def _regions(anatomy: synth.Anatomy) -> _Regions:
     return _Regions(to_ventricle.astype(np.float32),
                     (ndimage.distance_transform_edt(anatomy.gm <= 0.5) * mm).astype(np.float32),
                     (ndimage.distance_transform_edt(~sulci) * mm).astype(np.float32),
-                    np.broadcast_to(infratentorial, brain.shape).copy(), caps, septum, world)
+                    np.broadcast_to(infratentorial, brain.shape).copy(), caps, septum)
 
 
 def _bspline_weights(n: int, spacing: float) -> np.ndarray:
@@ -355,8 +354,8 @@ def _raters(lesion, owner, records, rng, voxel_mm):
     Each rater draws the boundary at their own level (0.2-0.7 of the lesion map, seen
     through a 1 mm blur: about +-0.8 mm of boundary between raters) with a smooth jitter
     (sd 0.12 over ~8 mm), and misses lesions by their own rule: faint ones below a contrast
-    the rater still sees (0.12-0.3), and tiny ones (detection 1 - exp(-volume / 0.02 mL)). Sizes are in mm and mL, so the raters
-    behave alike at every working resolution.
+    the rater still sees (0.12-0.3), and tiny ones (detection 1 - exp(-volume / 0.02 mL)).
+    Sizes are in mm and mL, so the raters behave alike at every working resolution.
     """
     by_id = {r["id"]: r for r in records}
     ids = np.array(sorted(by_id), dtype=np.int64)
