@@ -1,24 +1,30 @@
 """Reproduce the paper's Table 1 and Fig. 2: five (alpha, beta) settings, two-fold CV.
 
 Title: The alpha/beta trade-off of the Tversky loss (Salehi et al. 2017, Table 1, Fig. 2)
-Description: trains examples/train_ms.py once per setting and test fold, pools each
-    setting's test predictions over the folds (every subject is tested exactly once) and
-    writes the table and the PR curves next to the paper's numbers.
+Description: trains examples/train_ms.py once per setting, test fold and seed, pools each
+    setting's test predictions over the folds (every subject is tested exactly once), and
+    writes the table (mean +- sd over seeds), the paper's claims tested over subjects, and
+    the PR curves, next to the paper's numbers.
 
-    python examples/reproduce_table1.py                       # small CPU setting
+    python examples/reproduce_table1.py                       # CPU default: realistic phantom
     python examples/reproduce_table1.py --dataset ms_lesions/msseg2016 --manual-dir DIR \\
         --epochs 1000 --steps-per-epoch 100 --lr 1e-4 --patch-size 64    # the paper's scale
     python examples/reproduce_table1.py --dataset ms_lesions/nnunet --manual-dir DIR
     python examples/reproduce_table1.py --dataset ms_lesions/bids --manual-dir DIR \\
         --modalities FLAIR,T1w                                           # your own data
 
-Takes every flag of train_ms.py. A setting whose folds already have results in --out is not
-trained again, so an interrupted reproduction continues where it stopped.
+Takes every flag of train_ms.py, plus --settings and --seeds (runs per setting and fold,
+seeds --seed, --seed + 1, ...). A run that already has results in --out is not trained
+again, so an interrupted reproduction continues where it stopped; a folder holding runs
+made with other flags is refused (their results cannot be pooled).
 
-alpha weighs false positives, beta false negatives. Outputs in --out: table1.csv (columns
-alpha, beta, dsc, sensitivity, specificity, f2, apr, as fractions), table1.md (ours next to
-the paper's, in percent), fig2.png (PR curves: all test data, the highest- and the
-lowest-lesion-load subject), and one train_ms.py run folder per setting and fold.
+alpha weighs false positives, beta false negatives. Outputs in --out: table1.csv (alpha,
+beta, seeds, then each metric's mean and sd over seeds, as fractions), table1.md (ours next
+to the paper's, in percent; the paired comparison of every setting against Dice over
+subjects with bootstrap CIs and Holm-adjusted Wilcoxon p-values; the trend tests; one
+sentence per claim of the paper), statistics.json (the same numbers), fig2.png (PR curves
+of the first seed: all test data, the highest- and the lowest-lesion-load subject), and one
+train_ms.py run folder per seed, setting and fold (seedS/alphaA_betaB/foldK).
 """
 
 from __future__ import annotations
@@ -51,8 +57,11 @@ def build_parser():
     parser.add_argument("--settings", nargs="+", type=_setting, default=list(SETTINGS),
                         metavar="ALPHA,BETA",
                         help="the (alpha, beta) settings to train (default: the paper's five)")
-    parser.set_defaults(out="runs/table1", dataset="ms_lesions/synthetic_lowres", patch_size=32,
-                        epochs=8, steps_per_epoch=100)
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="training runs per setting and fold, with seeds --seed, --seed + 1, "
+                             "... (>= 1; mean +- sd and the tests over subjects use them all)")
+    parser.set_defaults(out="runs/table1", dataset="ms_lesions/synthetic_realistic_lowres",
+                        patch_size=32, epochs=8, steps_per_epoch=100)
     return parser
 
 
@@ -75,7 +84,8 @@ def run_setting(args, alpha: float, beta: float, out: pathlib.Path) -> list[path
             continue
         print(f"\n=== alpha={alpha} (FP), beta={beta} (FN), test fold {fold} ===")
         run_args = train_ms.build_parser().parse_args([])
-        run_args.__dict__.update({k: v for k, v in vars(args).items() if k != "settings"},
+        run_args.__dict__.update({k: v for k, v in vars(args).items()
+                                  if k not in ("settings", "seeds")},
                                  alpha=alpha, beta=beta, fold=fold, out=str(folder))
         train_ms.run(run_args)
     return folders
@@ -99,22 +109,138 @@ def pool_folds(folders):
     return evaluator, subjects, curves
 
 
-def write_table(rows, out: pathlib.Path) -> None:
+# Flags that differ between the runs of one reproduction (or do not change a result).
+PER_RUN_FLAGS = ("alpha", "beta", "fold", "out", "seed", "verbose", "settings", "seeds",
+                 "data_dir")
+
+
+def check_reproduction(args) -> None:
+    """``--seeds`` >= 1, and no run in ``--out`` made with other flags (never pool those)."""
+    if args.seeds < 1:
+        raise train_ms.UsageError(f"--seeds {args.seeds}: each setting and fold needs at least "
+                                  f"one training run; use --seeds 1 or more (3 for mean +- sd)")
+    # Compared as JSON, the way each run saved its flags.
+    expected = json.loads(json.dumps({k: v for k, v in vars(args).items()
+                                      if k not in PER_RUN_FLAGS}, default=str))
+    for path in sorted(pathlib.Path(args.out).glob("seed*/alpha*_beta*/fold*/results.json")):
+        saved = json.loads(path.read_text()).get("config", {})
+        differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} there, {v!r} now"
+                  for k, v in expected.items() if saved.get(k) != v]
+        if differ:
+            raise train_ms.UsageError(
+                f"{path.parent} holds a run made with other flags ({'; '.join(differ)}): runs "
+                f"with different flags cannot be pooled into one table. Use another --out, "
+                f"or the same flags as that run.")
+
+
+def run_all(args, out: pathlib.Path) -> dict:
+    """Trains every seed, setting and fold (seed by seed, so a partial run has whole tables).
+
+    Returns ``{(alpha, beta): {seed: [fold folders]}}``.
+    """
+    runs = {setting: {} for setting in args.settings}
+    for seed in range(args.seed, args.seed + args.seeds):
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        for alpha, beta in args.settings:
+            runs[(alpha, beta)][seed] = run_setting(seed_args, alpha, beta, out / f"seed{seed}")
+    return runs
+
+
+def summarize(runs: dict) -> tuple[dict, dict, dict]:
+    """Pools folds per seed; returns per-seed pooled metrics, subject means and Fig. 2 data.
+
+    Returns:
+        ``pooled[(alpha, beta)][metric]``: list over seeds; ``subjects[(alpha, beta)][metric]``:
+        ``{subject: mean over seeds}``; ``first[(alpha, beta)]``: the first seed's
+        (evaluator, subjects, curves) for the figure.
+    """
+    from tfversky import statistics
+    from tfversky.metrics import PAPER_METRICS
+
+    pooled, subjects, first = {}, {}, {}
+    for setting, by_seed in runs.items():
+        results = {seed: pool_folds(folders) for seed, folders in sorted(by_seed.items())}
+        first[setting] = results[min(results)]
+        pooled[setting] = {m: [r[0].result()[m] for r in results.values()]
+                           for m in PAPER_METRICS}
+        subjects[setting] = {
+            m: statistics.subject_means((s["subject"], s[m]) for _, per_subject, _ in
+                                        results.values() for s in per_subject)
+            for m in PAPER_METRICS}
+    return pooled, subjects, first
+
+
+def write_table(pooled: dict, out: pathlib.Path) -> list[str]:
+    """table1.csv (mean and sd over seeds, fractions) and the Markdown table (percent)."""
+    import numpy as np
+
     from tfversky.metrics import PAPER_METRICS as COLUMNS
+    from tfversky.statistics import format_mean_sd
 
     with open(out / "table1.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(("alpha", "beta") + COLUMNS)
-        for (alpha, beta), values in rows.items():
-            writer.writerow([alpha, beta] + [f"{values[k]:.6f}" for k in COLUMNS])
-    lines = ["| alpha, beta | " + " | ".join(f"{c} (ours / paper)" for c in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
-    for (alpha, beta), values in rows.items():
+        writer.writerow(("alpha", "beta", "seeds") + tuple(
+            name for c in COLUMNS for name in (c, f"{c}_sd")))
+        for (alpha, beta), values in pooled.items():
+            cells = []
+            for c in COLUMNS:
+                sd = np.std(values[c], ddof=1) if len(values[c]) > 1 else float("nan")
+                cells += [f"{np.mean(values[c]):.6f}", f"{sd:.6f}"]
+            writer.writerow([alpha, beta, len(values[COLUMNS[0]])] + cells)
+    lines = ["| alpha, beta | seeds | " + " | ".join(f"{c} (ours: mean +- sd / paper)"
+                                                    for c in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for (alpha, beta), values in pooled.items():
         paper = PAPER_TABLE1.get((alpha, beta), (float("nan"),) * len(COLUMNS))
-        cells = [f"{100 * values[k]:.2f} / {p:.2f}" for k, p in zip(COLUMNS, paper)]
-        lines.append(f"| {alpha}, {beta} | " + " | ".join(cells) + " |")
-    (out / "table1.md").write_text("\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines))
+        cells = [f"{format_mean_sd(values[c])} / {p:.2f}" for c, p in zip(COLUMNS, paper)]
+        lines.append(f"| {alpha}, {beta} | {len(values[COLUMNS[0]])} | " + " | ".join(cells)
+                     + " |")
+    return lines
+
+
+def write_statistics(subjects: dict, out: pathlib.Path) -> list[str]:
+    """The paired comparison against Dice, the trend tests and the claims (Markdown lines)."""
+    import dataclasses
+
+    from tfversky import statistics
+
+    lines, report = [], {"unit": "subject (each subject's metric averaged over seeds first)"}
+    if statistics.DICE in subjects and len(subjects) > 1:
+        comparisons = statistics.compare_settings(subjects)
+        lines += ["", "Each setting against Dice (0.5, 0.5), paired over subjects: mean "
+                      "difference in points, 95 % bootstrap CI over subjects, Wilcoxon "
+                      "signed-rank p, Holm-adjusted over the whole table.", "",
+                  "| alpha, beta | metric | difference | 95 % CI | Wilcoxon p | Holm p | "
+                  "subjects |", "|---|---|---|---|---|---|---|"]
+        for ((alpha, beta), metric), c in comparisons.items():
+            lines.append(f"| {alpha}, {beta} | {metric} | {100 * c.difference:+.2f} | "
+                         f"[{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}] | {c.p_value:.3g} "
+                         f"| {c.p_holm:.3g} | {c.n_subjects} |")
+        report["against_dice"] = [{"alpha": k[0], "beta": k[1], "metric": m,
+                                   **dataclasses.asdict(c)} for (k, m), c in comparisons.items()]
+    claims = statistics.paper_claims(subjects)
+    lines += ["", "The paper's claims, tested here:", ""] + [f"* {c}" for c in claims]
+    report["claims"] = claims
+    (out / "statistics.json").write_text(json.dumps(report, indent=1))
+    return lines
+
+
+def figure_panels(pooled_first: dict) -> dict:
+    """Fig. 2's three panels from each setting's first seed: all data, highest, lowest load."""
+    panels, loads = {"(a) all test data": {}}, None
+    for (alpha, beta), (evaluator, subjects, curves) in pooled_first.items():
+        label = f"alpha={alpha}, beta={beta}"
+        precision, recall, _ = evaluator.precision_recall_curve()
+        panels["(a) all test data"][label] = (precision, recall, evaluator.result()["apr"])
+        if loads is None:  # the same subjects in every setting: pick them once
+            by_load = sorted(subjects, key=lambda s: s["lesion_voxels"])
+            loads = {"(b) highest lesion load": by_load[-1]["subject"],
+                     "(c) lowest lesion load": by_load[0]["subject"]}
+        for panel, name in loads.items():
+            apr = next(s["apr"] for s in subjects if s["subject"] == name)
+            panels.setdefault(f"{panel}: {name}", {})[label] = (
+                curves[name]["precision"], curves[name]["recall"], apr)
+    return panels
 
 
 def main(argv=None) -> int:
@@ -124,29 +250,16 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     try:
         train_ms.check_args(args)
-        rows, panels = {}, {"(a) all test data": {}}
-        loads = None
-        for alpha, beta in args.settings:
-            folders = run_setting(args, alpha, beta, out)
-            evaluator, subjects, curves = pool_folds(folders)
-            rows[(alpha, beta)] = evaluator.result()
-            label = f"alpha={alpha}, beta={beta}"
-            precision, recall, _ = evaluator.precision_recall_curve()
-            panels["(a) all test data"][label] = (precision, recall, rows[(alpha, beta)]["apr"])
-            if loads is None:  # the same subjects in every setting: pick them once
-                by_load = sorted(subjects, key=lambda s: s["lesion_voxels"])
-                loads = {"(b) highest lesion load": by_load[-1]["subject"],
-                         "(c) lowest lesion load": by_load[0]["subject"]}
-            for panel, name in loads.items():
-                apr = next(s["apr"] for s in subjects if s["subject"] == name)
-                panels.setdefault(f"{panel}: {name}", {})[label] = (
-                    curves[name]["precision"], curves[name]["recall"], apr)
+        check_reproduction(args)
+        pooled, subjects, first = summarize(run_all(args, out))
     except train_ms.UsageError as error:
         print(f"reproduce_table1.py: error: {error}", file=sys.stderr)
         return 2
-    write_table(rows, out)
-    plotting.plot_pr_panels(panels, out / "fig2.png")
-    print(f"\nwritten to {out}: table1.csv, table1.md, fig2.png")
+    lines = write_table(pooled, out) + write_statistics(subjects, out)
+    (out / "table1.md").write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+    plotting.plot_pr_panels(figure_panels(first), out / "fig2.png")
+    print(f"\nwritten to {out}: table1.csv, table1.md, statistics.json, fig2.png")
     return 0
 
 

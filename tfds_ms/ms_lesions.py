@@ -8,6 +8,11 @@ Configs:
   grid (same field of view, voxels twice as large per axis), 8x less data: for CPU demos.
 * ``synthetic_tiny``: four phantom subjects on a 32x56x64 grid, built in seconds: for smoke
   tests and CI, not for judging a model.
+* ``synthetic_realistic`` / ``synthetic_realistic_lowres``: the realistic phantom of
+  ``tfds_ms.realistic`` (varied anatomy, MS lesion statistics, confounders, three centres,
+  simulated raters; labels are the raters' consensus), on the paper's grid / the 64x112x128
+  one. ``synthetic_realistic_by_centre_lowres``: 20 subjects from four centres, one fold per
+  centre, so a test fold comes from a centre training never saw.
 * ``isbi2015`` / ``isbi2015_mask2``: the ISBI 2015 training set from ``manual_dir``, with
   rater 1's (rater 2's) masks as labels.
 * ``msseg2016``: the MSSEG 2016 training set (15 subjects) from ``manual_dir``, consensus masks.
@@ -44,7 +49,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_ms import layouts, scans, synth
+from tfds_ms import layouts, realistic, scans, synth
 from tfversky import modalities as mods
 from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
@@ -127,6 +132,14 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
         register: Place the grid by rigid registration of each T1 to the MNI152 template
             (removes head rotations; needs the optional SimpleITK). Defaults to False: the
             grid is axis-aligned and centred on each brain.
+        phantom: ``"easy"`` (``tfds_ms.synth``) or ``"realistic"`` (``tfds_ms.realistic``),
+            for ``source="synthetic"``. Defaults to ``"easy"``.
+        difficulty, synth_centres: The realistic phantom's difficulty (0-1) and centres
+            (``tfds_ms.realistic.CENTRES``, five subjects each). Default 0.5 and its
+            ``DEFAULT_CENTRES``.
+        folds_by: ``"subject"`` (subject i of the sorted ids in fold i % k) or ``"centre"``
+            (MSSEG layout: one fold per centre, ``num_folds`` = the number of centres).
+            Defaults to ``"subject"``.
     """
 
     layout: str = "msseg2016"
@@ -145,6 +158,10 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
     synth_seed: int = 0
     synth_resolution: float = 1.0
     register: bool = False
+    phantom: str = "easy"
+    difficulty: float = 0.5
+    synth_centres: tuple = realistic.DEFAULT_CENTRES
+    folds_by: str = "subject"
 
     def __post_init__(self):
         if self.layout not in layouts.READERS:
@@ -160,6 +177,18 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
         if not isinstance(self.num_folds, int) or self.num_folds < 2:
             raise ValueError(f"Invalid value for argument `num_folds`: expected an integer >= 2. "
                              f"Received: num_folds={self.num_folds!r}")
+        if self.phantom not in ("easy", "realistic"):
+            raise ValueError(f"Invalid value for argument `phantom`: expected 'easy' or "
+                             f"'realistic'. Received: phantom={self.phantom!r}")
+        self.difficulty = realistic.check_difficulty(self.difficulty)
+        self.synth_centres = realistic.check_centres(self.synth_centres, "synth_centres")
+        if self.folds_by not in ("subject", "centre"):
+            raise ValueError(f"Invalid value for argument `folds_by`: expected 'subject' or "
+                             f"'centre'. Received: folds_by={self.folds_by!r}")
+        if self.folds_by == "centre" and self.layout != "msseg2016":
+            raise ValueError(f"Invalid value for argument `folds_by`: folds by centre need the "
+                             f"msseg2016 layout (its Center_0X folders); layout "
+                             f"{self.layout!r} has no centres. Received: folds_by='centre'")
         if self.source == "synthetic" and self.synth_subjects < self.num_folds:
             raise ValueError(f"Invalid value for argument `synth_subjects`: each of the "
                              f"{self.num_folds} folds needs a subject. "
@@ -270,6 +299,34 @@ def assign_folds(subjects, num_folds: int = 2) -> dict:
     return {subject: i % num_folds for i, subject in enumerate(sorted(set(subjects)))}
 
 
+def assign_centre_folds(subjects, num_folds: int) -> dict:
+    """Subject id -> fold by centre: the k-th centre (sorted) is fold k.
+
+    Raises:
+        ValueError: an id without a centre (``centerNN_...``), or a number of centres other
+            than ``num_folds``.
+
+    Example:
+
+    >>> assign_centre_folds(["center07_patient01", "center01_patient02", "center07_patient03"], 2)
+    {'center01_patient02': 0, 'center07_patient01': 1, 'center07_patient03': 1}
+    """
+    centre_of = {}
+    for subject in sorted(set(subjects)):
+        match = re.match(r"center(\d+)_", subject)
+        if match is None:
+            raise ValueError(f"Subject {subject!r} has no centre (expected an id such as "
+                             f"center01_patient02): folds by centre need the MSSEG layout.")
+        centre_of[subject] = int(match.group(1))
+    centres = sorted(set(centre_of.values()))
+    if len(centres) != num_folds:
+        raise ValueError(f"Invalid value for argument `num_folds`: folds by centre make one "
+                         f"fold per centre, and the data hold {len(centres)} centres "
+                         f"({centres}). Received: num_folds={num_folds}; set it to "
+                         f"{len(centres)}.")
+    return {subject: centres.index(c) for subject, c in centre_of.items()}
+
+
 class MsLesions(tfds.core.GeneratorBasedBuilder):
     """MS lesion segmentation: co-registered MR modalities and a lesion mask per scan.
 
@@ -299,6 +356,19 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
                         synth_subjects=4, synth_resolution=3.0,
                         description="Four phantom subjects on a 32x56x64 grid (5 x 3.6 x 3 mm "
                                     "voxels), built in seconds: for smoke tests and CI."),
+        MsLesionsConfig(name="synthetic_realistic", source="synthetic", phantom="realistic",
+                        description="Realistic MS phantom (15 subjects, 3 centres, simulated "
+                                    "raters' consensus) on the paper's 128x224x256 grid."),
+        MsLesionsConfig(name="synthetic_realistic_lowres", source="synthetic",
+                        phantom="realistic", grid=PAPER_GRID.scaled(2), synth_resolution=1.5,
+                        description="The realistic phantom on a 64x112x128 grid: for CPU runs "
+                                    "(the Table 1 reproduction's default)."),
+        MsLesionsConfig(name="synthetic_realistic_by_centre_lowres", source="synthetic",
+                        phantom="realistic", grid=PAPER_GRID.scaled(2), synth_resolution=1.5,
+                        synth_subjects=20, synth_centres=tuple(realistic.CENTRES),
+                        folds_by="centre", num_folds=4,
+                        description="20 realistic-phantom subjects from 4 centres, one fold "
+                                    "per centre (fold3: the 1.5 T legacy scanner)."),
         MsLesionsConfig(name="isbi2015", layout="isbi2015",
                         description="ISBI 2015 training scans from manual_dir, rater 1's masks."),
         MsLesionsConfig(name="isbi2015_mask2", layout="isbi2015", rater="mask2",
@@ -391,10 +461,18 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         if config.source == "manual":
             return pathlib.Path(config.manual_dir or str(dl_manager.manual_dir))
-        folder = pathlib.Path(str(dl_manager.download_dir)) / (
-            f"phantom_{config.layout}_{config.synth_subjects}subjects_seed{config.synth_seed}_"
-            f"{config.synth_resolution:g}mm" + "".join(f"_{m}" for m in config.modalities or ()))
-        if not (folder / "phantom.json").exists():  # written last: a complete phantom
+        name = (f"phantom_{config.layout}_{config.synth_subjects}subjects_seed{config.synth_seed}_"
+                f"{config.synth_resolution:g}mm" + "".join(f"_{m}" for m in config.modalities or ()))
+        if config.phantom == "realistic":
+            name += f"_realistic_d{config.difficulty:g}_" + "-".join(config.synth_centres)
+        folder = pathlib.Path(str(dl_manager.download_dir)) / name
+        if (folder / "phantom.json").exists():  # written last: a complete phantom
+            return folder
+        if config.phantom == "realistic":
+            realistic.synthesize(folder, config.synth_subjects, config.layout, config.synth_seed,
+                                 config.synth_resolution, config.difficulty,
+                                 config.synth_centres)
+        else:
             synth.synthesize(folder, config.synth_subjects, config.layout, config.synth_seed,
                              config.synth_resolution, progress=True,
                              modalities=config.channels)
@@ -420,7 +498,9 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
         if all(scan.fold is not None for scan in found):
             folds = {scan.scan_id: scan.fold for scan in found}
         else:
-            by_subject = assign_folds([scan.subject for scan in found], config.num_folds)
+            subjects = [scan.subject for scan in found]
+            assign = assign_centre_folds if config.folds_by == "centre" else assign_folds
+            by_subject = assign(subjects, config.num_folds)
             folds = {scan.scan_id: by_subject[scan.subject] for scan in found}
         if len(set(folds.values())) < config.num_folds:
             raise ValueError(f"Config {config.name}: {len({s.subject for s in found})} subjects "

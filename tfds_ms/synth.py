@@ -170,19 +170,32 @@ def _random_rotation(rng, max_degrees) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
-def _add_ellipsoid(lesions, anatomy, rng, center, radii_mm):
-    """Paints one soft ellipsoid (edge ~1 mm of partial volume) into ``lesions`` in place."""
-    mm = anatomy.voxel_mm
+def ellipsoid_patch(shape, center, radii_mm, mm: float, rng, edge_mm: float = 1.0):
+    """A randomly oriented soft ellipsoid: (box of slices into ``shape``, values in [0, 1]).
+
+    The value is 0.5 on the surface and ramps over ``edge_mm`` (partial volume).
+
+    Example:
+
+    >>> box, soft = ellipsoid_patch((20, 20, 20), np.array([10, 10, 10]), np.array([3.0] * 3),
+    ...                             1.0, np.random.default_rng(0))
+    >>> int((soft >= 0.5).sum()) in range(100, 130)  # 4/3 pi 3^3 = 113 voxels
+    True
+    """
     rotation = _random_rotation(rng, 180)
     reach = int(np.ceil(max(radii_mm) / mm)) + 2
     lo = np.maximum(center - reach, 0)
-    hi = np.minimum(center + reach + 1, lesions.shape)
+    hi = np.minimum(center + reach + 1, shape)
     grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
     offset = (np.stack(grids, -1) - center) * mm @ rotation  # mm, in the ellipsoid's frame
     radius = np.sqrt(((offset / radii_mm) ** 2).sum(-1))  # 1 on the surface
-    edge_mm = 1.0
     soft = np.clip(0.5 + (1 - radius) * np.mean(radii_mm) / edge_mm, 0, 1)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), soft
+
+
+def _add_ellipsoid(lesions, anatomy, rng, center, radii_mm):
+    """Paints one soft ellipsoid (edge ~1 mm of partial volume) into ``lesions`` in place."""
+    box, soft = ellipsoid_patch(lesions.shape, center, radii_mm, anatomy.voxel_mm, rng)
     lesions[box] = np.maximum(lesions[box], soft * np.clip(anatomy.wm[box] / 0.6, 0, 1))
 
 
@@ -225,42 +238,61 @@ def _lesion_target_ml(index: int, brain_ml: float, rng) -> float:
 
 
 @dataclasses.dataclass
-class Subject:
-    """One synthetic subject on its own scan grid.
+class ScanGeometry:
+    """Where a subject's scan lies: its grid, and the rigid pose of the head in it.
 
     Attributes:
-        images: modality -> float32 volume (t1, t2, flair, pd, gado), zero outside the brain.
-        lesion: float32 soft lesion map (partial volume) in [0, 1]; a rater's mask is
-            ``lesion >= threshold`` (0.5 is the ground truth).
-        wm: float32 white-matter probability before lesions were painted.
-        affine: voxel-to-world affine of the scan grid.
-        pose: 4x4 rigid map from template (MNI) world to the scan's world: the misalignment.
-        info: geometry and lesion load, as written to ``phantom.json``.
+        affine, shape: voxel-to-world affine and shape of the scan grid.
+        pose: 4x4 rigid map from template (MNI) world to the scan's world.
+        spacing: voxel size (mm) per scan axis.
+        to_scan: resamples a template-grid volume onto the scan grid (keyword options of
+            ``tfversky.preprocessing.resample_to_grid``: linear unless ``order=0``).
     """
 
-    images: dict
-    lesion: np.ndarray
-    wm: np.ndarray
     affine: np.ndarray
+    shape: np.ndarray
     pose: np.ndarray
-    info: dict
+    spacing: np.ndarray
+    to_scan: object
+
+    def info(self, lesion: np.ndarray, brain: np.ndarray) -> dict:
+        """Lesion load and geometry of a scan, as ``phantom.json`` lists them."""
+        voxel_ml = float(np.prod(self.spacing)) / 1000
+        lesion_ml = float(lesion.sum()) * voxel_ml
+        brain_ml = float(brain.sum()) * voxel_ml
+        rotation = self.pose[:3, :3]
+        return {
+            "lesion_ml": round(lesion_ml, 3),
+            "lesion_fraction_of_brain": round(lesion_ml / brain_ml, 5),
+            "brain_ml": round(brain_ml, 1),
+            "shape": self.shape.tolist(),
+            "spacing_mm": np.round(self.spacing, 3).tolist(),
+            "axis_codes": "".join(nib.aff2axcodes(self.affine)),
+            "rotation_degrees": round(float(np.rad2deg(np.arccos(
+                np.clip((np.trace(rotation) - 1) / 2, -1, 1)))), 2),
+            "translation_mm": np.round(self.pose[:3, 3], 2).tolist(),
+        }
 
 
-def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
-    """Synthesises subject ``index`` (0-based); the same (index, seed) gives the same subject.
+def scan_geometry(anatomy: Anatomy, rng, spacing=None) -> ScanGeometry:
+    """A random scan grid (axis order, orientation) and head pose (up to 6 degrees, 8 mm).
+
+    Args:
+        anatomy: The template the subject is made on.
+        rng: The subject's NumPy generator.
+        spacing: Voxel size (mm) per scan axis; defaults to a random 0.9-1.2 x 0.9-1.2 x
+            1.0-1.5 times the anatomy's resolution.
 
     Example:
 
-    >>> subject = synthesize_subject(load_anatomy(4.0), index=0, seed=0)
-    >>> sorted(subject.images), subject.images["flair"].dtype
-    (['flair', 'gado', 'pd', 't1', 't2'], dtype('float32'))
+    >>> anatomy = load_anatomy(8.0)
+    >>> g = scan_geometry(anatomy, np.random.default_rng(0), spacing=np.array([8.0, 8, 8]))
+    >>> g.to_scan(anatomy.wm).shape == tuple(g.shape)
+    True
     """
-    rng = np.random.default_rng([seed, index])
-    lesions = _lesion_map(anatomy, rng, _lesion_target_ml(index, anatomy.brain_ml, rng))
-
-    # Scan geometry: voxel size, axis orientation, rigid pose of the head in the scanner.
-    spacing = anatomy.voxel_mm * np.concatenate([rng.uniform(0.9, 1.2, 2),
-                                                 rng.uniform(1.0, 1.5, 1)])
+    if spacing is None:
+        spacing = anatomy.voxel_mm * np.concatenate([rng.uniform(0.9, 1.2, 2),
+                                                     rng.uniform(1.0, 1.5, 1)])
     axes = rng.permutation(3)
     signs = rng.choice([-1.0, 1.0], 3)
     orientation = np.zeros((3, 3))
@@ -282,21 +314,78 @@ def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
                                                 nib.io_orientation(affine))
     source_affine = anatomy.affine @ nib.orientations.inv_ornt_aff(transform, anatomy.t1.shape)
 
-    def to_scan(volume):
+    def to_scan(volume, **options):
         volume = np.ascontiguousarray(nib.orientations.apply_orientation(volume, transform))
-        return preprocessing.resample_to_grid(volume, pose @ source_affine, affine, shape)
+        return preprocessing.resample_to_grid(volume, pose @ source_affine, affine, shape,
+                                              **options)
+
+    return ScanGeometry(affine, shape, pose, np.asarray(spacing, float), to_scan)
+
+
+def bias_field(shape, rng, strength: float) -> np.ndarray:
+    """Smooth multiplicative bias field: exp of a random quadratic over the scan.
+
+    ``strength`` is the sd of the quadratic's coefficients: 0.05 gives about +-10 %.
+
+    Example:
+
+    >>> field = bias_field((8, 9, 10), np.random.default_rng(0), 0.05)
+    >>> field.shape, bool(0.7 < field.min() <= field.max() < 1.4)
+    ((8, 9, 10), True)
+    """
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape],
+                          indexing="ij", sparse=True)
+    terms = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
+    coefficients = [float(c) for c in rng.normal(0, strength, len(terms))]
+    return np.exp(sum(c * t for c, t in zip(coefficients, terms)))
+
+
+@dataclasses.dataclass
+class Subject:
+    """One synthetic subject on its own scan grid.
+
+    Attributes:
+        images: modality -> float32 volume (t1, t2, flair, pd, gado), zero outside the brain.
+        lesion: float32 soft lesion map (partial volume) in [0, 1]; a rater's mask is
+            ``lesion >= threshold`` (0.5 is the ground truth).
+        wm: float32 white-matter probability before lesions were painted.
+        affine: voxel-to-world affine of the scan grid.
+        pose: 4x4 rigid map from template (MNI) world to the scan's world: the misalignment.
+        info: geometry and lesion load, as written to ``phantom.json``.
+        masks: rater key (``layouts.RATERS``) -> boolean mask, for phantoms whose raters
+            are simulated (``tfds_ms.realistic``); None: raters are contours of ``lesion``.
+    """
+
+    images: dict
+    lesion: np.ndarray
+    wm: np.ndarray
+    affine: np.ndarray
+    pose: np.ndarray
+    info: dict
+    masks: dict | None = None
+
+
+def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
+    """Synthesises subject ``index`` (0-based); the same (index, seed) gives the same subject.
+
+    Example:
+
+    >>> subject = synthesize_subject(load_anatomy(4.0), index=0, seed=0)
+    >>> sorted(subject.images), subject.images["flair"].dtype
+    (['flair', 'gado', 'pd', 't1', 't2'], dtype('float32'))
+    """
+    rng = np.random.default_rng([seed, index])
+    lesions = _lesion_map(anatomy, rng, _lesion_target_ml(index, anatomy.brain_ml, rng))
+
+    geometry = scan_geometry(anatomy, rng)
+    affine, shape, pose, to_scan = geometry.affine, geometry.shape, geometry.pose, geometry.to_scan
 
     t1, gm, wm, csf, lesion = map(to_scan, (anatomy.t1, anatomy.gm, anatomy.wm, anatomy.csf,
                                             lesions))
     brain = (gm + wm + csf) >= 0.5
     lesion = np.where(brain, lesion, 0)
 
-    # Smooth multiplicative bias field: exp of a random quadratic over the scan, about +-10 %.
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape],
-                          indexing="ij", sparse=True)
-    terms = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
-    coefficients = [float(c) for c in rng.normal(0, 0.05, len(terms))]
-    bias = np.exp(sum(c * t for c, t in zip(coefficients, terms)))
+    bias = bias_field(shape, rng, 0.05)
 
     # Python floats keep the arithmetic below in float32 (NumPy scalars would promote it).
     gain = float(rng.uniform(400, 900))
@@ -315,21 +404,7 @@ def synthesize_subject(anatomy: Anatomy, index: int, seed: int = 0) -> Subject:
         image += rng.standard_normal(shape, dtype=np.float32) * sigma
         images[name] = np.where(brain, np.maximum(image, 1.0), 0).astype(np.float32)
 
-    voxel_ml = float(np.prod(spacing)) / 1000
-    lesion_ml = float((lesion >= 0.5).sum()) * voxel_ml
-    brain_ml = float(brain.sum()) * voxel_ml
-    info = {
-        "index": index,
-        "lesion_ml": round(lesion_ml, 3),
-        "lesion_fraction_of_brain": round(lesion_ml / brain_ml, 5),
-        "brain_ml": round(brain_ml, 1),
-        "shape": shape.tolist(),
-        "spacing_mm": np.round(spacing, 3).tolist(),
-        "axis_codes": "".join(nib.aff2axcodes(affine)),
-        "rotation_degrees": round(float(np.rad2deg(np.arccos(
-            np.clip((np.trace(rotation) - 1) / 2, -1, 1)))), 2),
-        "translation_mm": np.round(translation, 2).tolist(),
-    }
+    info = {"index": index, **geometry.info(lesion >= 0.5, brain)}
     return Subject(images, lesion.astype(np.float32), wm, affine, pose, info)
 
 
@@ -401,7 +476,9 @@ def write_subject(subject: Subject, out, layout: str, rater_masks: bool = False,
     65 %. nnU-Net: ``imagesTr/MS_00N_000K`` for each of ``modalities`` and
     ``labelsTr/MS_00N`` (``folder="Ts"``: imagesTs/labelsTs). BIDS: ``sub-0N/ses-01/anat``
     images by BIDS suffix, the mask in ``derivatives/lesions``. ``axcodes`` stores the
-    voxels in another axis order (e.g. ``"PIR"``). Returns the written paths by key.
+    voxels in another axis order (e.g. ``"PIR"``). A subject with its own ``masks``
+    (simulated raters) writes those instead of contours (its consensus as the nnU-Net/BIDS
+    label). Returns the written paths by key.
     """
     index = subject.info["index"]
     if layout not in LAYOUTS:
@@ -414,8 +491,15 @@ def write_subject(subject: Subject, out, layout: str, rater_masks: bool = False,
         thresholds.update({str(k): 0.35 + 0.05 * (k - 1) for k in range(1, 8)})
     written = {}
     for key, path in files.items():
-        if key in _PHANTOM_IMAGES and (layout in ("isbi2015", "msseg2016") or key in modalities):
-            volume, dtype = np.round(subject.images[_PHANTOM_IMAGES[key]]), np.int16
+        image_key = _PHANTOM_IMAGES.get(key)
+        if image_key in subject.images and (layout in ("isbi2015", "msseg2016")
+                                            or key in modalities):
+            volume, dtype = np.round(subject.images[image_key]), np.int16
+        elif subject.masks is not None:
+            mask_key = "consensus" if key in ("label", "mask") else key
+            if mask_key not in subject.masks or key not in thresholds:
+                continue
+            volume, dtype = subject.masks[mask_key], np.uint8
         elif key in thresholds:
             volume, dtype = subject.lesion >= thresholds[key], np.uint8
         else:
@@ -468,7 +552,8 @@ def _unused_axcodes(taken) -> list[str]:
 
 def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0,
                resolution: float = 1.0, rater_masks: bool = False, progress: bool = True,
-               modalities=None, test_subjects: int = 0) -> dict:
+               modalities=None, test_subjects: int = 0, make_subject=None,
+               parameters: dict | None = None) -> dict:
     """Writes a synthetic MS dataset of ``subjects`` subjects into ``out`` in ``layout``.
 
     Args:
@@ -486,6 +571,9 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
         test_subjects: nnunet: further subjects written to imagesTs/ (and their masks to
             labelsTs/), each stored in an axis order that no training scan has (each scan
             also has its own voxel size). Defaults to 0.
+        make_subject: ``f(anatomy, index, seed) -> Subject``, another phantom's generator
+            (``tfds_ms.realistic``). Defaults to this module's ``synthesize_subject``.
+        parameters: That phantom's own settings, added to the manifest. Defaults to None.
 
     Returns:
         The manifest also written to ``out/phantom.json``: parameters, per-subject lesion
@@ -521,7 +609,7 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
     for index in tqdm(range(subjects + test_subjects), desc=f"phantom ({layout})",
                       unit="subject", disable=not progress):
         tick = time.perf_counter()
-        subject = synthesize_subject(anatomy, index, seed)
+        subject = (make_subject or synthesize_subject)(anatomy, index, seed)
         is_test = index >= subjects
         axcodes = _unused_axcodes(taken)[0] if is_test else None
         written = write_subject(subject, out, layout, rater_masks, chosen,
@@ -535,7 +623,7 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
     _write_dataset_files(out, layout, chosen, subjects, test_subjects)
     manifest = {"layout": layout, "subjects_count": subjects, "seed": seed,
                 "resolution_mm": resolution, "rater_masks": rater_masks,
-                "modalities": list(chosen),
+                "modalities": list(chosen), **(parameters or {"phantom": "easy"}),
                 "high_load_subject": records[HIGH_LOAD_SUBJECT]["subject"]
                 if subjects > HIGH_LOAD_SUBJECT else None,
                 "low_load_subject": records[LOW_LOAD_SUBJECT]["subject"]
