@@ -2,11 +2,15 @@
 
     python benchmarks/bench_data.py                                   # random paper-size volumes
     python benchmarks/bench_data.py --dataset ms_lesions/synthetic --data-dir ~/tensorflow_datasets
+    python benchmarks/bench_data.py --augment none default all     # one row each, one process
 
 Reports the time to fill the volume cache (first pass: reading and decoding every volume)
 and the steady-state rate afterwards, which is what training sees. Compare it with the
 training step's consumption: a 3D U-Net step on 2 x 64^3 patches takes ~0.8 s on a 2-core
 CPU (DESIGN.md), i.e. ~2.5 patches/s.
+
+``--augment``: ``none`` (flips only), ``default`` (``AugmentConfig()``: nnU-Net's
+probabilities) and ``all`` (every transform on every patch, the worst case).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import tensorflow as tf  # noqa: E402
 
 from tfversky import data  # noqa: E402
+from tfversky.augmentation import TRANSFORMS, AugmentConfig  # noqa: E402
+
+AUGMENT = {"none": None, "default": AugmentConfig(),
+           "all": AugmentConfig.only(*TRANSFORMS, probability=1.0)}
 
 
 def random_volumes(count: int, shape) -> tf.data.Dataset:
@@ -37,8 +45,9 @@ def random_volumes(count: int, shape) -> tf.data.Dataset:
     return tf.data.Dataset.range(count).map(make)
 
 
-def measure(volumes, count, patch_size, batch_size, batches) -> dict:
-    ds = data.patch_dataset(volumes, patch_size=patch_size, batch_size=batch_size)
+def measure(volumes, count, patch_size, batch_size, batches, augment=None) -> dict:
+    ds = data.patch_dataset(volumes, patch_size=patch_size, batch_size=batch_size,
+                            augment=augment)
     iterator = iter(ds)
     start = time.perf_counter()
     for _ in range(max(1, count // batch_size + 1)):  # every volume visited once: cache full
@@ -65,6 +74,8 @@ def main(argv=None) -> int:
     parser.add_argument("--patch-size", type=int, nargs=3, default=(64, 64, 64))
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--augment", nargs="+", choices=sorted(AUGMENT), default=["none"],
+                        help="augmentation settings to measure, one row each (default none)")
     args = parser.parse_args(argv)
 
     if args.dataset:
@@ -73,9 +84,11 @@ def main(argv=None) -> int:
     else:
         volumes, count = random_volumes(args.volumes, tuple(args.grid)), args.volumes
         source = f"random {args.volumes} x {tuple(args.grid)}"
-    result = {"source": source, "volumes": count, "cpus": os.cpu_count(),
-              **measure(volumes, count, tuple(args.patch_size), args.batch_size, args.batches)}
-    print(json.dumps(result))
+    for setting in args.augment:
+        result = {"source": source, "volumes": count, "cpus": os.cpu_count(), "augment": setting,
+                  **measure(volumes, count, tuple(args.patch_size), args.batch_size,
+                            args.batches, AUGMENT[setting])}
+        print(json.dumps(result), flush=True)
     return 0
 
 

@@ -213,7 +213,8 @@ def _rotation_matrix(angles):
 def trilinear_sample(volume, coords):
     """Trilinear interpolation of ``volume`` (D, H, W, C) at ``coords`` (N, 3) -> (N, C).
 
-    Points outside the volume read 0 (the background of normalised scans).
+    Points outside the volume read 0 (the background of normalised scans). Any dtype is
+    read (a uint8 label is gathered as uint8, not cast as a whole volume); float32 comes out.
 
     Example:
 
@@ -226,14 +227,19 @@ def trilinear_sample(volume, coords):
     base = tf.floor(coords)
     frac = coords - base
     base = tf.cast(base, tf.int32)
+    # Per axis: the two neighbours' clipped indices and weights (0 for a neighbour outside).
+    indices, weights = [], []
+    for axis in range(3):
+        low, size = base[:, axis], shape[axis]
+        pair = []
+        for index, weight in ((low, 1 - frac[:, axis]), (low + 1, frac[:, axis])):
+            inside = tf.cast((index >= 0) & (index < size), tf.float32)
+            pair.append((tf.clip_by_value(index, 0, size - 1), weight * inside))
+        indices.append(pair)
     out = 0.0
-    for offset in itertools.product((0, 1), repeat=3):
-        index = base + tf.constant(offset, tf.int32)
-        inside = tf.reduce_all((index >= 0) & (index < shape), axis=1)
-        weight = tf.reduce_prod(tf.where(tf.constant(offset) == 1, frac, 1 - frac), axis=1)
-        index = tf.clip_by_value(index, 0, shape - 1)
-        linear = (index[:, 0] * shape[1] + index[:, 1]) * shape[2] + index[:, 2]
-        out += tf.gather(flat, linear) * (weight * tf.cast(inside, weight.dtype))[:, None]
+    for (z, wz), (y, wy), (x, wx) in itertools.product(*indices):
+        values = tf.cast(tf.gather(flat, (z * shape[1] + y) * shape[2] + x), tf.float32)
+        out += values * (wz * wy * wx)[:, None]
     return out
 
 
@@ -271,7 +277,7 @@ def spatial_crop(image, label, corner, patch_size, config: AugmentConfig, seed):
         coords = centre + tf.constant(offsets) @ tf.transpose(matrix)
         image_patch = tf.reshape(trilinear_sample(image, coords),
                                  tf.concat([size, tf.shape(image)[-1:]], 0))
-        label_soft = trilinear_sample(tf.cast(label[..., None], tf.float32), coords)
+        label_soft = trilinear_sample(label[..., None], coords)
         label_patch = tf.cast(tf.reshape(label_soft, size) >= 0.5, tf.uint8)
         return image_patch, label_patch
 
