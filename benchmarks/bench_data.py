@@ -11,6 +11,10 @@ CPU (DESIGN.md), i.e. ~2.5 patches/s.
 
 ``--augment``: ``none`` (flips only), ``default`` (``AugmentConfig()``: nnU-Net's
 probabilities) and ``all`` (every transform on every patch, the worst case).
+
+``--fit-steps N`` also times N ``model.fit`` steps of train_ms.py's demo U-Net (depth 4, 8
+base filters, instance normalisation, Tversky loss) fed by the same pipeline: there the
+augmentation competes with the step for the same cores, which is what training sees.
 """
 
 from __future__ import annotations
@@ -62,6 +66,24 @@ def measure(volumes, count, patch_size, batch_size, batches, augment=None) -> di
             "batches": batches, "batch_size": batch_size, "patch_size": list(patch_size)}
 
 
+def measure_fit(volumes, patch_size, batch_size, steps, augment=None) -> dict:
+    """Seconds per model.fit step of the demo U-Net on the pipeline (after a warm-up epoch)."""
+    import keras
+
+    import tfversky
+    from tfversky import models
+
+    keras.utils.set_random_seed(0)
+    model = models.unet3d(base_filters=8, depth=4, normalization="instance")
+    model.compile(keras.optimizers.Adam(1e-3), loss=tfversky.TverskyLoss(0.3, 0.7, batch=True))
+    ds = data.patch_dataset(volumes, patch_size=patch_size, batch_size=batch_size,
+                            augment=augment)
+    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # traces, fills the cache
+    start = time.perf_counter()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return {"fit_step_s": round((time.perf_counter() - start) / steps, 3), "fit_steps": steps}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default=None,
@@ -74,6 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--patch-size", type=int, nargs=3, default=(64, 64, 64))
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--fit-steps", type=int, default=0,
+                        help="also time this many model.fit steps on the pipeline (default 0)")
     parser.add_argument("--augment", nargs="+", choices=sorted(AUGMENT), default=["none"],
                         help="augmentation settings to measure, one row each (default none)")
     args = parser.parse_args(argv)
@@ -88,6 +112,9 @@ def main(argv=None) -> int:
         result = {"source": source, "volumes": count, "cpus": os.cpu_count(), "augment": setting,
                   **measure(volumes, count, tuple(args.patch_size), args.batch_size,
                             args.batches, AUGMENT[setting])}
+        if args.fit_steps:
+            result.update(measure_fit(volumes, tuple(args.patch_size), args.batch_size,
+                                      args.fit_steps, AUGMENT[setting]))
         print(json.dumps(result), flush=True)
     return 0
 
