@@ -3,7 +3,6 @@
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import textwrap
@@ -259,16 +258,6 @@ def test_callback_volume_errors(tmp_path):
                                       "label": np.zeros((4, 4))}], tmp_path)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 WORKER = textwrap.dedent("""
     import json, os, sys
     import keras, numpy as np, tensorflow as tf
@@ -302,10 +291,10 @@ WORKER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_multi_worker_decisions_follow_the_chief(tmp_path):
+def test_multi_worker_decisions_follow_the_chief(tmp_path, free_ports):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(root=str(ROOT), tests=str(ROOT / "tests" / "tfversky")))
-    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    workers = [f"localhost:{port}" for port in free_ports(2)]
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     processes = []
     for index in range(2):
