@@ -57,12 +57,14 @@ def measure(volumes, count, patch_size, batch_size, batches, augment=None) -> di
     for _ in range(max(1, count // batch_size + 1)):  # every volume visited once: cache full
         next(iterator)
     warm = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(iterator)
-    steady = time.perf_counter() - start
+    steady, cpu = time.perf_counter() - start, time.process_time() - cpu
+    # CPU seconds (all threads) per patch: less sensitive than wall time to other jobs' load.
     return {"cache_fill_s": round(warm, 2),
             "patches_per_s": round(batches * batch_size / steady, 1),
+            "cpu_s_per_patch": round(cpu / (batches * batch_size), 4),
             "batches": batches, "batch_size": batch_size, "patch_size": list(patch_size)}
 
 
@@ -79,9 +81,11 @@ def measure_fit(volumes, patch_size, batch_size, steps, augment=None) -> dict:
     ds = data.patch_dataset(volumes, patch_size=patch_size, batch_size=batch_size,
                             augment=augment)
     model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # traces, fills the cache
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    return {"fit_step_s": round((time.perf_counter() - start) / steps, 3), "fit_steps": steps}
+    return {"fit_step_s": round((time.perf_counter() - start) / steps, 3),
+            "fit_cpu_s_per_step": round((time.process_time() - cpu) / steps, 3),
+            "fit_steps": steps}
 
 
 def main(argv=None) -> int:

@@ -53,6 +53,9 @@ class AugmentConfig:
     Args:
         rotation, rotation_p, rotation_degrees: Rotation about each of the three axes by an
             angle in [-rotation_degrees, rotation_degrees]. Defaults to True, 0.2, 15.
+        voxel_spacing: The grid's voxel size (any unit), so that rotations are rigid in
+            space on an anisotropic grid (e.g. ``ms_lesions/synthetic_lowres``'s
+            (2.5, 1.8, 1.5) mm). Defaults to (1, 1, 1).
         scaling, scaling_p, scaling_range: Isotropic zoom by a factor in the range (> 1
             enlarges structures). Defaults to True, 0.2, (0.85, 1.15).
         gamma, gamma_p, gamma_range: Per channel, intensities mapped to [0, 1] over the
@@ -88,6 +91,7 @@ class AugmentConfig:
     rotation: bool = True
     rotation_p: float = 0.2
     rotation_degrees: float = 15.0
+    voxel_spacing: tuple = (1.0, 1.0, 1.0)
     scaling: bool = True
     scaling_p: float = 0.2
     scaling_range: tuple = (0.85, 1.15)
@@ -129,6 +133,15 @@ class AugmentConfig:
             raise ValueError(
                 f"Invalid value for argument `bias_field_strength`: expected a finite number "
                 f">= 0 (e.g. 0.3). Received: bias_field_strength={self.bias_field_strength!r}")
+        try:
+            spacing = tuple(float(v) for v in self.voxel_spacing)
+        except (TypeError, ValueError):
+            spacing = ()
+        if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
+            raise ValueError(
+                f"Invalid value for argument `voxel_spacing`: expected 3 finite sizes > 0 "
+                f"(D, H, W). Received: voxel_spacing={self.voxel_spacing!r}")
+        object.__setattr__(self, "voxel_spacing", spacing)
         allowed = {"scaling_range": (1e-3, math.inf), "gamma_range": (1e-3, math.inf),
                    "brightness_range": (0, math.inf), "contrast_range": (0, math.inf),
                    "noise_std": (0, math.inf), "blur_sigma": (0, _MAX_BLUR_SIGMA),
@@ -270,7 +283,9 @@ def spatial_crop(image, label, corner, patch_size, config: AugmentConfig, seed):
         limit = math.radians(config.rotation_degrees)
         angles = tf.where(rotate, _uniform(rotate_seed, -limit, limit, [3]), tf.zeros([3]))
         zoom = tf.where(scale, _uniform(scale_seed, *config.scaling_range), 1.0)
-        matrix = _rotation_matrix(angles) / zoom
+        # Voxel offsets -> space (times the spacing), rotate, back to voxels.
+        spacing = tf.constant(config.voxel_spacing, tf.float32)
+        matrix = (_rotation_matrix(angles) * spacing[None, :] / spacing[:, None]) / zoom
         offsets = np.stack(np.meshgrid(*(np.arange(p) - (p - 1) / 2 for p in patch_size),
                                        indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
         centre = tf.cast(corner, tf.float32) + (tf.cast(size, tf.float32) - 1) / 2

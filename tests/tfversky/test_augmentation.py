@@ -1,5 +1,7 @@
 """Augmentation: deterministic per seed, labels binary and aligned, p = 0 is the identity."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -61,6 +63,21 @@ def test_rotation_and_scaling_from_the_whole_volume_keep_alignment():
     x, y = (t.numpy() for t in next(iter(ds)))
     np.testing.assert_array_equal(y, (x[..., 0] >= 0.5).astype(np.uint8))
     assert y.any()
+
+
+def test_rotation_on_an_anisotropic_grid_is_rigid_in_space():
+    """A ball of radius 5 mm on 2 x 1 x 1 mm voxels, centred on the patch, rotated 45 degrees
+    about its centre stays that ball (rotated in voxel space instead: DSC ~0.7)."""
+    grid = np.indices((12, 24, 24)).transpose(1, 2, 3, 0) * np.array([2.0, 1.0, 1.0])
+    label = ((((grid - np.array([11.0, 11.5, 11.5])) ** 2).sum(-1)) <= 25).astype(np.uint8)
+    config = dataclasses.replace(AugmentConfig.only("rotation"), rotation_degrees=45,
+                                 voxel_spacing=(2, 1, 1))
+    for index in range(3):
+        x, y = (t.numpy() for t in augmentation.augment(
+            label.astype(np.float32)[..., None], label, config,
+            augmentation.patch_seed(0, index)))
+        np.testing.assert_array_equal(y, (x[..., 0] >= 0.5).astype(np.uint8))
+        assert 2 * (y & label).sum() / (y.sum() + label.sum()) > 0.9
 
 
 def test_probability_zero_is_the_identity():
@@ -142,6 +159,7 @@ def test_low_resolution_is_piecewise_linear_along_one_axis():
     ({"blur_sigma": (0.5, 5.0)}, r"`blur_sigma`"),
     ({"low_resolution_zoom": (0.5, 2.0)}, r"`low_resolution_zoom`"),
     ({"bias_field_strength": -1}, r"`bias_field_strength`"),
+    ({"voxel_spacing": (1, 0, 1)}, r"`voxel_spacing`.*3 finite sizes > 0"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
