@@ -386,7 +386,7 @@ class ValidationCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        last = self.params.get("epochs") == epoch + 1
+        last = (self.params or {}).get("epochs") == epoch + 1
         if (epoch + 1) % self.val_every and not last:
             logs.update({name: math.nan for name in VALIDATION_METRICS})
             return
