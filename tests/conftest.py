@@ -41,3 +41,20 @@ def tiny_data_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tfds")
     tfds.builder("ms_lesions/synthetic_tiny", data_dir=str(directory)).download_and_prepare()
     return str(directory)
+
+
+@pytest.fixture
+def free_ports():
+    """``free_ports(n)``: n TCP ports free on localhost now (for local multi-worker tests)."""
+    import socket
+
+    def pick(count):
+        sockets = [socket.socket() for _ in range(count)]
+        for s in sockets:
+            s.bind(("localhost", 0))
+        ports = [s.getsockname()[1] for s in sockets]
+        for s in sockets:
+            s.close()
+        return ports
+
+    return pick

@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfversky import augmentation
+
 _SEED_SALT = 0x5EED  # separates this pipeline's random streams from other users of `seed`
 
 
@@ -104,7 +106,7 @@ def _lesion_corner(volume_shape, patch_size, voxel, uniform):
 def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_size: int = 2,
                   lesion_fraction: float = 0.5, flip_axes=(0, 1, 2), seed: int = 0,
                   repeat: bool = True, skip_batches: int = 0,
-                  num_parallel_calls=tf.data.AUTOTUNE) -> tf.data.Dataset:
+                  num_parallel_calls=tf.data.AUTOTUNE, augment=None) -> tf.data.Dataset:
     """Random training patches from whole volumes, lesion-aware, with flips.
 
     Args:
@@ -129,6 +131,9 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
             them: a resumed run (``keras.callbacks.BackupAndRestore``) then sees exactly the
             batches the uninterrupted run would have. Defaults to 0.
         num_parallel_calls: Parallelism of patch extraction. Defaults to ``tf.data.AUTOTUNE``.
+        augment: A ``tfversky.augmentation.AugmentConfig``: rotation and scaling resample
+            the patch from the whole volume, the intensity transforms follow the flips; each
+            draw is keyed by (seed, patch number) like the rest. Defaults to None (flips only).
 
     Returns:
         Dataset of ``(image, label)`` batches: float32 (B, *patch_size, C) and uint8
@@ -150,6 +155,9 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
     if not isinstance(skip_batches, (int, np.integer)) or skip_batches < 0:
         raise ValueError(f"Invalid value for argument `skip_batches`: expected an integer >= 0. "
                          f"Received: skip_batches={skip_batches!r}")
+    if augment is not None and not isinstance(augment, augmentation.AugmentConfig):
+        raise ValueError(f"Invalid value for argument `augment`: expected None or a "
+                         f"tfversky.augmentation.AugmentConfig. Received: augment={augment!r}")
     channels = volumes.element_spec["image"].shape[-1] if isinstance(
         volumes.element_spec, dict) else volumes.element_spec[0].shape[-1]
     flip_axes = sorted(set(flip_axes))
@@ -174,14 +182,22 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
             is_lesion_patch(index, lesion_fraction) & (count > 0),
             lambda: _lesion_corner(shape, size, lesions[pick], draws[1:4]),
             lambda: _random_corner(shape, size, draws[1:4]))
-        image_patch = tf.slice(image, tf.concat([corner, [0]], 0), tf.concat([size, [-1]], 0))
-        label_patch = tf.slice(label, corner, size)
+        if augment is None:
+            image_patch = tf.slice(image, tf.concat([corner, [0]], 0),
+                                   tf.concat([size, [-1]], 0))
+            label_patch = tf.slice(label, corner, size)
+        else:
+            augment_seed = augmentation.patch_seed(seed, index)
+            image_patch, label_patch = augmentation.spatial_crop(
+                image, label, corner, patch_size, augment, augment_seed)
         if flip_axes:
             flips = tf.boolean_mask(tf.constant(flip_axes), draws[4:4 + len(flip_axes)] < 0.5)
             image_patch = tf.reverse(image_patch, flips)
             label_patch = tf.reverse(label_patch, flips)
         image_patch = tf.ensure_shape(image_patch, (*patch_size, channels))
         label_patch = tf.ensure_shape(label_patch, patch_size)
+        if augment is not None:
+            image_patch = augmentation.intensity(image_patch, augment, augment_seed)
         return image_patch, label_patch
 
     cached = volumes.map(prepare, num_parallel_calls=num_parallel_calls).cache()

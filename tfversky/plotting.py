@@ -27,7 +27,7 @@ def plot_pr_curves(curves: dict, path, title: str = "Precision-recall") -> pathl
     Args:
         curves: ``{label: (precision, recall, apr)}``, e.g. from
             ``Evaluator.precision_recall_curve()`` and ``Evaluator.result()["apr"]``.
-        path: Output PNG path.
+        path: Output PNG path, or a binary file object.
         title: Figure title. Defaults to "Precision-recall".
 
     Returns:
@@ -66,11 +66,16 @@ def plot_pr_panels(panels: dict, path) -> pathlib.Path:
     return _save(fig, path)
 
 
-def _save(fig, path) -> pathlib.Path:
+def _save(fig, path):
+    """Writes the figure as PNG to a path (parents created) or a binary file object
+    (e.g. ``io.BytesIO``, for TensorBoard image summaries); returns ``path``."""
     plt = _pyplot()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    if hasattr(path, "write"):
+        fig.savefig(path, format="png")
+    else:
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
     plt.close(fig)
     return path
 
@@ -95,7 +100,7 @@ def plot_overlay(flair: np.ndarray, truth: np.ndarray, prediction: np.ndarray, p
         flair: (D, H, W) FLAIR intensities.
         truth: (D, H, W) binary lesion mask.
         prediction: (D, H, W) binary predicted mask.
-        path: Output PNG path.
+        path: Output PNG path, or a binary file object (e.g. ``io.BytesIO``).
         slices: Indices along the last axis. Defaults to the 3 slices with the most lesion.
         title: Figure title. Defaults to "".
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfversky
-from tfversky import losses
+from tfversky import fused, losses
 
 
 def reference_loss(labels, probs, alpha, beta, gamma=1.0, smooth_nr=1e-5, smooth_dr=1e-5,
@@ -185,9 +185,16 @@ def test_focal_exponent(rng):
     dict(from_logits=True, gamma=0.75, include_background=True),
     dict(from_logits=True, activation="sigmoid"),
     dict(from_logits=True, batch=True),
+    dict(ce_weight=1.0),
+    dict(ce_weight=0.7, from_logits=True),
+    dict(ce_weight=1.0, from_logits=True, activation="sigmoid"),
+    dict(ce_weight=1.0, from_logits=True, ignore_index=5, batch=True),
+    dict(class_weights=[2.0, 1.0], from_logits=True, include_background=True),
 ])
 def test_gradient_against_finite_differences(rng, options):
     labels, logits, probs = random_case(rng, shape=(2, 3, 4, 3))
+    if "ignore_index" in options:
+        labels[0, 0, :2] = options["ignore_index"]
     x = logits if options.get("from_logits") else probs
     if options.get("activation") == "sigmoid":
         x = x[..., 1:]
@@ -412,3 +419,136 @@ def test_loss_from_sums_is_shared_math():
                                   smooth_dr=1e-12, batch=False, scored_classes=slice(1, None))
     assert float(value[0]) == pytest.approx(1 - 3 / (3 + 0.3 + 1.4))
     assert not math.isnan(float(value[0]))
+
+
+# --- Tversky + cross-entropy (ce_weight) and per-class weights (class_weights) -------------
+
+def test_cross_entropy_term_against_a_hand_computation():
+    # 1 sample, 4 voxels: p(lesion) and labels; CE = mean of -log p(true class).
+    p = np.array([0.9, 0.8, 0.1, 0.3])
+    g = np.array([1, 1, 0, 0])
+    probs = np.stack([1 - p, p], -1)[None]
+    ce = -(np.log(0.9) + np.log(0.8) + np.log(0.9) + np.log(0.7)) / 4
+    tversky = 1 - 1.7 / (1.7 + 0.3 * 0.4 + 0.7 * 0.3)
+    loss = tfversky.tversky_loss(g[None], probs, 0.3, 0.7, smooth_nr=0, smooth_dr=1e-12,
+                                 ce_weight=0.5)
+    np.testing.assert_allclose(loss.numpy(), [tversky + 0.5 * ce], rtol=1e-9)
+    # The last voxel ignored: CE over the other three, Tversky without it.
+    labels = np.array([[1, 1, 0, 255]])
+    ce3 = -(np.log(0.9) + np.log(0.8) + np.log(0.9)) / 3
+    tversky3 = 1 - 1.7 / (1.7 + 0.3 * 0.1 + 0.7 * 0.3)
+    loss = tfversky.tversky_loss(labels, probs, 0.3, 0.7, smooth_nr=0, smooth_dr=1e-12,
+                                 ce_weight=2.0, ignore_index=255)
+    np.testing.assert_allclose(loss.numpy(), [tversky3 + 2.0 * ce3], rtol=1e-9)
+
+
+def test_cross_entropy_sigmoid_and_logits_agree_with_probabilities(rng):
+    labels, logits, probs = random_case(rng, shape=(2, 4, 5, 6))
+    ce = lambda **kw: losses.cross_entropy(labels, kw.pop("y"), sparse=True, ignore_index=None,
+                                           **kw).numpy()
+    np.testing.assert_allclose(ce(y=logits, from_logits=True, activation="softmax"),
+                               ce(y=probs, from_logits=False, activation="softmax"), rtol=1e-5)
+    z = logits[..., 1:] - logits[..., :1]  # sigmoid(z) is the softmax lesion probability
+    bce = -np.mean(np.where(labels == 1, np.log(probs[..., 1]), np.log(probs[..., 0])),
+                   axis=(1, 2, 3))
+    np.testing.assert_allclose(ce(y=z, from_logits=True, activation="sigmoid"), bce, rtol=1e-5)
+    np.testing.assert_allclose(ce(y=probs, from_logits=False, activation="softmax"), bce,
+                               rtol=1e-5)
+
+
+def test_cross_entropy_changes_the_gradient(rng):
+    """The CE term's gradient is checked by test_gradient_against_finite_differences."""
+    labels, logits, _ = random_case(rng, shape=(2, 3, 4, 3))
+    x = tf.constant(logits.astype(np.float64))
+
+    def gradient(ce_weight):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tfversky.tversky_loss(labels, x, from_logits=True,
+                                                       ce_weight=ce_weight))
+        return tape.gradient(loss, x).numpy()
+
+    assert not np.allclose(gradient(1.0), gradient(0.0))
+
+
+def test_class_weights_against_a_hand_computation(rng):
+    labels, _, probs = random_case(rng, shape=(2, 6, 5, 4), classes=4)
+    per_class = [reference_loss(labels, probs, 0.3, 0.7, classes=slice(c, c + 1))
+                 for c in (1, 2, 3)]
+    expected = (1 * per_class[0] + 0 * per_class[1] + 3 * per_class[2]) / 4
+    loss = tfversky.tversky_loss(labels, probs, 0.3, 0.7, class_weights=[1, 0, 3])
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+    equal = tfversky.tversky_loss(labels, probs, 0.3, 0.7, class_weights=[2, 2, 2])
+    np.testing.assert_allclose(equal, tfversky.tversky_loss(labels, probs, 0.3, 0.7), rtol=1e-6)
+    with_background = tfversky.tversky_loss(labels, probs, include_background=True,
+                                            class_weights=[0, 1, 0, 3])
+    np.testing.assert_allclose(with_background, expected, rtol=1e-5)
+
+
+@pytest.mark.skipif(not fused.is_available(), reason="fused op not built")
+@pytest.mark.parametrize("options", [
+    dict(ce_weight=1.0, from_logits=True),
+    dict(class_weights=[0.5, 1.0, 2.0], from_logits=True),
+    dict(ce_weight=0.3, class_weights=[1.0, 0.0, 2.0], batch=True),
+    dict(ce_weight=1.0, from_logits=True, activation="sigmoid", class_weights=[1, 2, 3]),
+])
+def test_pure_and_fused_sums_give_the_same_loss_and_gradient(rng, options):
+    labels, logits, probs = random_case(rng, shape=(2, 5, 6, 7), classes=4)
+    y = logits if options.get("from_logits") else probs
+    if options.get("activation") == "sigmoid":
+        y, labels = y[..., 1:], np.eye(4, dtype=np.float32)[labels][..., 1:]
+    y = tf.constant(y)
+    results = []
+    for implementation in ("tf", "fused"):
+        with tf.GradientTape() as tape:
+            tape.watch(y)
+            loss = tfversky.tversky_loss(labels, y, implementation=implementation, **options)
+            total = tf.reduce_sum(loss)
+        results.append((loss.numpy(), tape.gradient(total, y).numpy()))
+    (loss_t, grad_t), (loss_f, grad_f) = results
+    np.testing.assert_allclose(loss_f, loss_t, rtol=2e-5)
+    np.testing.assert_allclose(grad_f, grad_t, rtol=2e-5, atol=2e-5 * np.abs(grad_t).max())
+
+
+def test_new_options_serialise_and_load_with_a_model(tmp_path, rng):
+    loss = tfversky.TverskyLoss(0.3, 0.7, ce_weight=1.0, class_weights=(1, 2, 3))
+    config = loss.get_config()
+    assert config["ce_weight"] == 1.0 and config["class_weights"] == [1.0, 2.0, 3.0]
+    assert tfversky.TverskyLoss.from_config(config).get_config() == config
+    assert keras.losses.deserialize(keras.losses.serialize(loss)).get_config() == config
+    labels, _, probs = random_case(rng, classes=4)
+    np.testing.assert_allclose(
+        loss(labels, probs),
+        np.mean(tfversky.tversky_loss(labels, probs, ce_weight=1.0, class_weights=[1, 2, 3])),
+        rtol=1e-6)
+    model = keras.Sequential([keras.Input((None, None, None, 1)),
+                              keras.layers.Conv3D(4, 1, activation="softmax")])
+    model.compile(optimizer="adam", loss=loss)
+    model.fit(np.ones((1, 4, 4, 4, 1), np.float32), labels[:1, :4, :4, :4], verbose=0)
+    model.save(tmp_path / "m.keras")
+    assert keras.models.load_model(tmp_path / "m.keras").loss.get_config() == config
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(ce_weight=-1), r"`ce_weight`.*>= 0.*ce_weight=-1"),
+    (dict(ce_weight=float("inf")), "`ce_weight`"),
+    (dict(ce_weight="1"), "`ce_weight`"),
+    (dict(class_weights=[1, -1]), r"`class_weights`.*class_weights=\[1, -1\]"),
+    (dict(class_weights=[0, 0]), r"`class_weights`.*not all 0"),
+    (dict(class_weights=[]), "`class_weights`"),
+    (dict(class_weights=[[1, 2]]), "`class_weights`"),
+    (dict(class_weights=["a"]), "`class_weights`"),
+])
+def test_invalid_new_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        tfversky.TverskyLoss(**options)
+    labels, _, probs = random_case(np.random.default_rng(0))
+    with pytest.raises(ValueError, match=message):
+        tfversky.tversky_loss(labels, probs, **options)
+
+
+def test_class_weights_of_the_wrong_length_name_the_scored_classes(rng):
+    labels, _, probs = random_case(rng, classes=3)
+    with pytest.raises(ValueError, match=r"expected 2 weights, one per scored class.*"
+                                         r"include_background=True.*\[1.0, 2.0, 3.0\]"):
+        tfversky.tversky_loss(labels, probs, class_weights=[1.0, 2.0, 3.0])

@@ -1,0 +1,452 @@
+"""Training wiring: validation subjects, whole-volume validation, model selection, resume.
+
+On small medical datasets the model is chosen on a validation Dice computed over whole
+volumes (nnU-Net, the MONAI tutorials), not on the training loss. This module gives
+``model.fit`` what that takes:
+
+* ``split_subjects`` / ``split_validation``: hold validation *subjects* out of the training
+  folds (all scans of one subject on the same side), seeded;
+* ``ValidationCallback``: every ``val_every`` epochs, sliding-window inference on each
+  validation volume, the paper's metrics pooled over them (``val_dsc``, ``val_sensitivity``,
+  ``val_specificity``, ``val_f2``, ``val_apr``) added to the epoch's logs, the best model on
+  ``monitor`` saved, the last epoch saved apart, optional early stopping, TensorBoard
+  images (FLAIR overlays, the PR curve), and a JSON state file that survives a resume.
+
+Wiring (what ``tfversky train`` / ``examples/train_ms.py`` do)::
+
+    train_ids, val_ids = training.split_subjects(subject_ids, val_subjects=0.2, seed=0)
+    train_ds, val_ds = training.split_validation(volumes, val_ids)
+    validation = training.ValidationCallback(
+        data.iterate_volumes(val_ds), run_dir, val_every=5, monitor="val_dsc", patience=20)
+    model.fit(patches, epochs=..., steps_per_epoch=..., callbacks=[
+        keras.callbacks.BackupAndRestore(run_dir / "backup"),
+        validation,                       # before the loggers: they read its val_* logs
+        keras.callbacks.CSVLogger(...), keras.callbacks.TensorBoard(run_dir / "logs")])
+    validation.selected_epoch             # -> results.json; run_dir / "model.keras" is it
+
+Resume: ``BackupAndRestore`` restores the weights and the epoch, not a checkpoint
+callback's best value. ``ValidationCallback`` writes its history and best value to
+``validation.json`` after every validation and reads it back when training starts, keeping
+the entries of the epochs before the one training resumes at.
+
+Distribution: every worker validates (the model calls inside are collective under
+``MultiWorkerMirroredStrategy``), the metrics of replica 0 are broadcast to all
+(``broadcast_from_first_replica``), so every worker takes the same save / stop decision and
+none waits for a collective another skipped. Only the chief writes files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfversky import metrics, plotting
+
+VALIDATION_METRICS = ("val_dsc", "val_sensitivity", "val_specificity", "val_f2", "val_apr")
+_MODES = ("max", "min")
+STATE_FILE = "validation.json"
+
+
+# --- validation subjects ----------------------------------------------------------------------
+
+
+def split_subjects(subjects, val_subjects, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Splits subject ids into (training, validation), seeded; each id on one side only.
+
+    Args:
+        subjects: Subject ids, one per scan (repeats, e.g. a longitudinal subject's time
+            points, count once).
+        val_subjects: How many subjects validate: an int >= 1, or a fraction in (0, 1)
+            (rounded, at least 1).
+        seed: Seed of the draw. Defaults to 0.
+
+    Returns:
+        (training ids, validation ids), each sorted.
+
+    Raises:
+        ValueError: ``val_subjects`` not a positive int or a fraction in (0, 1), or more
+            validation subjects than training subjects would remain.
+
+    Example:
+
+    >>> split_subjects(["a", "b", "c", "d", "d"], 1, seed=0)
+    (['a', 'b', 'd'], ['c'])
+    >>> split_subjects(["a", "b", "c", "d"], 0.5, seed=1)
+    (['c', 'd'], ['a', 'b'])
+    """
+    unique = sorted({str(s) for s in subjects})
+    if isinstance(val_subjects, bool) or not isinstance(val_subjects, (int, float, np.number)):
+        raise ValueError(f"Invalid value for argument `val_subjects`: expected an int >= 1 or a "
+                         f"fraction in (0, 1). Received: val_subjects={val_subjects!r}")
+    if isinstance(val_subjects, (int, np.integer)):
+        count = int(val_subjects)
+        if count < 1:
+            raise ValueError(f"Invalid value for argument `val_subjects`: expected an int >= 1 "
+                             f"or a fraction in (0, 1). Received: val_subjects={val_subjects!r}")
+    else:
+        if not 0 < val_subjects < 1:
+            raise ValueError(f"Invalid value for argument `val_subjects`: a fraction must lie "
+                             f"in (0, 1). Received: val_subjects={val_subjects!r}")
+        count = max(1, round(val_subjects * len(unique)))
+    if count > len(unique) - count:
+        raise ValueError(
+            f"Invalid value for argument `val_subjects`: {count} validation subject(s) would "
+            f"leave {len(unique) - count} for training out of {len(unique)}; validation may "
+            f"not outnumber training. Use val_subjects <= {len(unique) // 2}. Received: "
+            f"val_subjects={val_subjects!r}")
+    order = np.random.default_rng(seed).permutation(len(unique))
+    validation = sorted(unique[i] for i in order[:count])
+    return sorted(set(unique) - set(validation)), validation
+
+
+def split_validation(volumes: tf.data.Dataset, val_ids) -> tuple[tf.data.Dataset,
+                                                                 tf.data.Dataset]:
+    """(training, validation) datasets of ``volumes`` by their ``subject`` feature.
+
+    Args:
+        volumes: Dataset of dicts with a string ``subject`` (e.g. a ``ms_lesions`` split).
+        val_ids: Subject ids to validate on (``split_subjects``).
+
+    Example:
+
+    >>> ds = tf.data.Dataset.from_tensor_slices({"subject": ["a", "b", "a"], "x": [1, 2, 3]})
+    >>> train, val = split_validation(ds, ["a"])
+    >>> [int(e["x"]) for e in train], [int(e["x"]) for e in val]
+    ([2], [1, 3])
+    """
+    ids = tf.constant([str(i) for i in val_ids], tf.string)
+
+    def held_out(element):
+        return tf.reduce_any(tf.equal(element["subject"], ids))
+
+    return (volumes.filter(lambda e: tf.logical_not(held_out(e))), volumes.filter(held_out))
+
+
+# --- distribution -----------------------------------------------------------------------------
+
+
+def is_chief(strategy=None) -> bool:
+    """Whether this process writes files: the chief (or worker 0 without one), else True.
+
+    Example:
+
+    >>> is_chief(tf.distribute.get_strategy())
+    True
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    return resolver.task_type in ("chief", "worker") and resolver.task_id == 0 and (
+        resolver.task_type == "chief" or "chief" not in resolver.cluster_spec().as_dict())
+
+
+def broadcast_from_first_replica(values, strategy=None) -> np.ndarray:
+    """Replica 0's float64 ``values`` on every replica and worker (a no-op without one).
+
+    An all-reduce sum in which only replica 0 contributes (NaN-safe: the others contribute
+    exact zeros, not ``0 * value``). Under ``MultiWorkerMirroredStrategy`` replica 0 lives
+    on the chief, so every worker gets the chief's numbers. Every worker must call it.
+
+    Example:
+
+    >>> broadcast_from_first_replica([0.5, float("nan")]).tolist()
+    [0.5, nan]
+    """
+    values = np.asarray(values, np.float64)
+    strategy = strategy or tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync == 1:
+        return values
+
+    def first_only():
+        context = tf.distribute.get_replica_context()
+        mine = tf.constant(values)
+        first = tf.equal(context.replica_id_in_sync_group, 0)
+        return context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                  tf.where(first, mine, tf.zeros_like(mine)))
+
+    result = strategy.run(tf.function(first_only))
+    return strategy.experimental_local_results(result)[0].numpy()
+
+
+# --- TensorBoard images -----------------------------------------------------------------------
+
+
+def _png_image(draw) -> tf.Tensor:
+    """(1, H, W, 4) uint8 image of a figure drawn by ``draw(buffer)`` (a plotting function)."""
+    buffer = io.BytesIO()
+    draw(buffer)
+    return tf.image.decode_png(buffer.getvalue(), channels=4)[None]
+
+
+# --- the callback -----------------------------------------------------------------------------
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """Whole-volume validation, model selection, early stopping and TensorBoard images.
+
+    Every ``val_every`` epochs (and at the last epoch), each validation volume is predicted
+    whole (``predict``), and the paper's metrics, pooled over all validation voxels
+    (``tfversky.metrics.Evaluator``), are added to the epoch's ``logs``
+    (``VALIDATION_METRICS``; NaN on epochs without validation, so CSV columns stay put). When
+    ``monitor`` improves, the model is saved to ``best_path``; at the end of training the
+    last model goes to ``last_path``. Put this callback *before* ``CSVLogger`` and
+    ``TensorBoard`` in ``callbacks``: they read the logs it writes.
+
+    Args:
+        volumes: Validation volumes: an iterable of dicts with ``image`` (D, H, W, M) float
+            and ``label`` (D, H, W) binary (e.g. ``tfversky.data.iterate_volumes``); read
+            once into memory. An optional ``subject`` names the overlay images.
+        run_dir: The run folder: ``best_path``, ``last_path`` and the state file
+            ``validation.json`` go there.
+        val_every: Validate every this many epochs. Defaults to 1.
+        monitor: The metric that selects the model, one of ``VALIDATION_METRICS``.
+            Defaults to ``"val_dsc"``.
+        mode: ``"max"`` or ``"min"``: which way ``monitor`` improves. Defaults to "max".
+        min_delta: An improvement must exceed this. Defaults to 0.
+        patience: Stop after this many validations without improvement. Defaults to None
+            (no early stopping).
+        predict: ``predict(model, image) -> probabilities (D, H, W, C)``. Defaults to
+            ``tfversky.inference.predict_volume`` with ``patch_size``, ``overlap``,
+            ``batch_size``.
+        patch_size, overlap, batch_size: The default predictor's sliding windows (see
+            ``predict_volume``). Default to None (the model's or 128), 0.5, 1.
+        threshold: Lesion where p >= threshold. Defaults to 0.5.
+        best_path, last_path: File names in ``run_dir``. Default to "model.keras" and
+            "last.keras".
+        tensorboard_dir: Where the image summaries go (e.g. ``run_dir / "logs" /
+            "validation"``, beside Keras's scalars). Defaults to None (no images).
+        image_volumes: How many validation volumes get an overlay image. Defaults to 1.
+        flair_channel: The FLAIR channel of ``image`` for the overlays. Defaults to -1
+            (``ms_lesions`` stacks T1, T2, FLAIR).
+
+    Attributes:
+        history: One dict per validation: ``epoch`` (1-based, as Keras prints it) and the
+            metrics.
+        best, selected_epoch: The best ``monitor`` value and its epoch (None before any).
+
+    Raises:
+        ValueError: ``monitor`` not a logged validation metric, ``mode`` not max/min,
+            ``val_every`` < 1, ``patience`` < 1, no validation volumes, or a volume without
+            ``image``/``label`` (each named with its value and the fix).
+
+    Example:
+
+    >>> import tempfile
+    >>> from tfversky.models import unet3d
+    >>> model = unet3d(base_filters=2, depth=2)
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> image = np.random.default_rng(0).normal(size=(1, 8, 8, 8, 3)).astype("float32")
+    >>> label = (image[..., 2] > 1).astype("uint8")
+    >>> validation = ValidationCallback([{"image": image[0], "label": label[0]}],
+    ...                                 tempfile.mkdtemp(), patch_size=8)
+    >>> _ = model.fit(image, label, epochs=2, verbose=0, callbacks=[validation])
+    >>> [h["epoch"] for h in validation.history], validation.selected_epoch in (1, 2)
+    ([1, 2], True)
+    """
+
+    def __init__(self, volumes, run_dir, *, val_every: int = 1, monitor: str = "val_dsc",
+                 mode: str = "max", min_delta: float = 0.0, patience: int | None = None,
+                 predict=None, patch_size=None, overlap: float = 0.5, batch_size: int = 1,
+                 threshold: float = 0.5, best_path: str = "model.keras",
+                 last_path: str = "last.keras", tensorboard_dir=None, image_volumes: int = 1,
+                 flair_channel: int = -1):
+        super().__init__()
+        if monitor not in VALIDATION_METRICS:
+            raise ValueError(
+                f"Invalid value for argument `monitor`: {monitor!r} is not a logged validation "
+                f"metric. Use one of {', '.join(VALIDATION_METRICS)}. Received: "
+                f"monitor={monitor!r}")
+        if mode not in _MODES:
+            raise ValueError(f"Invalid value for argument `mode`: expected one of {_MODES}. "
+                             f"Received: mode={mode!r}")
+        for name, value, floor in (("val_every", val_every, 1), ("image_volumes",
+                                                                  image_volumes, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                    or value < floor:
+                raise ValueError(f"Invalid value for argument `{name}`: expected an int >= "
+                                 f"{floor}. Received: {name}={value!r}")
+        if patience is not None and (isinstance(patience, bool) or not isinstance(
+                patience, (int, np.integer)) or patience < 1):
+            raise ValueError(f"Invalid value for argument `patience`: expected None (no early "
+                             f"stopping) or an int >= 1 (validations without improvement). "
+                             f"Received: patience={patience!r}")
+        if not np.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"Invalid value for argument `min_delta`: expected a finite "
+                             f"number >= 0. Received: min_delta={min_delta!r}")
+        self.volumes = [self._checked_volume(v, k) for k, v in enumerate(volumes)]
+        if not self.volumes:
+            raise ValueError("Invalid value for argument `volumes`: no validation volumes. "
+                             "Hold out at least one subject (split_subjects).")
+        self.run_dir = pathlib.Path(run_dir)
+        self.val_every, self.monitor, self.mode = int(val_every), monitor, mode
+        self.min_delta, self.patience = float(min_delta), patience
+        self.threshold = threshold
+        metrics.Evaluator(threshold)  # validates the threshold now, not after an epoch
+        self.predict = predict or self._predict_volume
+        self._window = dict(patch_size=patch_size, overlap=overlap, batch_size=batch_size)
+        self.best_path, self.last_path = self.run_dir / best_path, self.run_dir / last_path
+        self.state_path = self.run_dir / STATE_FILE
+        self.tensorboard_dir = None if tensorboard_dir is None else pathlib.Path(tensorboard_dir)
+        self.image_volumes, self.flair_channel = int(image_volumes), flair_channel
+        self.history: list[dict] = []
+        self.best = None
+        self.selected_epoch = None
+        self.stopped_epoch = None
+        self._wait = 0
+        self._resumed = False
+        self._writer = None
+
+    @staticmethod
+    def _checked_volume(volume, index):
+        if not isinstance(volume, dict) or "image" not in volume or "label" not in volume:
+            raise ValueError(
+                f"Invalid value for argument `volumes`: element {index} must be a dict with "
+                f"`image` (D, H, W, M) and `label` (D, H, W), as tfversky.data.iterate_volumes "
+                f"yields. Received: {type(volume).__name__} with keys "
+                f"{sorted(volume) if isinstance(volume, dict) else None}")
+        image, label = np.asarray(volume["image"], np.float32), np.asarray(volume["label"])
+        if image.ndim != 4 or label.shape != image.shape[:3]:
+            raise ValueError(
+                f"Invalid value for argument `volumes`: element {index} has image "
+                f"{image.shape} and label {label.shape}; expected (D, H, W, M) and (D, H, W).")
+        return {"image": image, "label": label, "subject": str(volume.get("subject", index))}
+
+    def _predict_volume(self, model, image):
+        from tfversky import inference
+
+        return inference.predict_volume(model, image, progress=False, **self._window)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _better(self, value, than) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        if than is None:
+            return True
+        return value > than + self.min_delta if self.mode == "max" else \
+            value < than - self.min_delta
+
+    def _replay(self, entries):
+        """Best, selected epoch and patience counter from a history, as if it just ran."""
+        self.history, self.best, self.selected_epoch, self._wait = [], None, None, 0
+        for entry in entries:
+            self._record(entry)
+
+    def _record(self, entry) -> bool:
+        self.history.append(entry)
+        value = entry.get(self.monitor)
+        if self._better(value, self.best):
+            self.best, self.selected_epoch, self._wait = value, entry["epoch"], 0
+            return True
+        self._wait += 1
+        return False
+
+    def _write_state(self):
+        state = {"monitor": self.monitor, "mode": self.mode, "best": self.best,
+                 "selected_epoch": self.selected_epoch, "stopped_epoch": self.stopped_epoch,
+                 "best_path": self.best_path.name, "history": self.history}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.state_path.with_suffix(".json.tmp")
+        # NaN is not JSON: null stands for "undefined" (e.g. sensitivity without lesions).
+        partial.write_text(json.dumps(_nan_to_none(state), indent=1))
+        os.replace(partial, self.state_path)  # never a half-written file after a kill
+
+    def _read_state(self, start_epoch: int):
+        if not self.state_path.exists():
+            return
+        state = json.loads(self.state_path.read_text())
+        if (state.get("monitor"), state.get("mode")) != (self.monitor, self.mode):
+            raise ValueError(
+                f"{self.state_path} selects on {state.get('monitor')}/{state.get('mode')}, but "
+                f"this run on monitor={self.monitor!r}, mode={self.mode!r}: resume with the "
+                f"same --monitor, or start in a new run folder.")
+        # Epochs from start_epoch on are trained again (the kill came before their backup).
+        kept = [{k: math.nan if v is None else v for k, v in e.items()}
+                for e in state["history"] if e["epoch"] <= start_epoch]
+        self._replay(kept)
+
+    # -- Keras hooks ---------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._resumed = False
+        self._chief = is_chief(self.model.distribute_strategy)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._resumed:  # after BackupAndRestore has set the epoch training starts at
+            self._resumed = True
+            self._read_state(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        last = (self.params or {}).get("epochs") == epoch + 1
+        if (epoch + 1) % self.val_every and not last:
+            logs.update({name: math.nan for name in VALIDATION_METRICS})
+            return
+        evaluator, predictions = metrics.Evaluator(self.threshold), []
+        for k, volume in enumerate(self.volumes):
+            probs = np.asarray(self.predict(self.model, volume["image"]))[..., -1]
+            evaluator.update(volume["label"] > 0, probs)
+            if k < self.image_volumes:
+                predictions.append(probs >= self.threshold)
+        result = evaluator.result()
+        values = broadcast_from_first_replica(
+            [result[name[len("val_"):]] for name in VALIDATION_METRICS],
+            self.model.distribute_strategy)
+        entry = {"epoch": epoch + 1, **dict(zip(VALIDATION_METRICS, values.tolist()))}
+        logs.update({name: entry[name] for name in VALIDATION_METRICS})
+        improved = self._record(entry)
+        if self.patience is not None and self._wait >= self.patience:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch + 1
+        if self._chief:
+            if improved:
+                self.best_path.parent.mkdir(parents=True, exist_ok=True)
+                self.model.save(self.best_path)
+            self._write_state()
+            if self.tensorboard_dir is not None:
+                self._write_images(epoch + 1, evaluator, predictions)
+
+    def on_train_end(self, logs=None):
+        if self._chief:
+            self.last_path.parent.mkdir(parents=True, exist_ok=True)
+            self.model.save(self.last_path)
+            self._write_state()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write_images(self, step, evaluator, predictions):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.tensorboard_dir))
+        precision, recall, _ = evaluator.precision_recall_curve()
+        apr = evaluator.result()["apr"]
+        with self._writer.as_default(step=step):
+            tf.summary.image("validation/pr_curve", _png_image(
+                lambda out: plotting.plot_pr_curves(
+                    {"validation": (precision, recall, apr)}, out,
+                    title=f"Validation PR curve, epoch {step}")))
+            for volume, predicted in zip(self.volumes, predictions):
+                flair = volume["image"][..., self.flair_channel]
+                tf.summary.image(f"validation/overlay/{volume['subject']}", _png_image(
+                    lambda out: plotting.plot_overlay(
+                        flair, volume["label"] > 0, predicted, out,
+                        title=f"{volume['subject']}, epoch {step}")))
+        self._writer.flush()
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
