@@ -106,7 +106,8 @@ def _add_predict(subparsers) -> None:
                         help="folder of cases in nnU-Net naming: CASE_0000.nii.gz, "
                              "CASE_0001.nii.gz, ... in the model's channel order")
     parser.add_argument("-o", "--output", metavar="DIR",
-                        help="with -i: writes CASE.nii.gz per case and summary.csv")
+                        help="with -i: writes CASE.nii.gz per case and summary.csv (a new folder is "
+                             "made once every case succeeded)")
     parser.add_argument("--probabilities", metavar="FILE",
                         help="one case: also write the lesion probability map (float32)")
     parser.add_argument("--brain-mask", metavar="FILE|DIR",
@@ -280,8 +281,11 @@ def _predict(args) -> int:
                    check_skull=not args.no_skull_check)
     # Folder mode writes into a staging folder, moved into place once every case is done:
     # a failing case leaves nothing half-written.
-    staging = tempfile.mkdtemp(prefix=".tfversky-predict-", dir=args.output) if folder_mode \
-        else None
+    new_output = folder_mode and not os.path.isdir(args.output)
+    staging = None
+    if folder_mode:
+        staging = tempfile.mkdtemp(prefix=".tfversky-predict-", dir=os.path.dirname(
+            os.path.abspath(args.output)) if new_output else args.output)
     rows = []
     try:
         bar = tqdm(cases.items(), desc="predict", unit="case", disable=args.quiet or
@@ -305,8 +309,11 @@ def _predict(args) -> int:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
-            for name in os.listdir(staging):
-                os.replace(os.path.join(staging, name), os.path.join(args.output, name))
+            if new_output:
+                os.replace(staging, args.output)
+            else:
+                for name in os.listdir(staging):
+                    os.replace(os.path.join(staging, name), os.path.join(args.output, name))
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -330,7 +337,10 @@ def _cases(args, plan, folder_mode: bool):
         if os.path.realpath(args.output) == os.path.realpath(args.input):
             raise UsageError(f"-o {args.output!r} is the input folder: write the masks "
                              f"elsewhere (they would be mistaken for input files)")
-        _check_folder(args.output, "-o")
+        # A new output folder is made (as nnU-Net does) once every case is done.
+        _check_folder(args.output if os.path.isdir(args.output) else
+                      os.path.dirname(os.path.abspath(args.output)),
+                      "-o" if os.path.isdir(args.output) else f"-o {args.output!r}: its parent")
         masks = {case: None for case in cases}
         if args.brain_mask:
             if not os.path.isdir(args.brain_mask):

@@ -183,6 +183,14 @@ def test_folder_mode_writes_masks_and_summary(files, tmp_path, capsys):
     assert rows[0]["inputs"].split(";")[2].endswith("case_a_0002.nii.gz")
 
 
+def test_folder_mode_makes_a_new_output_folder(files, tmp_path, capsys):
+    images, out = _case_folder(files, tmp_path / "imagesTs"), tmp_path / "new"
+    assert main(["predict", "--quiet", "--model", files["model"], "-i", str(images), "-o",
+                 str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tfversky")]
+
+
 def test_brain_mask_makes_an_unstripped_scan_usable(files, tmp_path, capsys):
     """A 'head': noise everywhere around the brain. Refused; with the brain mask it gives
     the stripped scan's mask."""
@@ -337,7 +345,7 @@ def test_user_errors_exit_2_with_one_line(files, tmp_path, capsys, case, expecte
     ("stray_file", ["'notes.nii' is not named CASE_XXXX.nii.gz"]),
     ("output_is_input", ["is the input folder"]),
     ("bad_case_scan", ["case 'case_b'", "NaN"]),
-    ("output_missing", ["-o", "does not exist"]),
+    ("output_parent_missing", ["-o", "its parent", "does not exist"]),
 ])
 def test_folder_errors_write_nothing(files, tmp_path, capsys, case, expected):
     images, out = tmp_path / "imagesTs", tmp_path / "out"
@@ -359,8 +367,8 @@ def test_folder_errors_write_nothing(files, tmp_path, capsys, case, expected):
         data[0, 0, 0] = np.nan
         os.remove(images / "case_b_0001.nii.gz")
         _write_scan(images / "case_b_0001.nii.gz", data)
-    elif case == "output_missing":
-        out = tmp_path / "nowhere"
+    elif case == "output_parent_missing":
+        out = tmp_path / "nowhere" / "out"
     before = sorted(os.listdir(out)) if out.is_dir() else None
     err = _error(capsys, ["predict", "--quiet", "--model", files["model"], "-i", str(images),
                           "-o", str(out)])
