@@ -106,8 +106,8 @@ def _add_predict(subparsers) -> None:
                         help="folder of cases in nnU-Net naming: CASE_0000.nii.gz, "
                              "CASE_0001.nii.gz, ... in the model's channel order")
     parser.add_argument("-o", "--output", metavar="DIR",
-                        help="with -i: writes CASE.nii.gz per case and summary.csv (a new folder is "
-                             "made once every case succeeded)")
+                        help="with -i: writes CASE.nii.gz per case and summary.csv (a new "
+                             "folder is made once every case succeeded)")
     parser.add_argument("--probabilities", metavar="FILE",
                         help="one case: also write the lesion probability map (float32)")
     parser.add_argument("--brain-mask", metavar="FILE|DIR",

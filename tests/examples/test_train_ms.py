@@ -271,7 +271,7 @@ def test_reproduce_table1_takes_the_user_dataset_flags(tmp_path):
     argv = ["--dataset", "ms_lesions/nnunet", "--manual-dir",
             str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "nnunet"), "--modalities", "FLAIR",
             "--subject-pattern", "^MS_[0-9]+", "--data-dir", str(tmp_path / "data"), *USER_GRID,
-            "--steps-per-epoch", "1", "--out", str(out), "--settings", "0.3,0.7"]
+            "--steps-per-epoch", "1", "--out", str(out), "--settings", "0.3,0.7", "--seeds", "1"]
     assert reproduce.main(argv) == 0
     runs = sorted(out.glob("seed*/alpha0.3_beta0.7/fold*/results.json"))
     assert len(runs) == 2

@@ -121,11 +121,13 @@ def test_difficulty_lowers_contrast(anatomy):
 def test_cli_writes_valid_nifti(tmp_path, layout):
     assert realistic.main(["--out", str(tmp_path), "--subjects", "2", "--layout", layout,
                            "--resolution", "6", "--seed", "3"]) == 0
-    found = layouts.find_scans(tmp_path, layout)
+    # BIDS names no modality set of its own: read the three the phantom writes by default.
+    chosen = {"modalities": "T1w,T2w,FLAIR"} if layout == "bids" else {}
+    found = layouts.find_scans(tmp_path, layout, **chosen)
     assert len(found) == 2
     manifest = json.loads((tmp_path / "phantom.json").read_text())
     assert manifest["phantom"] == "realistic" and manifest["difficulty"] == 0.5
-    flair = nib.load(found[0].images["flair"])
+    flair = nib.load(found[0].images["FLAIR"])
     assert flair.get_data_dtype() == np.int16 and flair.header["qform_code"] == 1
     mask = nib.load(found[0].label)
     assert mask.shape == flair.shape and np.allclose(mask.affine, flair.affine)

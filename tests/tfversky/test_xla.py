@@ -8,7 +8,6 @@ import textwrap
 import warnings
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -115,29 +114,6 @@ def test_labels_out_of_range_make_nan_inside_xla():
     labels = tf.tensor_scatter_nd_update(labels, [[0, 1, 2, 3]], tf.constant([7], tf.uint8))
     loss, grad = xla_step("fused", from_logits=True)(labels, y_pred)
     assert np.isnan(loss.numpy()).all() and np.isnan(grad.numpy()).all()
-
-
-def test_model_fit_with_jit_compile_runs_the_lowering():
-    """TverskyLoss(0.3, 0.7) in model.fit(jit_compile=True): the fused kernels inside XLA,
-    without a fallback warning, step for step the pure loss's training."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(4, 8, 8, 8, 1)).astype("float32")
-    y = (x[..., 0] > 1.0).astype("float32")[..., None]
-    histories = {}
-    for implementation in ("fused", "tf"):
-        keras.utils.set_random_seed(1)
-        model = keras.Sequential([keras.Input((8, 8, 8, 1)),
-                                  keras.layers.Conv3D(4, 3, padding="same", activation="relu"),
-                                  keras.layers.Conv3D(2, 1)])
-        model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True,
-                      loss=tfversky.TverskyLoss(0.3, 0.7, from_logits=True,
-                                                implementation=implementation))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)
-            history = model.fit(x, y, batch_size=2, epochs=3, verbose=0, shuffle=False)
-        histories[implementation] = history.history["loss"]
-    assert np.isfinite(histories["fused"]).all()
-    np.testing.assert_allclose(histories["fused"], histories["tf"], rtol=1e-4, atol=1e-5)
 
 
 def test_fallback_when_the_lowering_cannot_load(monkeypatch, tmp_path):
