@@ -91,24 +91,6 @@ def run_setting(args, alpha: float, beta: float, out: pathlib.Path) -> list[path
     return folders
 
 
-def pool_folds(folders):
-    """One setting's test metrics over all folds, its per-subject results and curves."""
-    import numpy as np
-
-    from tfversky import metrics
-
-    evaluator, subjects, curves = None, [], {}
-    for folder in folders:
-        fold_evaluator = metrics.Evaluator.load(folder / "evaluator.npz")
-        evaluator = fold_evaluator if evaluator is None else evaluator.merge(fold_evaluator)
-        subjects += json.loads((folder / "results.json").read_text())["subjects"]
-        with np.load(folder / "subject_curves.npz") as saved:
-            for key in saved.files:
-                name, part = key.split("/")
-                curves.setdefault(name, {})[part] = saved[key]
-    return evaluator, subjects, curves
-
-
 # Flags that differ between the runs of one reproduction (or do not change a result).
 PER_RUN_FLAGS = ("alpha", "beta", "fold", "out", "seed", "verbose", "settings", "seeds",
                  "data_dir")
@@ -154,12 +136,13 @@ def summarize(runs: dict) -> tuple[dict, dict, dict]:
         ``{subject: mean over seeds}``; ``first[(alpha, beta)]``: the first seed's
         (evaluator, subjects, curves) for the figure.
     """
-    from tfversky import statistics
+    from tfversky import evaluation, statistics
     from tfversky.metrics import PAPER_METRICS
 
     pooled, subjects, first = {}, {}, {}
     for setting, by_seed in runs.items():
-        results = {seed: pool_folds(folders) for seed, folders in sorted(by_seed.items())}
+        results = {seed: evaluation.pool_folds(folders)
+                   for seed, folders in sorted(by_seed.items())}
         first[setting] = results[min(results)]
         pooled[setting] = {m: [r[0].result()[m] for r in results.values()]
                            for m in PAPER_METRICS}

@@ -364,71 +364,10 @@ def train(args, strategy, out: pathlib.Path, chief: bool):
     history = model.fit(patches, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                         callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
-    return model, test, history.history, seconds, modalities
+    return model, test, history.history, seconds, modalities, ignore_index
 
 
 # --- 5. evaluation and report -----------------------------------------------------------------
-
-
-def evaluate_fold(model, test, args, out: pathlib.Path, modalities=("T1", "T2", "FLAIR")) -> dict:
-    """Whole-volume inference on every test subject; metrics, NIfTI masks and figures.
-
-    Overlays are drawn on the FLAIR channel (the first channel without one).
-    """
-    import numpy as np
-    import tqdm
-
-    from tfversky import data, inference, io, metrics, plan, plotting
-
-    model_plan = plan.read_plan(model)
-    evaluator = metrics.Evaluator(args.threshold)
-    subjects, lesion_counts, curves = [], [], {}
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
-    volumes = tqdm.tqdm(data.iterate_volumes(test), desc="test fold", unit="subject",
-                        total=int(test.cardinality()))
-    for volume in volumes:
-        name = volume["scan_id"] or volume["subject"]
-        # Scored on the reference grid, as the paper's registered volumes were.
-        lesion_prob = inference.segment_on_grid(model, volume["image"], model_plan)
-        truth = volume["label"] == 1  # not an `ignore` value (255)
-        subject_evaluator = metrics.Evaluator(args.threshold)
-        scores = subject_evaluator.update(truth, lesion_prob)
-        evaluator.merge(subject_evaluator)
-        predicted = lesion_prob >= args.threshold
-        lesions = metrics.lesion_metrics(truth, predicted)
-        lesion_counts.append(lesions)
-        subjects.append({"subject": name, "lesion_voxels": int(truth.sum()),
-                         **{k: scores[k] for k in metrics.PAPER_METRICS},
-                         **{k: lesions[k] for k in ("ltpr", "lfpr", "lesion_f1")}})
-        # The records keep the scan's grid, not its header: the mask gets its affine.
-        _, native, _ = inference.back_to_scan(lesion_prob, volume["grid_affine"],
-                                              volume["affine"], volume["shape"],
-                                              threshold=model_plan.threshold)
-        io.save_like(native, io.grid_image(volume["shape"], volume["affine"]),
-                     out / "predictions" / f"{name}_lesions.nii.gz")
-        overlay = modalities.index("FLAIR") if "FLAIR" in modalities else 0
-        plotting.plot_overlay(volume["image"][..., overlay], truth, predicted,
-                              out / "overlays" / f"{name}.png",
-                              title=f"{name}: DSC {scores['dsc']:.3f}")
-        precision, recall, _ = subject_evaluator.precision_recall_curve()
-        curves[name] = (precision, recall, scores["apr"])
-    evaluator.save(out / "evaluator.npz")  # to pool folds (reproduce_table1.py)
-    np.savez_compressed(out / "subject_curves.npz", **{
-        f"{name}/{part}": values for name, (precision, recall, _) in curves.items()
-        for part, values in (("precision", precision), ("recall", recall))})
-    pooled = evaluator.result()
-    lesion_pooled = metrics.pool_lesion_counts(lesion_counts)
-    precision, recall, _ = evaluator.precision_recall_curve()
-    by_load = sorted(subjects, key=lambda s: s["lesion_voxels"])
-    figure_curves = {"all test data": (precision, recall, pooled["apr"])}
-    for label, subject in (("highest load", by_load[-1]), ("lowest load", by_load[0])):
-        figure_curves[f"{label}: {subject['subject']}"] = curves[subject["subject"]]
-    plotting.plot_pr_curves(figure_curves, out / "pr_curve.png",
-                            title=f"PR curves, alpha={args.alpha}, beta={args.beta}")
-    counts = ("tp", "fp", "fn", "tn")
-    return {"pooled": {**{k: pooled[k] for k in metrics.PAPER_METRICS + counts},
-                       **lesion_pooled},
-            "subjects": subjects}
 
 
 def print_report(results: dict, out: pathlib.Path) -> None:
@@ -453,7 +392,7 @@ def run(args) -> dict:
     import tensorflow as tf
 
     import tfversky
-    from tfversky import fused
+    from tfversky import data, evaluation, fused
 
     keras.backend.clear_session()  # a fresh graph and layer names for every run in a process
     keras.utils.set_random_seed(args.seed)
@@ -470,7 +409,8 @@ def run(args) -> dict:
           f"{keras.__version__}; strategy {type(strategy).__name__} with "
           f"{strategy.num_replicas_in_sync} replica(s); loss: {loss_impl}, alpha={args.alpha} "
           f"(FP), beta={args.beta} (FN)")
-    model, test, history, train_seconds, modalities = train(args, strategy, out, chief)
+    model, test, history, train_seconds, modalities, ignore_index = train(args, strategy, out,
+                                                                          chief)
     if not chief:
         return {}
     model.save(out / "model.keras")
@@ -478,7 +418,8 @@ def run(args) -> dict:
     # workers have finished) and it checks the artifact users get.
     model = keras.models.load_model(out / "model.keras")
     start = time.perf_counter()
-    results = evaluate_fold(model, test, args, out, modalities)
+    results = evaluation.evaluate_fold(model, data.iterate_volumes(test), out,
+                                       ignore_index=ignore_index, total=int(test.cardinality()))
     results.update(
         config=vars(args), modalities=list(modalities), history=history,
         timing={"train_seconds": train_seconds,
