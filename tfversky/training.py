@@ -226,6 +226,8 @@ class ValidationCallback(keras.callbacks.Callback):
         image_volumes: How many validation volumes get an overlay image. Defaults to 1.
         flair_channel: The FLAIR channel of ``image`` for the overlays. Defaults to -1
             (``ms_lesions`` stacks T1, T2, FLAIR).
+        ignore_index: Label value left out of the validation metrics (nnU-Net's
+            ``ignore``, e.g. 255), not scored as lesion. Defaults to None.
 
     Attributes:
         history: One dict per validation: ``epoch`` (1-based, as Keras prints it) and the
@@ -257,7 +259,7 @@ class ValidationCallback(keras.callbacks.Callback):
                  predict=None, patch_size=None, overlap: float = 0.5, batch_size: int = 1,
                  threshold: float = 0.5, best_path: str = "model.keras",
                  last_path: str = "last.keras", tensorboard_dir=None, image_volumes: int = 1,
-                 flair_channel: int = -1):
+                 flair_channel: int = -1, ignore_index=None):
         super().__init__()
         if monitor not in VALIDATION_METRICS:
             raise ValueError(
@@ -296,6 +298,7 @@ class ValidationCallback(keras.callbacks.Callback):
         self.state_path = self.run_dir / STATE_FILE
         self.tensorboard_dir = None if tensorboard_dir is None else pathlib.Path(tensorboard_dir)
         self.image_volumes, self.flair_channel = int(image_volumes), flair_channel
+        self.ignore_index = ignore_index
         self.history: list[dict] = []
         self.best = None
         self.selected_epoch = None
@@ -393,7 +396,9 @@ class ValidationCallback(keras.callbacks.Callback):
         evaluator, predictions = metrics.Evaluator(self.threshold), []
         for k, volume in enumerate(self.volumes):
             probs = np.asarray(self.predict(self.model, volume["image"]))[..., -1]
-            evaluator.update(volume["label"] > 0, probs)
+            label = volume["label"]
+            keep = label != self.ignore_index if self.ignore_index is not None else ...
+            evaluator.update(label[keep] == 1, probs[keep])
             if k < self.image_volumes:
                 predictions.append(probs >= self.threshold)
         result = evaluator.result()
@@ -437,7 +442,7 @@ class ValidationCallback(keras.callbacks.Callback):
                 flair = volume["image"][..., self.flair_channel]
                 tf.summary.image(f"validation/overlay/{volume['subject']}", _png_image(
                     lambda out: plotting.plot_overlay(
-                        flair, volume["label"] > 0, predicted, out,
+                        flair, volume["label"] == 1, predicted, out,
                         title=f"{volume['subject']}, epoch {step}")))
         self._writer.flush()
 

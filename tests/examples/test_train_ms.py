@@ -228,7 +228,8 @@ def test_model_inputs_follow_the_bids_modalities(tmp_path):
         "--dataset", "ms_lesions/bids", "--manual-dir",
         str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "bids"), "--modalities", "FLAIR,T1w",
         "--data-dir", str(tmp_path), *USER_GRID])
-    patches, test, (modalities, grid, ignore_index, _) = train_ms.load_splits(args)
+    patches, test, (modalities, grid, ignore_index, _), val = train_ms.load_splits(args)
+    assert val is None  # no --val-subjects
     assert modalities == ("FLAIR", "T1") and grid.shape == (16, 24, 24) and ignore_index is None
     x, y = next(iter(patches))
     assert x.shape == (2, 16, 16, 16, 2)
