@@ -46,16 +46,13 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfversky import cli, train_cli  # noqa: E402
-from tfversky.train_cli import build_model, build_parser, check_args, load_splits, run  # noqa: E402,F401
-
-UsageError = cli.UsageError
 
 
 def main(argv=None) -> int:
-    args = build_parser("train_ms.py").parse_args(argv)
+    args = train_cli.build_parser("train_ms.py").parse_args(argv)
     try:
-        train_cli.run(args)
-    except UsageError as error:
+        train_cli.run(args)  # sections 1-5 above, in this order
+    except cli.UsageError as error:
         print(f"train_ms.py: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -429,9 +429,10 @@ def build_model(args, modalities=None, ignore_index=None):
     from tfversky.modalities import DEFAULT_MODALITIES
 
     channels = len(modalities or DEFAULT_MODALITIES)
-    model = models.unet3d(input_shape=(None, None, None, channels), base_filters=args.base_filters,
-                          depth=args.depth,
-                          normalization=None if args.normalization == "none" else args.normalization)
+    normalization = None if args.normalization == "none" else args.normalization
+    model = models.unet3d(input_shape=(None, None, None, channels),
+                          base_filters=args.base_filters, depth=args.depth,
+                          normalization=normalization)
     schedule = keras.optimizers.schedules.ExponentialDecay(
         args.lr, decay_steps=1000, decay_rate=0.9, staircase=True)
     model.compile(
@@ -487,7 +488,8 @@ def train(args, strategy, out: pathlib.Path, chief: bool) -> dict:
         args, skip_batches=done * args.steps_per_epoch)
     print(f"data: {args.dataset}, inputs {', '.join(modalities)} on a "
           f"{'x'.join(map(str, grid.shape))} grid of {' x '.join(f'{s:g}' for s in grid.spacing)} "
-          f"mm" + (f", label {ignore_index} ignored by the loss" if ignore_index is not None else ""))
+          f"mm" + (f", label {ignore_index} ignored by the loss" if ignore_index is not None
+                   else ""))
     model_plan = training_plan(args, modalities, grid, placement)
     with strategy.scope():
         # The plan rides in every .keras file written below, so `tfversky predict` prepares

@@ -1,5 +1,6 @@
-"""examples/train_ms.py end to end, on the tiny synthetic phantom (reproduce_table1.py:
-tests/examples/test_reproduce_table1.py).
+"""examples/train_ms.py end to end (tfversky.train_cli, what `tfversky train` runs), on the
+tiny synthetic phantom (reproduce_table1.py: tests/examples/test_reproduce_table1.py;
+validation and `tfversky evaluate`: tests/tfversky/test_train_cli.py).
 
 Distribution runs as real processes: MirroredStrategy over 2 logical CPUs (which must be
 configured before TensorFlow starts), MultiWorkerMirroredStrategy with 2 local workers, and
@@ -21,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tfversky import cli, plan
+from tfversky import cli, plan, train_cli
 from tfversky.preprocessing import PAPER_GRID
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -223,17 +224,16 @@ def test_flair_only_nnunet_model_end_to_end(tmp_path):
 
 
 def test_model_inputs_follow_the_bids_modalities(tmp_path):
-    train_ms = _load("train_ms")
-    args = train_ms.build_parser().parse_args([
+    args = train_cli.build_parser().parse_args([
         "--dataset", "ms_lesions/bids", "--manual-dir",
         str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "bids"), "--modalities", "FLAIR,T1w",
         "--data-dir", str(tmp_path), *USER_GRID])
-    patches, test, (modalities, grid, ignore_index, _), val = train_ms.load_splits(args)
+    patches, test, (modalities, grid, ignore_index, _), val = train_cli.load_splits(args)
     assert val is None  # no --val-subjects
     assert modalities == ("FLAIR", "T1") and grid.shape == (16, 24, 24) and ignore_index is None
     x, y = next(iter(patches))
     assert x.shape == (2, 16, 16, 16, 2)
-    model = train_ms.build_model(args, modalities, ignore_index)
+    model = train_cli.build_model(args, modalities, ignore_index)
     assert model.input_shape == (None, None, None, None, 2)
     assert model(x).shape == (2, 16, 16, 16, 2)
 
