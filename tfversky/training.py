@@ -42,6 +42,7 @@ import json
 import math
 import os
 import pathlib
+import time
 
 import keras
 import numpy as np
@@ -230,8 +231,8 @@ class ValidationCallback(keras.callbacks.Callback):
             ``ignore``, e.g. 255), not scored as lesion. Defaults to None.
 
     Attributes:
-        history: One dict per validation: ``epoch`` (1-based, as Keras prints it) and the
-            metrics.
+        history: One dict per validation: ``epoch`` (1-based, as Keras prints it), the
+            metrics and ``seconds`` (its wall time, inference and metrics).
         best, selected_epoch: The best ``monitor`` value and its epoch (None before any).
 
     Raises:
@@ -393,6 +394,7 @@ class ValidationCallback(keras.callbacks.Callback):
         if (epoch + 1) % self.val_every and not last:
             logs.update({name: math.nan for name in VALIDATION_METRICS})
             return
+        start = time.perf_counter()
         evaluator, predictions = metrics.Evaluator(self.threshold), []
         for k, volume in enumerate(self.volumes):
             probs = np.asarray(self.predict(self.model, volume["image"]))[..., -1]
@@ -405,7 +407,8 @@ class ValidationCallback(keras.callbacks.Callback):
         values = broadcast_from_first_replica(
             [result[name[len("val_"):]] for name in VALIDATION_METRICS],
             self.model.distribute_strategy)
-        entry = {"epoch": epoch + 1, **dict(zip(VALIDATION_METRICS, values.tolist()))}
+        entry = {"epoch": epoch + 1, **dict(zip(VALIDATION_METRICS, values.tolist())),
+                 "seconds": time.perf_counter() - start}  # what validation costs
         logs.update({name: entry[name] for name in VALIDATION_METRICS})
         improved = self._record(entry)
         if self.patience is not None and self._wait >= self.patience:
@@ -413,16 +416,14 @@ class ValidationCallback(keras.callbacks.Callback):
             self.stopped_epoch = epoch + 1
         if self._chief:
             if improved:
-                self.best_path.parent.mkdir(parents=True, exist_ok=True)
-                self.model.save(self.best_path)
+                _save_atomically(self.model, self.best_path)
             self._write_state()
             if self.tensorboard_dir is not None:
                 self._write_images(epoch + 1, evaluator, predictions)
 
     def on_train_end(self, logs=None):
         if self._chief:
-            self.last_path.parent.mkdir(parents=True, exist_ok=True)
-            self.model.save(self.last_path)
+            _save_atomically(self.model, self.last_path)
             self._write_state()
         if self._writer is not None:
             self._writer.close()
@@ -445,6 +446,14 @@ class ValidationCallback(keras.callbacks.Callback):
                         flair, volume["label"] == 1, predicted, out,
                         title=f"{volume['subject']}, epoch {step}")))
         self._writer.flush()
+
+
+def _save_atomically(model, path: pathlib.Path) -> None:
+    """``model.save(path)`` that a kill never leaves half-written (the selected model)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial.keras")  # Keras wants the suffix
+    model.save(partial)
+    os.replace(partial, path)
 
 
 def _nan_to_none(value):

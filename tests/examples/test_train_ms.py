@@ -123,8 +123,10 @@ def test_mirrored_strategy_on_two_cpu_replicas(data_dir, tmp_path):
 
 
 def test_same_seed_same_results_and_resume_after_kill(data_dir, tmp_path):
+    """With validation and model selection on: the resumed run keeps the validation history
+    (validation.json) and selects what the uninterrupted run selected."""
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    extra = ("--epochs", "3", "--steps-per-epoch", "4")
+    extra = ("--epochs", "3", "--steps-per-epoch", "4", "--val-subjects", "1")
     _run(_command(data_dir, reference, *extra))
     # Kill a second run as soon as its first epoch is logged, then start it again.
     process = subprocess.Popen(_command(data_dir, resumed, *extra), env=_env(), cwd=ROOT,
@@ -146,6 +148,12 @@ def test_same_seed_same_results_and_resume_after_kill(data_dir, tmp_path):
     first = json.loads((reference / "results.json").read_text())
     second = json.loads((resumed / "results.json").read_text())
     assert first["pooled"] == second["pooled"]
+    assert first["selection"]["selected_epoch"] == second["selection"]["selected_epoch"]
+    assert [h["epoch"] for h in second["selection"]["validation_history"]] == [1, 2, 3]
+    for a, b in zip(first["selection"]["validation_history"],
+                    second["selection"]["validation_history"]):
+        a.pop("seconds"), b.pop("seconds")  # wall time
+        assert a == pytest.approx(b, rel=1e-5, nan_ok=True)
     assert first["history"]["loss"][1:] == pytest.approx(second["history"]["loss"], rel=1e-5)
 
 
@@ -211,6 +219,7 @@ def test_flair_only_nnunet_model_end_to_end(tmp_path):
     assert model.input_shape == (None, None, None, None, 1)
     assert plan.read_plan(model).modalities == ("FLAIR",)
     predictions = tmp_path / "predictions"
+    predictions.mkdir()  # predict -o writes into an existing folder
     assert cli.main(["predict", "--model", str(out / "model.keras"), "-i",
                      str(root / "imagesTs"), "-o", str(predictions), "--quiet"]) == 0
     with open(predictions / "summary.csv") as f:
@@ -272,7 +281,7 @@ def test_reproduce_table1_takes_the_user_dataset_flags(tmp_path):
     argv = ["--dataset", "ms_lesions/nnunet", "--manual-dir",
             str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "nnunet"), "--modalities", "FLAIR",
             "--subject-pattern", "^MS_[0-9]+", "--data-dir", str(tmp_path / "data"), *USER_GRID,
-            "--steps-per-epoch", "1", "--out", str(out), "--settings", "0.3,0.7"]
+            "--steps-per-epoch", "1", "--out", str(out), "--settings", "0.3,0.7", "--seeds", "1"]
     assert reproduce.main(argv) == 0
     runs = sorted(out.glob("seed*/alpha0.3_beta0.7/fold*/results.json"))
     assert len(runs) == 2
