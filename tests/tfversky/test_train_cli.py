@@ -105,3 +105,16 @@ def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir,
                                                          results["subjects"]]
     assert len(list((evaluated / "predictions").glob("*.nii.gz"))) == 2
     assert np.isfinite(again["pooled"]["dsc"])
+
+
+def test_evaluate_on_an_unknown_split_or_model_file(tiny_data_dir, capsys, tmp_path):
+    path = tmp_path / "model.keras"
+    plan.attach(unet3d(base_filters=2, depth=2), plan.Plan(patch_size=8)).save(path)
+    common = ["--dataset", "ms_lesions/synthetic_tiny", "--data-dir", tiny_data_dir, "--out",
+              str(tmp_path / "eval")]
+    line = _one_line_error(["evaluate", "--model", str(path), "--split", "fold9", *common],
+                           capsys)
+    assert line.startswith("python -m tfversky evaluate: error: --split 'fold9'"), line
+    line = _one_line_error(["evaluate", "--model", str(tmp_path / "none.keras"), *common],
+                           capsys)
+    assert "does not exist" in line, line
