@@ -175,8 +175,8 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(data_dir, tmp_pat
         config = json.dumps({"cluster": {"worker": workers},
                              "task": {"type": "worker", "index": index}})
         processes.append(subprocess.Popen(
-            _command(data_dir, out, "--strategy", "multiworker", "--epochs", "1",
-                     "--steps-per-epoch", "3"),
+            _command(data_dir, out, "--strategy", "multiworker", "--epochs", "2",
+                     "--steps-per-epoch", "2", "--val-subjects", "1"),
             env={**_env(), "TF_CONFIG": config}, cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True))
     try:
@@ -189,6 +189,10 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(data_dir, tmp_pat
     assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0]  # MultiWorkerMirrored
     assert (out / "results.json").exists()  # written by the chief (worker 0) only
     assert not (out / "worker-1" / "results.json").exists()
+    # Both workers validated each epoch and took the chief's decision (none waited forever).
+    history = json.loads((out / "results.json").read_text())["selection"]["validation_history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert not (out / "worker-1" / "validation.json").exists()
 
 
 # --- user datasets: nnU-Net and BIDS ----------------------------------------------------------
