@@ -103,13 +103,15 @@ def test_manual_dir_laid_out_wrongly(capsys, tmp_path):
 def test_mirrored_strategy_on_two_cpu_replicas(data_dir, tmp_path):
     out = tmp_path / "run"
     stdout = _run(_command(data_dir, out, "--cpu-replicas", "2", "--strategy", "mirrored",
-                           "--epochs", "1", "--steps-per-epoch", "3"))
+                           "--epochs", "1", "--steps-per-epoch", "3", "--val-subjects", "1"))
     assert "MirroredStrategy with 2 replica(s)" in stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results["pooled"]) >= {"dsc", "sensitivity", "specificity", "f2", "apr",
                                       "ltpr", "lfpr", "lesion_f1"}
     assert len(results["subjects"]) == 2 and results["config"]["alpha"] == 0.3
-    for name in ("pr_curve.png", "model.keras", "training_log.csv", "evaluator.npz"):
+    assert results["selection"]["selected_epoch"] == 1  # validated under the strategy
+    for name in ("pr_curve.png", "model.keras", "last.keras", "training_log.csv",
+                 "evaluator.npz", "validation.json"):
         assert (out / name).exists(), name
     assert len(list((out / "overlays").glob("*.png"))) == 2
     prediction = next((out / "predictions").glob("*.nii.gz"))
