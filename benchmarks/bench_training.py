@@ -29,17 +29,16 @@ CONFIGS = (("tf", 1), ("fused", 1), ("tf", 2), ("fused", 2))
 
 def child(args) -> None:
     """One configuration: prints {"patches_per_second": ...} as the last line."""
-    sys.path.insert(0, str(ROOT / "examples"))
-    import train_ms
+    from tfversky import train_cli
 
-    run_args = train_ms.build_parser().parse_args([
+    run_args = train_cli.build_parser().parse_args([
         "--dataset", args.dataset, "--patch-size", str(args.patch_size),
         "--batch-size", str(args.batch_size), "--loss-impl", args.loss_impl,
         "--cpu-replicas", str(args.cpu_replicas)])
-    strategy = train_ms.make_strategy("auto", args.cpu_replicas)
-    patches, *_ = train_ms.load_splits(run_args)
+    strategy = train_cli.make_strategy("auto", args.cpu_replicas)
+    patches, *_ = train_cli.load_splits(run_args)
     with strategy.scope():
-        model = train_ms.build_model(run_args)
+        model = train_cli.build_model(run_args)
     model.fit(patches, steps_per_epoch=args.warmup, epochs=1, verbose=0)
     start = time.perf_counter()
     model.fit(patches, steps_per_epoch=args.steps, epochs=1, verbose=0)

@@ -1,7 +1,8 @@
 """Reproduce the paper's Table 1 and Fig. 2: five (alpha, beta) settings, two-fold CV.
 
 Title: The alpha/beta trade-off of the Tversky loss (Salehi et al. 2017, Table 1, Fig. 2)
-Description: trains examples/train_ms.py once per setting, test fold and seed, pools each
+Description: trains once (tfversky.train_cli, what `tfversky train` and
+    examples/train_ms.py run) per setting, test fold and seed, pools each
     setting's test predictions over the folds (every subject is tested exactly once), and
     writes the table (mean +- sd over seeds), the paper's claims tested over subjects, and
     the PR curves, next to the paper's numbers.
@@ -13,7 +14,7 @@ Description: trains examples/train_ms.py once per setting, test fold and seed, p
     python examples/reproduce_table1.py --dataset ms_lesions/bids --manual-dir DIR \\
         --modalities FLAIR,T1w                                           # your own data
 
-Takes every flag of train_ms.py, plus --settings and --seeds (runs per setting and fold,
+Takes every flag of `tfversky train`, plus --settings and --seeds (runs per setting and fold,
 seeds --seed, --seed + 1, ...). A run that already has results in --out is not trained
 again, so an interrupted reproduction continues where it stopped; a folder holding runs
 made with other flags is refused (their results cannot be pooled).
@@ -24,7 +25,7 @@ to the paper's, in percent; the paired comparison of every setting against Dice 
 subjects with bootstrap CIs and Holm-adjusted Wilcoxon p-values; the trend tests; one
 sentence per claim of the paper), statistics.json (the same numbers), fig2.png (PR curves
 of the first seed: all test data, the highest- and the lowest-lesion-load subject), and one
-train_ms.py run folder per seed, setting and fold (seedS/alphaA_betaB/foldK).
+`tfversky train` run folder per seed, setting and fold (seedS/alphaA_betaB/foldK).
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import train_ms  # noqa: E402  (the sibling script)
+from tfversky import cli, train_cli
 
 SETTINGS = ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))
 # The paper's Table 1 (test set, percent; columns as tfversky.metrics.PAPER_METRICS): MSSEG 2016 data, 15 subjects, 1000 epochs.
@@ -50,9 +50,8 @@ PAPER_TABLE1 = {
 
 
 def build_parser():
-    parser = train_ms.build_parser()
-    parser.prog = "reproduce_table1.py"
-    parser.description = (__doc__.splitlines()[0] + ". Every train_ms.py flag applies to each "
+    parser = train_cli.build_parser("reproduce_table1.py")
+    parser.description = (__doc__.splitlines()[0] + ". Every tfversky train flag applies to each "
                           "run; --alpha, --beta and --fold are set per run.")
     parser.add_argument("--settings", nargs="+", type=_setting, default=list(SETTINGS),
                         metavar="ALPHA,BETA",
@@ -83,30 +82,12 @@ def run_setting(args, alpha: float, beta: float, out: pathlib.Path) -> list[path
             print(f"alpha={alpha}, beta={beta}, test fold {fold}: done before, reusing {folder}")
             continue
         print(f"\n=== alpha={alpha} (FP), beta={beta} (FN), test fold {fold} ===")
-        run_args = train_ms.build_parser().parse_args([])
+        run_args = train_cli.build_parser().parse_args([])
         run_args.__dict__.update({k: v for k, v in vars(args).items()
                                   if k not in ("settings", "seeds")},
                                  alpha=alpha, beta=beta, fold=fold, out=str(folder))
-        train_ms.run(run_args)
+        train_cli.run(run_args)
     return folders
-
-
-def pool_folds(folders):
-    """One setting's test metrics over all folds, its per-subject results and curves."""
-    import numpy as np
-
-    from tfversky import metrics
-
-    evaluator, subjects, curves = None, [], {}
-    for folder in folders:
-        fold_evaluator = metrics.Evaluator.load(folder / "evaluator.npz")
-        evaluator = fold_evaluator if evaluator is None else evaluator.merge(fold_evaluator)
-        subjects += json.loads((folder / "results.json").read_text())["subjects"]
-        with np.load(folder / "subject_curves.npz") as saved:
-            for key in saved.files:
-                name, part = key.split("/")
-                curves.setdefault(name, {})[part] = saved[key]
-    return evaluator, subjects, curves
 
 
 # Flags that differ between the runs of one reproduction (or do not change a result).
@@ -117,7 +98,7 @@ PER_RUN_FLAGS = ("alpha", "beta", "fold", "out", "seed", "verbose", "settings", 
 def check_reproduction(args) -> None:
     """``--seeds`` >= 1, and no run in ``--out`` made with other flags (never pool those)."""
     if args.seeds < 1:
-        raise train_ms.UsageError(f"--seeds {args.seeds}: each setting and fold needs at least "
+        raise cli.UsageError(f"--seeds {args.seeds}: each setting and fold needs at least "
                                   f"one training run; use --seeds 1 or more (3 for mean +- sd)")
     # Compared as JSON, the way each run saved its flags.
     expected = json.loads(json.dumps({k: v for k, v in vars(args).items()
@@ -127,7 +108,7 @@ def check_reproduction(args) -> None:
         differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} there, {v!r} now"
                   for k, v in expected.items() if saved.get(k) != v]
         if differ:
-            raise train_ms.UsageError(
+            raise cli.UsageError(
                 f"{path.parent} holds a run made with other flags ({'; '.join(differ)}): runs "
                 f"with different flags cannot be pooled into one table. Use another --out, "
                 f"or the same flags as that run.")
@@ -154,12 +135,13 @@ def summarize(runs: dict) -> tuple[dict, dict, dict]:
         ``{subject: mean over seeds}``; ``first[(alpha, beta)]``: the first seed's
         (evaluator, subjects, curves) for the figure.
     """
-    from tfversky import statistics
+    from tfversky import evaluation, statistics
     from tfversky.metrics import PAPER_METRICS
 
     pooled, subjects, first = {}, {}, {}
     for setting, by_seed in runs.items():
-        results = {seed: pool_folds(folders) for seed, folders in sorted(by_seed.items())}
+        results = {seed: evaluation.pool_folds(folders)
+                   for seed, folders in sorted(by_seed.items())}
         first[setting] = results[min(results)]
         pooled[setting] = {m: [r[0].result()[m] for r in results.values()]
                            for m in PAPER_METRICS}
@@ -249,10 +231,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out = pathlib.Path(args.out)
     try:
-        train_ms.check_args(args)
+        train_cli.check_args(args)
         check_reproduction(args)
         pooled, subjects, first = summarize(run_all(args, out))
-    except train_ms.UsageError as error:
+    except cli.UsageError as error:
         print(f"reproduce_table1.py: error: {error}", file=sys.stderr)
         return 2
     lines = write_table(pooled, out) + write_statistics(subjects, out)

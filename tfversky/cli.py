@@ -7,6 +7,9 @@ one-line message on stderr and exit code 2, without a traceback.
     tfversky predict --model model.keras --image T1=T1.nii.gz --image T2=T2.nii.gz \\
         --image FLAIR=FLAIR.nii.gz --out seg.nii.gz --probabilities lesion_prob.nii.gz
     tfversky predict --model model.keras -i imagesTs -o predictions   # CASE_0000.nii.gz, ...
+    tfversky train --val-subjects 1 --augment default --out runs/demo  # tfversky.train_cli
+    tfversky evaluate --model runs/demo/model.keras --dataset ms_lesions/synthetic --split fold1 \\
+        --out runs/demo/test
 """
 
 from __future__ import annotations
@@ -140,7 +143,19 @@ def _add_predict(subparsers) -> None:
     parser.set_defaults(handler=_predict)
 
 
-_SUBCOMMANDS = (_add_predict,)
+def _add_train(subparsers) -> None:
+    from tfversky import train_cli  # imports this module: here, not at the top
+
+    train_cli.add_train(subparsers)
+
+
+def _add_evaluate(subparsers) -> None:
+    from tfversky import train_cli
+
+    train_cli.add_evaluate(subparsers)
+
+
+_SUBCOMMANDS = (_add_predict, _add_train, _add_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

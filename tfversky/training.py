@@ -42,6 +42,7 @@ import json
 import math
 import os
 import pathlib
+import time
 
 import keras
 import numpy as np
@@ -226,10 +227,12 @@ class ValidationCallback(keras.callbacks.Callback):
         image_volumes: How many validation volumes get an overlay image. Defaults to 1.
         flair_channel: The FLAIR channel of ``image`` for the overlays. Defaults to -1
             (``ms_lesions`` stacks T1, T2, FLAIR).
+        ignore_index: Label value left out of the validation metrics (nnU-Net's
+            ``ignore``, e.g. 255), not scored as lesion. Defaults to None.
 
     Attributes:
-        history: One dict per validation: ``epoch`` (1-based, as Keras prints it) and the
-            metrics.
+        history: One dict per validation: ``epoch`` (1-based, as Keras prints it), the
+            metrics and ``seconds`` (its wall time, inference and metrics).
         best, selected_epoch: The best ``monitor`` value and its epoch (None before any).
 
     Raises:
@@ -257,7 +260,7 @@ class ValidationCallback(keras.callbacks.Callback):
                  predict=None, patch_size=None, overlap: float = 0.5, batch_size: int = 1,
                  threshold: float = 0.5, best_path: str = "model.keras",
                  last_path: str = "last.keras", tensorboard_dir=None, image_volumes: int = 1,
-                 flair_channel: int = -1):
+                 flair_channel: int = -1, ignore_index=None):
         super().__init__()
         if monitor not in VALIDATION_METRICS:
             raise ValueError(
@@ -296,6 +299,7 @@ class ValidationCallback(keras.callbacks.Callback):
         self.state_path = self.run_dir / STATE_FILE
         self.tensorboard_dir = None if tensorboard_dir is None else pathlib.Path(tensorboard_dir)
         self.image_volumes, self.flair_channel = int(image_volumes), flair_channel
+        self.ignore_index = ignore_index
         self.history: list[dict] = []
         self.best = None
         self.selected_epoch = None
@@ -390,17 +394,21 @@ class ValidationCallback(keras.callbacks.Callback):
         if (epoch + 1) % self.val_every and not last:
             logs.update({name: math.nan for name in VALIDATION_METRICS})
             return
+        start = time.perf_counter()
         evaluator, predictions = metrics.Evaluator(self.threshold), []
         for k, volume in enumerate(self.volumes):
             probs = np.asarray(self.predict(self.model, volume["image"]))[..., -1]
-            evaluator.update(volume["label"] > 0, probs)
+            label = volume["label"]
+            keep = label != self.ignore_index if self.ignore_index is not None else ...
+            evaluator.update(label[keep] == 1, probs[keep])
             if k < self.image_volumes:
                 predictions.append(probs >= self.threshold)
         result = evaluator.result()
         values = broadcast_from_first_replica(
             [result[name[len("val_"):]] for name in VALIDATION_METRICS],
             self.model.distribute_strategy)
-        entry = {"epoch": epoch + 1, **dict(zip(VALIDATION_METRICS, values.tolist()))}
+        entry = {"epoch": epoch + 1, **dict(zip(VALIDATION_METRICS, values.tolist())),
+                 "seconds": time.perf_counter() - start}  # what validation costs
         logs.update({name: entry[name] for name in VALIDATION_METRICS})
         improved = self._record(entry)
         if self.patience is not None and self._wait >= self.patience:
@@ -408,16 +416,14 @@ class ValidationCallback(keras.callbacks.Callback):
             self.stopped_epoch = epoch + 1
         if self._chief:
             if improved:
-                self.best_path.parent.mkdir(parents=True, exist_ok=True)
-                self.model.save(self.best_path)
+                _save_atomically(self.model, self.best_path)
             self._write_state()
             if self.tensorboard_dir is not None:
                 self._write_images(epoch + 1, evaluator, predictions)
 
     def on_train_end(self, logs=None):
         if self._chief:
-            self.last_path.parent.mkdir(parents=True, exist_ok=True)
-            self.model.save(self.last_path)
+            _save_atomically(self.model, self.last_path)
             self._write_state()
         if self._writer is not None:
             self._writer.close()
@@ -437,9 +443,17 @@ class ValidationCallback(keras.callbacks.Callback):
                 flair = volume["image"][..., self.flair_channel]
                 tf.summary.image(f"validation/overlay/{volume['subject']}", _png_image(
                     lambda out: plotting.plot_overlay(
-                        flair, volume["label"] > 0, predicted, out,
+                        flair, volume["label"] == 1, predicted, out,
                         title=f"{volume['subject']}, epoch {step}")))
         self._writer.flush()
+
+
+def _save_atomically(model, path: pathlib.Path) -> None:
+    """``model.save(path)`` that a kill never leaves half-written (the selected model)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial.keras")  # Keras wants the suffix
+    model.save(partial)
+    os.replace(partial, path)
 
 
 def _nan_to_none(value):

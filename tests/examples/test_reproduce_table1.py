@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tfversky import metrics, statistics
+from tfversky import evaluation, metrics, statistics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "ms_lesions/synthetic_tiny", "--patch-size", "16", "--depth", "3",
@@ -93,7 +93,7 @@ def test_mean_sd_over_seeds_and_statistics(reproduce, tmp_path):
     _, runs = _fake_reproduction(reproduce, out, reproduce.SETTINGS, seeds=3)
     pooled, subjects, first = reproduce.summarize(runs)
     # Mean +- sd by hand: each seed's pooled Evaluator over both folds.
-    by_seed = [reproduce.pool_folds(runs[(0.3, 0.7)][seed])[0].result()["dsc"]
+    by_seed = [evaluation.pool_folds(runs[(0.3, 0.7)][seed])[0].result()["dsc"]
                for seed in range(3)]
     assert pooled[(0.3, 0.7)]["dsc"] == pytest.approx(by_seed)
     lines = reproduce.write_table(pooled, out)

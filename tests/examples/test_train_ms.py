@@ -1,5 +1,6 @@
-"""examples/train_ms.py end to end, on the tiny synthetic phantom (reproduce_table1.py:
-tests/examples/test_reproduce_table1.py).
+"""examples/train_ms.py end to end (tfversky.train_cli, what `tfversky train` runs), on the
+tiny synthetic phantom (reproduce_table1.py: tests/examples/test_reproduce_table1.py;
+validation and `tfversky evaluate`: tests/tfversky/test_train_cli.py).
 
 Distribution runs as real processes: MirroredStrategy over 2 logical CPUs (which must be
 configured before TensorFlow starts), MultiWorkerMirroredStrategy with 2 local workers, and
@@ -21,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tfversky import cli, plan
+from tfversky import cli, plan, train_cli
 from tfversky.preprocessing import PAPER_GRID
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -102,13 +103,15 @@ def test_manual_dir_laid_out_wrongly(capsys, tmp_path):
 def test_mirrored_strategy_on_two_cpu_replicas(data_dir, tmp_path):
     out = tmp_path / "run"
     stdout = _run(_command(data_dir, out, "--cpu-replicas", "2", "--strategy", "mirrored",
-                           "--epochs", "1", "--steps-per-epoch", "3"))
+                           "--epochs", "1", "--steps-per-epoch", "3", "--val-subjects", "1"))
     assert "MirroredStrategy with 2 replica(s)" in stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results["pooled"]) >= {"dsc", "sensitivity", "specificity", "f2", "apr",
                                       "ltpr", "lfpr", "lesion_f1"}
     assert len(results["subjects"]) == 2 and results["config"]["alpha"] == 0.3
-    for name in ("pr_curve.png", "model.keras", "training_log.csv", "evaluator.npz"):
+    assert results["selection"]["selected_epoch"] == 1  # validated under the strategy
+    for name in ("pr_curve.png", "model.keras", "last.keras", "training_log.csv",
+                 "evaluator.npz", "validation.json"):
         assert (out / name).exists(), name
     assert len(list((out / "overlays").glob("*.png"))) == 2
     prediction = next((out / "predictions").glob("*.nii.gz"))
@@ -122,8 +125,10 @@ def test_mirrored_strategy_on_two_cpu_replicas(data_dir, tmp_path):
 
 
 def test_same_seed_same_results_and_resume_after_kill(data_dir, tmp_path):
+    """With validation and model selection on: the resumed run keeps the validation history
+    (validation.json) and selects what the uninterrupted run selected."""
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    extra = ("--epochs", "3", "--steps-per-epoch", "4")
+    extra = ("--epochs", "3", "--steps-per-epoch", "4", "--val-subjects", "1")
     _run(_command(data_dir, reference, *extra))
     # Kill a second run as soon as its first epoch is logged, then start it again.
     process = subprocess.Popen(_command(data_dir, resumed, *extra), env=_env(), cwd=ROOT,
@@ -145,6 +150,12 @@ def test_same_seed_same_results_and_resume_after_kill(data_dir, tmp_path):
     first = json.loads((reference / "results.json").read_text())
     second = json.loads((resumed / "results.json").read_text())
     assert first["pooled"] == second["pooled"]
+    assert first["selection"]["selected_epoch"] == second["selection"]["selected_epoch"]
+    assert [h["epoch"] for h in second["selection"]["validation_history"]] == [1, 2, 3]
+    for a, b in zip(first["selection"]["validation_history"],
+                    second["selection"]["validation_history"]):
+        a.pop("seconds"), b.pop("seconds")  # wall time
+        assert a == pytest.approx(b, rel=1e-5, nan_ok=True)
     assert first["history"]["loss"][1:] == pytest.approx(second["history"]["loss"], rel=1e-5)
 
 
@@ -166,8 +177,8 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(data_dir, tmp_pat
         config = json.dumps({"cluster": {"worker": workers},
                              "task": {"type": "worker", "index": index}})
         processes.append(subprocess.Popen(
-            _command(data_dir, out, "--strategy", "multiworker", "--epochs", "1",
-                     "--steps-per-epoch", "3"),
+            _command(data_dir, out, "--strategy", "multiworker", "--epochs", "2",
+                     "--steps-per-epoch", "2", "--val-subjects", "1"),
             env={**_env(), "TF_CONFIG": config}, cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True))
     try:
@@ -180,6 +191,10 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(data_dir, tmp_pat
     assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0]  # MultiWorkerMirrored
     assert (out / "results.json").exists()  # written by the chief (worker 0) only
     assert not (out / "worker-1" / "results.json").exists()
+    # Both workers validated each epoch and took the chief's decision (none waited forever).
+    history = json.loads((out / "results.json").read_text())["selection"]["validation_history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert not (out / "worker-1" / "validation.json").exists()
 
 
 # --- user datasets: nnU-Net and BIDS ----------------------------------------------------------
@@ -210,6 +225,7 @@ def test_flair_only_nnunet_model_end_to_end(tmp_path):
     assert model.input_shape == (None, None, None, None, 1)
     assert plan.read_plan(model).modalities == ("FLAIR",)
     predictions = tmp_path / "predictions"
+    predictions.mkdir()  # predict -o writes into an existing folder
     assert cli.main(["predict", "--model", str(out / "model.keras"), "-i",
                      str(root / "imagesTs"), "-o", str(predictions), "--quiet"]) == 0
     with open(predictions / "summary.csv") as f:
@@ -223,16 +239,16 @@ def test_flair_only_nnunet_model_end_to_end(tmp_path):
 
 
 def test_model_inputs_follow_the_bids_modalities(tmp_path):
-    train_ms = _load("train_ms")
-    args = train_ms.build_parser().parse_args([
+    args = train_cli.build_parser().parse_args([
         "--dataset", "ms_lesions/bids", "--manual-dir",
         str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "bids"), "--modalities", "FLAIR,T1w",
         "--data-dir", str(tmp_path), *USER_GRID])
-    patches, test, (modalities, grid, ignore_index, _) = train_ms.load_splits(args)
+    patches, test, (modalities, grid, ignore_index, _), val = train_cli.load_splits(args)
+    assert val is None  # no --val-subjects
     assert modalities == ("FLAIR", "T1") and grid.shape == (16, 24, 24) and ignore_index is None
     x, y = next(iter(patches))
     assert x.shape == (2, 16, 16, 16, 2)
-    model = train_ms.build_model(args, modalities, ignore_index)
+    model = train_cli.build_model(args, modalities, ignore_index)
     assert model.input_shape == (None, None, None, None, 2)
     assert model(x).shape == (2, 16, 16, 16, 2)
 

@@ -1,0 +1,120 @@
+"""``tfversky train`` / ``tfversky evaluate`` (tfversky.train_cli) on ``synthetic_tiny``:
+help, the bad-input lines, model selection recorded in results.json, TensorBoard images,
+and evaluate scoring exactly what train scored. The distributed and kill-and-resume runs
+of the same code are in tests/examples/test_train_ms.py."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfversky import cli, plan
+from tfversky.models import unet3d
+
+TINY = ["--dataset", "ms_lesions/synthetic_tiny", "--patch-size", "16", "--depth", "3",
+        "--base-filters", "4", "--inference-patch", "32", "--verbose", "0"]
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("train", ("--val-subjects", "--val-every", "--monitor", "--patience", "--augment",
+               "--augment-prob", "--augment-rotation", "--dataset", "--alpha", "--beta",
+               "--strategy", "--out")),
+    ("evaluate", ("--model", "--dataset", "--split", "--out", "--data-dir", "--modalities")),
+])
+def test_help(command, flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in flags:
+        assert flag in text, flag
+
+
+def _one_line_error(argv, capsys):
+    code = cli.main(argv)
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--monitor", "val_loss"], "--monitor 'val_loss' is not a logged metric: use one of"),
+    (["--augment-prob", "rotation=1.5"], "--augment-prob rotation=1.5: a probability must be"),
+    (["--augment-prob", "noise=-0.1"], "--augment-prob noise=-0.1: a probability must be"),
+    (["--augment-prob", "twist=0.5"], "unknown transform 'twist'"),
+    (["--augment-rotation", "-5"], "--augment-rotation -5.0: the rotation range must be >= 0"),
+    (["--patience", "0"], "--patience 0"),
+    (["--val-every", "0"], "--val-every must be >= 1"),
+])
+def test_bad_flags_are_one_line_before_any_work(extra, message, capsys, tmp_path):
+    out = tmp_path / "run"
+    line = _one_line_error(["train", *TINY, "--data-dir", str(tmp_path), "--out", str(out),
+                            *extra], capsys)
+    assert message in line, line
+    assert not out.exists()  # nothing written
+
+
+def test_more_validation_subjects_than_training_ones(tiny_data_dir, capsys, tmp_path):
+    line = _one_line_error(["train", *TINY, "--data-dir", tiny_data_dir, "--out",
+                            str(tmp_path / "run"), "--val-subjects", "2"], capsys)
+    assert "--val-subjects 2: the training folds hold 2 subject(s)" in line, line
+    assert "use --val-subjects 1 or less" in line
+
+
+def test_evaluate_refuses_a_model_of_other_modalities(tiny_data_dir, capsys, tmp_path):
+    path = tmp_path / "flair.keras"
+    model = unet3d(input_shape=(None, None, None, 1), base_filters=2, depth=2)
+    plan.attach(model, plan.Plan(modalities=("FLAIR",), patch_size=8)).save(path)
+    line = _one_line_error(["evaluate", "--model", str(path), "--dataset",
+                            "ms_lesions/synthetic_tiny", "--data-dir", tiny_data_dir,
+                            "--out", str(tmp_path / "eval")], capsys)
+    assert f"--model '{path}' takes FLAIR but --dataset ms_lesions/synthetic_tiny holds " \
+           f"T1,T2,FLAIR" in line, line
+    assert not (tmp_path / "eval").exists()
+
+
+def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--data-dir", tiny_data_dir, "--out", str(out),
+                     "--epochs", "3", "--steps-per-epoch", "2", "--val-subjects", "1",
+                     "--augment", "default", "--augment-prob", "rotation=0.5"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    selection = results["selection"]
+    history = selection["validation_history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    best = max(history, key=lambda h: h["val_dsc"])  # the first of equals, as Keras keeps it
+    assert selection["monitor"] == "val_dsc" and selection["selected_epoch"] == best["epoch"]
+    assert selection["best"] == pytest.approx(best["val_dsc"])
+    assert json.loads((out / "validation.json").read_text())["selected_epoch"] == \
+        best["epoch"]
+    assert results["config"]["augment"] == "default"
+    for name in ("model.keras", "last.keras", "evaluator.npz", "pr_curve.png"):
+        assert (out / name).exists(), name
+    # One training subject validated, the other trained on; the test fold is untouched.
+    assert len(results["subjects"]) == 2
+    assert list((out / "logs" / "validation").glob("events.out.tfevents.*"))
+    # evaluate on the same split sees what train's evaluation saw (the selected model).
+    evaluated = tmp_path / "eval"
+    assert cli.main(["evaluate", "--model", str(out / "model.keras"), "--dataset",
+                     "ms_lesions/synthetic_tiny", "--data-dir", tiny_data_dir, "--split",
+                     "fold1", "--out", str(evaluated)]) == 0
+    again = json.loads((evaluated / "evaluation.json").read_text())
+    assert again["pooled"] == results["pooled"]
+    assert [s["subject"] for s in again["subjects"]] == [s["subject"] for s in
+                                                         results["subjects"]]
+    assert len(list((evaluated / "predictions").glob("*.nii.gz"))) == 2
+    assert np.isfinite(again["pooled"]["dsc"])
+
+
+def test_evaluate_on_an_unknown_split_or_model_file(tiny_data_dir, capsys, tmp_path):
+    path = tmp_path / "model.keras"
+    plan.attach(unet3d(base_filters=2, depth=2), plan.Plan(patch_size=8)).save(path)
+    common = ["--dataset", "ms_lesions/synthetic_tiny", "--data-dir", tiny_data_dir, "--out",
+              str(tmp_path / "eval")]
+    line = _one_line_error(["evaluate", "--model", str(path), "--split", "fold9", *common],
+                           capsys)
+    assert line.startswith("python -m tfversky evaluate: error: --split 'fold9'"), line
+    line = _one_line_error(["evaluate", "--model", str(tmp_path / "none.keras"), *common],
+                           capsys)
+    assert "does not exist" in line, line

@@ -1,0 +1,689 @@
+"""``tfversky train`` and ``tfversky evaluate``: the training and test wiring, as a command.
+
+    tfversky train --out runs/demo                             # the synthetic demo
+    tfversky train --dataset ms_lesions/synthetic_lowres --val-subjects 1 --val-every 2 \\
+        --augment default --patience 5 --out runs/val
+    tfversky evaluate --model runs/val/model.keras --dataset ms_lesions/synthetic_lowres \\
+        --split fold1 --out runs/val/test
+
+``train``: data (a ``ms_lesions`` config through the ``tfds_ms`` adapter, imported only
+here) -> 3D U-Net with the Tversky loss (alpha weighs false positives, beta false
+negatives, as in Salehi et al. 2017) -> ``model.fit`` under a ``tf.distribute`` strategy,
+resumable (``BackupAndRestore``) -> with ``--val-subjects``, whole-volume validation and
+model selection (``tfversky.training.ValidationCallback`` on the reference-grid stage
+``tfversky.inference.segment_on_grid``) -> the selected model evaluated on the test fold
+(``tfversky.evaluation.evaluate_fold``). ``examples/train_ms.py`` is this, as a script.
+
+``evaluate``: a saved model on any split of a dataset whose modalities match its plan.
+
+Mistakes a user can fix are ``cli.UsageError``: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+from tfversky import cli
+
+STRATEGIES = ("auto", "mirrored", "multiworker", "default")
+AUGMENT_CHOICES = ("none", "default", "all")
+# Options of the user layouts (nnunet, bids) only.
+USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "grid_shape",
+                "grid_spacing")
+
+
+# --- flags ------------------------------------------------------------------------------------
+
+
+def _val_subjects(text: str):
+    """'0' (off), an int >= 1, or a fraction in (0, 1)."""
+    try:
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or (isinstance(value, float) and not 0 < value < 1):
+        raise argparse.ArgumentTypeError(
+            f"expected 0 (no validation), a count >= 1 or a fraction in (0, 1) of the "
+            f"training subjects, got {text!r}")
+    return value
+
+
+def _probability(text: str):
+    """'NAME=P' -> (name, p); the range is checked in ``check_args`` (one line, exit 2)."""
+    name, sep, value = text.partition("=")
+    try:
+        return name.strip(), float(value) if sep else None
+    except ValueError:
+        return name.strip(), None
+
+
+def add_data_arguments(parser) -> None:
+    """The dataset flags shared by ``train`` and ``evaluate``."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="ms_lesions/synthetic",
+                      help="TFDS name/config: ms_lesions/{synthetic,synthetic_lowres,isbi2015,"
+                           "isbi2015_mask2,msseg2016,nnunet,bids}")
+    data.add_argument("--data-dir", default=None,
+                      help="where TFDS keeps built datasets (default: ~/tensorflow_datasets)")
+    data.add_argument("--manual-dir", default=None,
+                      help="the dataset folder: ISBI 2015 / MSSEG 2016 download, nnU-Net raw "
+                           "dataset (holding dataset.json) or BIDS dataset")
+    data.add_argument("--modalities", default=None,
+                      help="nnunet/bids: the input channels, in order, by canonical name or "
+                           "alias (e.g. FLAIR,T1w). bids: required; nnunet: default all "
+                           "channel_names of dataset.json")
+    data.add_argument("--subject-pattern", default=None, metavar="REGEX",
+                      help="nnunet: regular expression on the case id whose match (or group "
+                           "'subject') is the subject, so that a subject's sessions share a fold "
+                           "(e.g. '^MS_[0-9]+' for MS_003_ses2)")
+    data.add_argument("--mask-folder", default=None,
+                      help="bids: folder(s) holding the lesion masks, a glob relative to "
+                           "--manual-dir (default derivatives/*)")
+    data.add_argument("--mask-pattern", default=None,
+                      help="bids: file name glob of the masks (default *_desc-lesion_mask.nii.gz)")
+    data.add_argument("--grid-shape", default=None, metavar="D,H,W",
+                      help="nnunet/bids: reference grid voxels (default the paper's 128,224,256)")
+    data.add_argument("--grid-spacing", default=None, metavar="X,Y,Z",
+                      help="nnunet/bids: reference grid voxel size in mm (default 1.25,0.9,0.75: "
+                           "a 160 x 201.6 x 192 mm field of view; larger brains are cropped, "
+                           "with a warning)")
+    data.add_argument("--num-folds", type=int, default=2,
+                      help="folds of the dataset (paper: 2; nnunet: must match "
+                           "splits_final.json when the dataset has one)")
+
+
+def add_train_arguments(parser) -> None:
+    """Every flag of ``tfversky train`` (and ``examples/train_ms.py``) on ``parser``."""
+    add_data_arguments(parser)
+    data = parser.add_argument_group("training data")
+    data.add_argument("--fold", type=int, default=1,
+                      help="test fold; training uses the other(s). Fold 1 of the synthetic data "
+                           "holds its highest- and lowest-lesion-load subjects")
+    data.add_argument("--patch-size", type=int, default=48,
+                      help="cubic training patch edge; a multiple of 2^(depth-1)")
+    data.add_argument("--lesion-fraction", type=float, default=0.5,
+                      help="fraction of patches centred on a lesion voxel")
+    aug = parser.add_argument_group("augmentation (tfversky.augmentation, on the CPU)")
+    aug.add_argument("--augment", choices=AUGMENT_CHOICES, default="none",
+                     help="none: flips only; default: nnU-Net's set and probabilities "
+                          "(rotation, scaling, gamma, brightness, contrast, noise, blur, bias "
+                          "field, low resolution); all: every transform on every patch")
+    aug.add_argument("--augment-prob", type=_probability, action="append", default=[],
+                     metavar="NAME=P",
+                     help="per-patch probability of one transform (repeatable), switching it "
+                          "on, e.g. rotation=0.5; with --augment none only the named ones run")
+    aug.add_argument("--augment-rotation", type=float, default=15.0, metavar="DEGREES",
+                     help="rotations about each axis drawn from [-DEGREES, DEGREES]")
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--alpha", type=float, default=0.3, help="false-positive weight")
+    loss.add_argument("--beta", type=float, default=0.7, help="false-negative weight")
+    loss.add_argument("--gamma", type=float, default=1.0, help="focal exponent (1: plain)")
+    loss.add_argument("--batch-dice", action=argparse.BooleanOptionalAction, default=True,
+                      help="pool TP/FP/FN over the batch (TverskyLoss(batch=True), as nnU-Net): "
+                           "a patch without lesion otherwise costs ~1 for any false-positive "
+                           "mass, whose huge gradient can kill training")
+    loss.add_argument("--loss-impl", choices=("auto", "tf", "fused"), default="auto",
+                      help="pure TensorFlow, the fused C++/CUDA op, or fused where available")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--steps-per-epoch", type=int, default=100)
+    train.add_argument("--batch-size", type=int, default=2,
+                       help="global batch (split over the replicas)")
+    train.add_argument("--lr", type=float, default=1e-3,
+                       help="Adam learning rate, x0.9 every 1000 steps (paper: 1e-4 for 1000 "
+                            "epochs; 1e-3 suits the short CPU demo)")
+    train.add_argument("--base-filters", type=int, default=8, help="U-Net features at level 0")
+    train.add_argument("--depth", type=int, default=4, help="U-Net resolution levels")
+    train.add_argument("--normalization", choices=("none", "batch", "group", "instance"),
+                       default="instance",
+                       help="U-Net normalisation layers (the paper: none; see docs/training.md)")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="mixed_float16 policy (GPUs; the loss stays float32)")
+    train.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                       help="auto: MirroredStrategy over >1 GPUs or --cpu-replicas, else default; "
+                            "multiworker reads TF_CONFIG")
+    train.add_argument("--cpu-replicas", type=int, default=1,
+                       help="split the CPU into N logical devices (to run MirroredStrategy "
+                            "without GPUs)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
+                       help="Keras fit verbosity (default: a progress bar on a terminal, one "
+                            "line per epoch otherwise)")
+    val = parser.add_argument_group("validation and model selection")
+    val.add_argument("--val-subjects", type=_val_subjects, default=0, metavar="N|FRACTION",
+                     help="hold out N (or this fraction of the) training subjects, seeded by "
+                          "--seed, for whole-volume validation; model.keras is then the epoch "
+                          "best on --monitor. 0: no validation, model.keras is the last epoch")
+    val.add_argument("--val-every", type=int, default=1, metavar="N",
+                     help="validate every N epochs (and at the last)")
+    val.add_argument("--monitor", default="val_dsc",
+                     help="validation metric that selects the model: val_dsc, val_sensitivity, "
+                          "val_specificity, val_f2 or val_apr (higher is better)")
+    val.add_argument("--patience", type=int, default=None, metavar="N",
+                     help="stop after N validations without improvement (default: never)")
+    ev = parser.add_argument_group("evaluation")
+    ev.add_argument("--overlap", type=float, default=0.25,
+                    help="sliding-window overlap of whole-volume inference")
+    ev.add_argument("--inference-patch", type=int, default=128,
+                    help="sliding-window edge of whole-volume inference")
+    ev.add_argument("--threshold", type=float, default=0.5, help="lesion if p >= threshold")
+    parser.add_argument("--out", default="runs/train_ms", help="output folder (reuse it to resume)")
+
+
+def build_parser(prog: str = "train_ms.py") -> argparse.ArgumentParser:
+    """A stand-alone parser of the training flags (``examples/train_ms.py``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a 3D U-Net with the Tversky loss on MS lesion data and report the "
+                    "paper's metrics on the held-out fold. alpha weighs false positives, beta "
+                    "false negatives.")
+    add_train_arguments(parser)
+    return parser
+
+
+def check_args(args) -> None:
+    """Mistakes that would otherwise surface minutes later, deep inside TensorFlow."""
+    from tfversky import augmentation, training
+
+    UsageError = cli.UsageError
+    multiple = 2 ** (args.depth - 1)
+    if args.patch_size % multiple or args.patch_size < multiple:
+        lower = max(multiple, args.patch_size // multiple * multiple)
+        raise UsageError(f"--patch-size {args.patch_size} is not a multiple of 2^(depth-1) = "
+                         f"{multiple} for --depth {args.depth}; use {lower} or {lower + multiple}")
+    if args.strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
+        raise UsageError("--strategy multiworker needs the TF_CONFIG environment variable (the "
+                         "cluster and this worker's task), e.g. TF_CONFIG='{\"cluster\": "
+                         "{\"worker\": [\"host1:12345\", \"host2:12345\"]}, \"task\": "
+                         "{\"type\": \"worker\", \"index\": 0}}'")
+    if args.cpu_replicas < 1:
+        raise UsageError(f"--cpu-replicas must be >= 1, got {args.cpu_replicas}")
+    if args.batch_size % max(args.cpu_replicas, 1):
+        raise UsageError(f"--batch-size {args.batch_size} must be divisible by --cpu-replicas "
+                         f"{args.cpu_replicas} (each replica takes an equal share)")
+    _check_dataset_name(args)
+    for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.monitor not in training.VALIDATION_METRICS:
+        raise UsageError(f"--monitor {args.monitor!r} is not a logged metric: use one of "
+                         f"{', '.join(training.VALIDATION_METRICS)}")
+    if args.patience is not None and args.patience < 1:
+        raise UsageError(f"--patience {args.patience}: give a number of validations >= 1, or "
+                         f"leave it out for no early stopping")
+    for name, p in args.augment_prob:
+        if name not in augmentation.TRANSFORMS:
+            raise UsageError(f"--augment-prob {name}=...: unknown transform {name!r}; use one "
+                             f"of {', '.join(augmentation.TRANSFORMS)}")
+        if p is None or not 0 <= p <= 1:
+            raise UsageError(f"--augment-prob {name}={'?' if p is None else p}: a probability "
+                             f"must be a number in [0, 1] (0 turns {name} off), e.g. "
+                             f"{name}=0.2")
+    if not 0 <= args.augment_rotation < float("inf"):
+        raise UsageError(f"--augment-rotation {args.augment_rotation}: the rotation range must "
+                         f"be >= 0 degrees (angles are drawn from [-range, range]), e.g. 15")
+
+
+def _check_dataset_name(args) -> None:
+    if not args.dataset.startswith("ms_lesions/"):
+        raise cli.UsageError(f"--dataset {args.dataset!r}: expected ms_lesions/<config>")
+    if args.manual_dir and not pathlib.Path(args.manual_dir).is_dir():
+        raise cli.UsageError(f"--manual-dir {args.manual_dir}: no such folder")
+
+
+def augment_config(args, voxel_spacing=(1.0, 1.0, 1.0)):
+    """The ``AugmentConfig`` of ``--augment``/``--augment-prob``/``--augment-rotation``, or
+    None (flips only). ``voxel_spacing`` keeps rotations rigid on an anisotropic grid."""
+    from tfversky import augmentation
+
+    if args.augment == "none" and not args.augment_prob:
+        return None
+    settings = {}
+    if args.augment != "default":  # all: every transform always; none: only those named
+        for name in augmentation.TRANSFORMS:
+            settings[name] = args.augment == "all"
+            settings[f"{name}_p"] = 1.0
+    for name, p in args.augment_prob:
+        settings[name], settings[f"{name}_p"] = True, p
+    return augmentation.AugmentConfig(rotation_degrees=args.augment_rotation,
+                                      voxel_spacing=tuple(voxel_spacing), **settings)
+
+
+# --- 1. devices and strategy ------------------------------------------------------------------
+
+
+def make_strategy(name: str, cpu_replicas: int):
+    """The tf.distribute strategy; logical CPUs must be set before the runtime starts."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if cpu_replicas > 1 and tf.config.get_logical_device_configuration(cpu) is None:
+        # Only possible before the runtime starts; a second run in one process (e.g.
+        # reproduce_table1.py) keeps the first run's split.
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_replicas)])
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 or cpu_replicas > 1 else "default"
+    if name == "multiworker":
+        return _reduce_leaf_by_leaf(tf.distribute.MultiWorkerMirroredStrategy())
+    if name == "mirrored":
+        devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.get_strategy()
+
+
+def _reduce_leaf_by_leaf(strategy):
+    """Works around Keras 3's fit() under MultiWorkerMirroredStrategy (keras#20585).
+
+    fit() reduces the first (x, y) batch as a nest, which the collective strategy cannot
+    take (nor uint8 labels), only to learn the batch's shapes: the local batch does that.
+    It also reduces scalar metrics "along axis 0": across replicas is what it means.
+    """
+    import tensorflow as tf
+
+    reduce = strategy.reduce
+
+    def fixed_reduce(reduce_op, value, axis=None):
+        if not isinstance(value, tf.distribute.DistributedValues):
+            return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0],
+                                         value)
+        scalar = tf.convert_to_tensor(value.values[0]).shape.rank == 0
+        return reduce(reduce_op, value, axis=None if scalar else axis)
+
+    strategy.reduce = fixed_reduce
+    return strategy
+
+
+# --- 2. data ----------------------------------------------------------------------------------
+
+
+def open_dataset(args):
+    """The ``ms_lesions`` builder of ``--dataset`` and its options; ``UsageError`` if wrong."""
+    UsageError = cli.UsageError
+    try:  # the builder is an adapter: only this step needs it
+        import tensorflow_datasets as tfds
+
+        import tfds_ms
+    except ImportError as error:
+        raise UsageError(f"--dataset {args.dataset} needs the data extras (tensorflow-datasets "
+                         f"and tfds_ms): {error}. Install them: pip install "
+                         f"'tensorflow-datasets==4.9.*' (tfds_ms ships with tfversky).") from None
+    from tfds_ms import layouts
+
+    config = args.dataset.split("/", 1)[1]
+    known = [c.name for c in tfds_ms.MsLesions.BUILDER_CONFIGS]
+    if config not in known:
+        raise UsageError(f"--dataset {args.dataset!r}: unknown config {config!r}; expected one "
+                         f"of {', '.join('ms_lesions/' + k for k in known)}")
+    user = config in layouts.USER_LAYOUTS
+    given = [name for name in USER_OPTIONS if getattr(args, name, None) is not None]
+    if given and not user:
+        raise UsageError(f"--{given[0].replace('_', '-')} is for --dataset ms_lesions/nnunet or "
+                         f"ms_lesions/bids, not {args.dataset}")
+    options = {}
+    if user:
+        try:
+            grid = tfds_ms.parse_grid(args.grid_shape, args.grid_spacing)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        options = dict(modalities=args.modalities, subject_pattern=args.subject_pattern,
+                       mask_folder=args.mask_folder, mask_pattern=args.mask_pattern, grid=grid,
+                       num_folds=args.num_folds)
+    try:
+        builder = tfds_ms.builder(args.dataset, data_dir=args.data_dir,
+                                  manual_dir=args.manual_dir, **options)
+    except _dataset_errors(tfds) as error:
+        raise UsageError(f"--dataset {args.dataset}: {error}".splitlines()[0]) from None
+    return builder
+
+
+def _dataset_errors(tfds):
+    return (tfds.core.download.download_manager.NonMatchingChecksumError, ValueError,
+            FileNotFoundError, AssertionError)
+
+
+def read_split(args, builder, split: str, flag: str = "--split"):
+    """One split of ``builder`` as a dataset of whole volumes; ``UsageError`` if wrong."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return builder.as_dataset(split=split, shuffle_files=False)
+    except _dataset_errors(tfds) as error:
+        raise cli.UsageError(f"{flag} {split!r} of --dataset {args.dataset}: "
+                             f"{error}".splitlines()[0]) from None
+
+
+def describe(builder):
+    """(modalities, grid, ignore_index, placement) of a dataset: its canonical modality names
+    in channel order (the model's inputs), its ``ReferenceGrid``, the label value the loss
+    leaves out (or None), and how the grid was placed on each scan (the plan's
+    ``placement``)."""
+    import tfds_ms
+
+    placement = ("registration" if getattr(builder.builder_config, "register", False)
+                 else "brain_bbox")
+    return (tfds_ms.dataset_modalities(builder), tfds_ms.dataset_grid(builder),
+            tfds_ms.dataset_ignore_index(builder), placement)
+
+
+def load_splits(args, skip_batches: int = 0):
+    """(training patches, test-fold volumes, (modalities, grid, ignore_index, placement),
+    validation volumes or None).
+
+    With ``--val-subjects``, that many training subjects (seeded by ``--seed``) are held out
+    of the patches for whole-volume validation. Wrong datasets and options are
+    ``UsageError``s.
+    """
+    from tfversky import data, training
+
+    try:  # before the dataset is built (minutes)
+        train_split, test_split = data.fold_splits(args.fold, args.num_folds)
+    except ValueError as error:
+        raise cli.UsageError(f"--fold {args.fold}: {error}") from None
+    builder = open_dataset(args)
+    train = read_split(args, builder, train_split, "--fold")
+    test = read_split(args, builder, test_split, "--fold")
+    description = describe(builder)
+    validation = None
+    if args.val_subjects:
+        subjects = [s.decode() for s in train.map(lambda e: e["subject"]).as_numpy_iterator()]
+        try:
+            _, val_ids = training.split_subjects(subjects, args.val_subjects, seed=args.seed)
+        except ValueError as error:
+            unique = len(set(subjects))
+            raise cli.UsageError(
+                f"--val-subjects {args.val_subjects}: the training folds hold {unique} "
+                f"subject(s) and validation may not outnumber training; use --val-subjects "
+                f"{unique // 2} or less (0: no validation)" if unique > 1 else
+                f"--val-subjects {args.val_subjects}: the training folds hold {unique} "
+                f"subject(s), none to spare; use --val-subjects 0") from error
+        train, validation = training.split_validation(train, val_ids)
+    patches = data.patch_dataset(train, patch_size=(args.patch_size,) * 3,
+                                 batch_size=args.batch_size,
+                                 lesion_fraction=args.lesion_fraction, seed=args.seed,
+                                 skip_batches=skip_batches,
+                                 augment=augment_config(args, description[1].spacing))
+    return patches, test, description, validation
+
+
+# --- 3. model and loss ------------------------------------------------------------------------
+
+
+def build_model(args, modalities=None, ignore_index=None):
+    """The U-Net with one input channel per modality, compiled with the Tversky loss.
+
+    ``modalities`` defaults to ``tfversky.modalities.DEFAULT_MODALITIES`` (T1, T2, FLAIR);
+    ``ignore_index`` is the label value the loss leaves out (nnU-Net's ``ignore`` label).
+    """
+    import keras
+
+    import tfversky
+    from tfversky import metrics, models
+    from tfversky.modalities import DEFAULT_MODALITIES
+
+    channels = len(modalities or DEFAULT_MODALITIES)
+    normalization = None if args.normalization == "none" else args.normalization
+    model = models.unet3d(input_shape=(None, None, None, channels),
+                          base_filters=args.base_filters, depth=args.depth,
+                          normalization=normalization)
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        args.lr, decay_steps=1000, decay_rate=0.9, staircase=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        # alpha weighs false positives, beta false negatives (Salehi et al. 2017).
+        loss=tfversky.TverskyLoss(args.alpha, args.beta, gamma=args.gamma,
+                                  batch=args.batch_dice, implementation=args.loss_impl,
+                                  ignore_index=ignore_index),
+        metrics=[metrics.DiceScore(), metrics.Sensitivity(), metrics.FBetaScore(2.0)],
+        # Keras's choice (XLA on a single GPU): the fused op lowers into XLA (docs/fused_op.md).
+        jit_compile="auto")
+    return model
+
+
+def training_plan(args, modalities, grid, placement: str = "brain_bbox"):
+    """What this run trains with, for the model's plan: the dataset's modalities and grid
+    (and how the grid was placed), the normalisation, and the evaluation's window settings."""
+    from tfversky import plan
+
+    loss = {"name": "TverskyLoss", "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma,
+            "batch": args.batch_dice}  # alpha weighs false positives, beta false negatives
+    return plan.Plan(modalities=tuple(modalities), grid=grid, placement=placement,
+                     patch_size=args.inference_patch, overlap=args.overlap,
+                     threshold=args.threshold, loss=loss)
+
+
+# --- 4. training ------------------------------------------------------------------------------
+
+
+def completed_epochs(backup: pathlib.Path) -> int:
+    """Epochs a killed run finished, from BackupAndRestore's metadata (0 for a new run)."""
+    metadata = backup / "training_metadata.json"
+    return json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
+
+
+def train(args, strategy, out: pathlib.Path, chief: bool) -> dict:
+    """Builds the data and the model and runs ``model.fit``; returns what the report needs:
+    ``model``, ``test``, ``history``, ``seconds``, ``modalities``, ``ignore_index`` and
+    ``validation`` (the ``ValidationCallback``, or None)."""
+    import keras
+
+    from tfversky import data, inference, plan, training
+
+    # Non-chief workers keep their checkpoints apart, so they never overwrite the chief's.
+    work = out if chief else out / f"worker-{strategy.cluster_resolver.task_id}"
+    # A resumed run continues the patch stream where the killed one stopped, so it trains
+    # on exactly the batches an uninterrupted run would have.
+    work.mkdir(parents=True, exist_ok=True)
+    done = completed_epochs(work / "backup")
+    if done:
+        print(f"resuming after epoch {done} from {work / 'backup'}")
+    patches, test, (modalities, grid, ignore_index, placement), val = load_splits(
+        args, skip_batches=done * args.steps_per_epoch)
+    print(f"data: {args.dataset}, inputs {', '.join(modalities)} on a "
+          f"{'x'.join(map(str, grid.shape))} grid of {' x '.join(f'{s:g}' for s in grid.spacing)} "
+          f"mm" + (f", label {ignore_index} ignored by the loss" if ignore_index is not None
+                   else ""))
+    model_plan = training_plan(args, modalities, grid, placement)
+    with strategy.scope():
+        # The plan rides in every .keras file written below, so `tfversky predict` prepares
+        # scans as these volumes were.
+        model = plan.attach(build_model(args, modalities, ignore_index), model_plan)
+    callbacks = [keras.callbacks.BackupAndRestore(str(work / "backup"))]
+    validation = None
+    if val is not None:
+        validation = training.ValidationCallback(
+            data.iterate_volumes(val), work, val_every=args.val_every, monitor=args.monitor,
+            patience=args.patience, threshold=args.threshold,
+            # The reference-grid stage of the scan-to-mask path: what predict computes.
+            predict=lambda m, image: inference.segment_on_grid(m, image, model_plan)[..., None],
+            tensorboard_dir=work / "logs" / "validation", ignore_index=ignore_index,
+            flair_channel=modalities.index("FLAIR") if "FLAIR" in modalities else 0)
+        print(f"validation: {len(validation.volumes)} volume(s) of the training folds held out, "
+              f"every {args.val_every} epoch(s); model.keras is the best on {args.monitor}")
+        callbacks.append(validation)  # before the loggers: they read its val_* logs
+    callbacks += [keras.callbacks.CSVLogger(str(work / "training_log.csv"), append=True),
+                  keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False)]
+    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    start = time.perf_counter()
+    history = model.fit(patches, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
+    seconds = time.perf_counter() - start
+    if chief and validation is None:  # no selection: the last epoch is the model
+        model.save(out / "last.keras")
+        model.save(out / "model.keras")
+    elif chief and validation.selected_epoch is None:  # the metric never defined (NaN)
+        shutil.copyfile(out / "last.keras", out / "model.keras")
+    return dict(model=model, test=test, history=history.history, seconds=seconds,
+                modalities=modalities, ignore_index=ignore_index, validation=validation)
+
+
+# --- 5. evaluation and report -----------------------------------------------------------------
+
+
+def print_report(results: dict, out: pathlib.Path, files=()) -> None:
+    from tfversky import metrics
+
+    rows = results["subjects"] + [{"subject": "pooled", **results["pooled"]}]
+    keys = metrics.PAPER_METRICS + ("ltpr", "lfpr")
+    width = max(len(r["subject"]) for r in rows)
+    print(f"\n{'subject':<{width}}  " + "  ".join(f"{k:>11}" for k in keys))
+    for row in rows:
+        print(f"{row['subject']:<{width}}  " + "  ".join(f"{100 * row[k]:>10.2f}%" for k in keys))
+    print(f"\nwritten to {out}:")
+    for path in files:
+        print(f"  {out / path}")
+
+
+def _selection(validation, epochs_run: int) -> dict:
+    if validation is None:
+        return {"monitor": None, "selected_epoch": epochs_run, "best": None,
+                "note": "no validation subjects: model.keras is the last epoch"}
+    if validation.selected_epoch is None:
+        return {"monitor": validation.monitor, "selected_epoch": epochs_run, "best": None,
+                "note": f"{validation.monitor} was never defined: model.keras is the last epoch",
+                "validation_history": validation.history}
+    return {"monitor": validation.monitor, "selected_epoch": validation.selected_epoch,
+            "best": validation.best, "stopped_epoch": validation.stopped_epoch,
+            "validation_history": validation.history}
+
+
+def run(args) -> dict:
+    """Trains, selects and evaluates one run (``tfversky train``); returns ``results.json``'s
+    content (empty on a non-chief worker)."""
+    check_args(args)
+    strategy = make_strategy(args.strategy, args.cpu_replicas)  # before any other TF work
+    import keras
+    import tensorflow as tf
+
+    import tfversky
+    from tfversky import data, evaluation, fused, training
+
+    keras.backend.clear_session()  # a fresh graph and layer names for every run in a process
+    keras.utils.set_random_seed(args.seed)
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    out = pathlib.Path(args.out)
+    chief = training.is_chief(strategy)
+    out.mkdir(parents=True, exist_ok=True)
+    # What "auto" resolves to here, inside XLA too (Keras's default on a single GPU).
+    loss_impl = "tf" if args.loss_impl == "tf" or not fused.is_available() else "fused"
+    if loss_impl == "fused" and fused.xla_unavailable_reason() is not None:
+        loss_impl = "fused, or tf where Keras compiles with XLA"
+    print(f"tfversky {tfversky.__version__}, TensorFlow {tf.__version__}, Keras "
+          f"{keras.__version__}; strategy {type(strategy).__name__} with "
+          f"{strategy.num_replicas_in_sync} replica(s); loss: {loss_impl}, alpha={args.alpha} "
+          f"(FP), beta={args.beta} (FN)")
+    trained = train(args, strategy, out, chief)
+    if not chief:
+        return {}
+    # The selected model is evaluated, loaded from its file outside the strategy: inference
+    # runs locally (the other workers have finished) and checks the artifact users get.
+    model = keras.models.load_model(out / "model.keras")
+    history = trained["history"]
+    test = trained["test"]
+    start = time.perf_counter()
+    results = evaluation.evaluate_fold(model, data.iterate_volumes(test), out,
+                                       ignore_index=trained["ignore_index"],
+                                       total=int(test.cardinality()))
+    results.update(
+        config={k: v for k, v in vars(args).items() if k not in ("handler", "command")},
+        modalities=list(trained["modalities"]), history=history,
+        selection=_selection(trained["validation"], len(history.get("loss", []))),
+        timing={"train_seconds": trained["seconds"],
+                "inference_seconds": time.perf_counter() - start,
+                "patches_per_second": args.epochs * args.steps_per_epoch * args.batch_size
+                / trained["seconds"]},
+        loss_implementation=loss_impl,
+        versions={"tfversky": tfversky.__version__, "tensorflow": tf.__version__,
+                  "keras": keras.__version__})
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    selection = results["selection"]
+    print(f"\nselected epoch {selection['selected_epoch']}" + (
+        f" ({selection['monitor']} {selection['best']:.4f})" if selection["best"] is not None
+        else f" ({selection['note']})"))
+    print_report(results, out, ["results.json", "model.keras", "last.keras", "pr_curve.png",
+                                "overlays/", "predictions/", "training_log.csv", "logs/"])
+    return results
+
+
+# --- the subcommands --------------------------------------------------------------------------
+
+
+def add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="train a 3D U-Net with the Tversky loss, select it on validation, test it",
+        description="Train a 3D U-Net with the Tversky loss (alpha weighs false positives, "
+                    "beta false negatives) on an ms_lesions dataset, select the checkpoint on "
+                    "whole-volume validation (--val-subjects), and report the paper's metrics "
+                    "on the held-out fold. Reuse --out to resume a killed run.")
+    add_train_arguments(parser)
+    parser.set_defaults(handler=_train)
+
+
+def _train(args) -> int:
+    run(args)
+    return 0
+
+
+def add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="score a saved model on a split of a dataset (per subject, pooled, lesion-wise)",
+        description="Whole-volume inference of a saved model on every volume of a dataset "
+                    "split, through the same path as predict: per-subject and pooled DSC, "
+                    "sensitivity, specificity, F2, APR, lesion-wise LTPR/LFPR, PR curves, "
+                    "overlays and the masks on each scan. The dataset's modalities must be the "
+                    "model's (its plan).")
+    parser.add_argument("--model", required=True, metavar="FILE",
+                        help="a .keras model saved by tfversky train (carrying its plan)")
+    parser.add_argument("--split", default="fold1",
+                        help="the split to score, e.g. fold1 or fold0+fold1")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: evaluation.json, evaluator.npz, subject_curves.npz, "
+                             "pr_curve.png, overlays/, predictions/")
+    add_data_arguments(parser)
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args) -> int:
+    import warnings
+
+    from tfversky import data, evaluation, plan as plan_lib
+
+    _check_dataset_name(args)
+    if not os.path.isfile(args.model):
+        raise cli.UsageError(f"--model file {args.model!r} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", plan_lib.PlanWarning)
+            model_plan = plan_lib.read_plan(args.model)
+    except ValueError as err:
+        raise cli.UsageError(f"--model: {err}") from None
+    builder = open_dataset(args)
+    modalities, _, ignore_index, _ = describe(builder)
+    if tuple(modalities) != tuple(model_plan.modalities):
+        raise cli.UsageError(
+            f"--model {args.model!r} takes {','.join(model_plan.modalities)} but --dataset "
+            f"{args.dataset} holds {','.join(modalities)}: evaluate on a dataset with the "
+            f"model's modalities (nnunet/bids: --modalities {','.join(model_plan.modalities)})")
+    volumes = read_split(args, builder, args.split)
+    model = cli._load_model(args.model)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results = evaluation.evaluate_fold(model, data.iterate_volumes(volumes), out,
+                                           plan=model_plan, ignore_index=ignore_index,
+                                           total=int(volumes.cardinality()))
+    except ValueError as err:
+        raise cli.UsageError(f"--split {args.split!r}: {' '.join(str(err).split())}") from None
+    print_report(results, out, [evaluation.RESULT_FILE, "evaluator.npz", "pr_curve.png",
+                                "overlays/", "predictions/"])
+    return 0
