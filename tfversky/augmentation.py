@@ -241,7 +241,7 @@ def trilinear_sample(volume, coords):
     frac = coords - base
     base = tf.cast(base, tf.int32)
     # Per axis: the two neighbours' clipped indices and weights (0 for a neighbour outside).
-    indices, weights = [], []
+    indices = []
     for axis in range(3):
         low, size = base[:, axis], shape[axis]
         pair = []

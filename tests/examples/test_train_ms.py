@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -159,18 +158,8 @@ def test_same_seed_same_results_and_resume_after_kill(data_dir, tmp_path):
     assert first["history"]["loss"][1:] == pytest.approx(second["history"]["loss"], rel=1e-5)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def test_multi_worker_mirrored_strategy_with_two_local_workers(data_dir, tmp_path):
-    workers = [f"localhost:{port}" for port in _free_ports(2)]
+def test_multi_worker_mirrored_strategy_with_two_local_workers(data_dir, tmp_path, free_ports):
+    workers = [f"localhost:{port}" for port in free_ports(2)]
     out = tmp_path / "run"
     processes = []
     for index in range(2):
