@@ -7,7 +7,7 @@
 Reports the time to fill the volume cache (first pass: reading and decoding every volume)
 and the steady-state rate afterwards, which is what training sees. Compare it with the
 training step's consumption: a 3D U-Net step on 2 x 64^3 patches takes ~0.8 s on a 2-core
-CPU (DESIGN.md), i.e. ~2.5 patches/s.
+CPU (docs/model.md), i.e. ~2.5 patches/s.
 
 ``--augment``: ``none`` (flips only), ``default`` (``AugmentConfig()``: nnU-Net's
 probabilities) and ``all`` (every transform on every patch, the worst case).

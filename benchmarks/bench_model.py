@@ -5,8 +5,8 @@ model on this machine, and the parameter count and memory estimate of the paper-
     python benchmarks/bench_model.py --steps 20 --patch 64 --infer-shape 128,224,256
 
 Training: ``model.train_on_batch`` with Adam and ``TverskyLoss(0.3, 0.7)`` on random
-(batch, patch^3, 3) inputs, graph mode (never XLA on CPU, see DESIGN.md section 5), the
-median over ``--steps`` steps after ``--warmup`` steps. Inference: ``predict_volume`` on a
+(batch, patch^3, 3) inputs, graph mode (never XLA on CPU: docs/model.md, "Graph mode, not
+XLA, on the CPU"), the median over ``--steps`` steps after ``--warmup`` steps. Inference: ``predict_volume`` on a
 random volume of ``--infer-shape`` with its default patch (128) and overlap 0.5, voxels of
 the volume per second of wall time, plus the bare model throughput on one patch.
 

@@ -9,7 +9,7 @@ batch pooling stay in ``losses.loss_from_sums`` for both implementations.
 Forward: one pass reads y_pred and the labels and writes the (batch, classes) sums. Backward
 (``FusedTverskySumsGrad``, registered as the op's gradient): one pass reads them again and
 writes dL/dy_pred, from dL/dTP, dL/dFP, dL/dFN given by TensorFlow's autodiff of
-``loss_from_sums``. That is the closed form of DESIGN.md section 2 (the paper's Eq. 5
+``loss_from_sums``. That is the closed form of docs/losses.md, "The gradient" (the paper's Eq. 5
 without its stray factor 2), chained through the softmax or sigmoid.
 
 ``implementation="auto"`` uses the op when its library loads and the class count is

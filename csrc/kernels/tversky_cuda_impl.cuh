@@ -2,7 +2,7 @@
 // tversky_cuda_<type>.cu, which instantiate it for one input type each.
 //
 // Plain CUDA (only <cuda_runtime.h>): no TensorFlow headers, so the same objects link into
-// the TensorFlow op and the pybind11 module (DESIGN.md section 3).
+// the TensorFlow op and the pybind11 module (docs/fused_op.md, "Build").
 //
 // Sums, stage 1: a 2D grid, y over samples, x over the voxels of a sample (grid-stride, so
 // the grid is sized from the device, not the volume). One or two classes: one thread per

@@ -5,7 +5,7 @@
 // No framework headers, so the same code builds into the TensorFlow op and the pybind11
 // module, with g++ and with nvcc.
 //
-// Notation (DESIGN.md section 2): per sample b, class c, voxel i, with p the probability,
+// Notation (docs/losses.md, "The math"): per sample b, class c, voxel i, with p the probability,
 // g the target and w = 0 for ignored voxels (1 otherwise):
 //   TP_c = sum_i w p g,   FP_c = sum_i w p (1 - g),   FN_c = sum_i w (1 - p) g.
 // The backward pass gets dL/dTP_c, dL/dFP_c, dL/dFN_c and computes per voxel

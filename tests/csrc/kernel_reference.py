@@ -46,7 +46,7 @@ def package_version() -> str:
     return runpy.run_path(str(ROOT / "tfversky" / "_version.py"))["__version__"]
 
 
-# ---- reference math (float64), written from DESIGN.md section 2 ----
+# ---- reference math (float64), written from docs/losses.md ("The math", "The gradient") ----
 
 def probabilities(y, from_logits, activation):
     y = np.asarray(y, np.float64)

@@ -13,7 +13,7 @@ from tfversky import fused, losses
 
 def reference_loss(labels, probs, alpha, beta, gamma=1.0, smooth_nr=1e-5, smooth_dr=1e-5,
                    classes=slice(1, None)):
-    """float64 NumPy reference from DESIGN.md section 2 (sparse labels, per-sample)."""
+    """float64 NumPy reference from docs/losses.md, "The math" (sparse labels, per-sample)."""
     probs = np.asarray(probs, np.float64)
     onehot = np.eye(probs.shape[-1])[labels]
     axes = tuple(range(1, probs.ndim - 1))
@@ -208,7 +208,7 @@ def test_gradient_against_finite_differences(rng, options):
 
 
 def test_gradient_is_the_exact_derivative_not_the_printed_eq5(rng):
-    """DESIGN.md: dT/dp_i = [g D - N (g + alpha (1 - g) - beta g)] / D^2, no factor 2."""
+    """docs/losses.md: dT/dp_i = [g D - N (g + alpha (1 - g) - beta g)] / D^2, no factor 2."""
     alpha, beta, s = 0.3, 0.7, 1e-5
     labels, _, probs = random_case(rng, shape=(1, 4, 4, 4))
     x = tf.constant(probs.astype(np.float64))

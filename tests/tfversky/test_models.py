@@ -62,7 +62,7 @@ def test_layer_structure_matches_the_paper(depth):
 
 
 def test_parameter_count_of_the_design_brief_network():
-    """DESIGN.md section 5 timed depth 4, base 16: 1.40 M parameters."""
+    """docs/model.md times depth 4, base 16 on the CPU: 1.40 M parameters."""
     assert unet3d(base_filters=16, depth=4).count_params() == 1_401_442
 
 
