@@ -388,15 +388,18 @@ def _case_file(folder: str, case: str) -> str:
 
 
 def _registration(plan):
-    """The grid placement of a plan made with rigid registration (needs SimpleITK)."""
+    """The grid placement of a plan made with rigid registration (needs SimpleITK): the
+    ``registration`` adapter (``tfversky._adapters``)."""
+    from tfversky import _adapters
+
     try:
-        from tfds_ms import registration
-    except ImportError as err:
+        register = _adapters.load("tfversky.grid_placements", "registration")
+    except _adapters.AdapterUnavailableError as err:
         raise UsageError(f"this model's grid is placed by rigid registration: {err}") from None
     t1 = plan.modalities.index("T1") if "T1" in plan.modalities else 0
 
     def place(image, affine, grid):
-        return registration.registered_grid_affine(image[..., t1], affine, grid)
+        return register(image[..., t1], affine, grid)
 
     return place
 

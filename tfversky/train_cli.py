@@ -6,8 +6,8 @@
     tfversky evaluate --model runs/val/model.keras --dataset ms_lesions/synthetic_lowres \\
         --split fold1 --out runs/val/test
 
-``train``: data (a ``ms_lesions`` config through the ``tfds_ms`` adapter, imported only
-here) -> 3D U-Net with the Tversky loss (alpha weighs false positives, beta false
+``train``: data (a ``ms_lesions`` config through the dataset adapter its entry point names,
+``tfversky._adapters``) -> 3D U-Net with the Tversky loss (alpha weighs false positives, beta false
 negatives, as in Salehi et al. 2017) -> ``model.fit`` under a ``tf.distribute`` strategy,
 resumable (``BackupAndRestore``) -> with ``--val-subjects``, whole-volume validation and
 model selection (``tfversky.training.ValidationCallback`` on the reference-grid stage
@@ -33,9 +33,6 @@ from tfversky import cli
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "default")
 AUGMENT_CHOICES = ("none", "default", "all")
-# Options of the user layouts (nnunet, bids) only.
-USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "grid_shape",
-                "grid_spacing")
 
 
 # --- flags ------------------------------------------------------------------------------------
@@ -304,73 +301,15 @@ def _reduce_leaf_by_leaf(strategy):
 # --- 2. data ----------------------------------------------------------------------------------
 
 
-def open_dataset(args):
-    """The ``ms_lesions`` builder of ``--dataset`` and its options; ``UsageError`` if wrong."""
-    UsageError = cli.UsageError
-    try:  # the builder is an adapter: only this step needs it
-        import tensorflow_datasets as tfds
-
-        import tfds_ms
-    except ImportError as error:
-        raise UsageError(f"--dataset {args.dataset} needs the data extras (tensorflow-datasets "
-                         f"and tfds_ms): {error}. Install them: pip install "
-                         f"'tensorflow-datasets==4.9.*' (tfds_ms ships with tfversky).") from None
-    from tfds_ms import layouts
-
-    config = args.dataset.split("/", 1)[1]
-    known = [c.name for c in tfds_ms.MsLesions.BUILDER_CONFIGS]
-    if config not in known:
-        raise UsageError(f"--dataset {args.dataset!r}: unknown config {config!r}; expected one "
-                         f"of {', '.join('ms_lesions/' + k for k in known)}")
-    user = config in layouts.USER_LAYOUTS
-    given = [name for name in USER_OPTIONS if getattr(args, name, None) is not None]
-    if given and not user:
-        raise UsageError(f"--{given[0].replace('_', '-')} is for --dataset ms_lesions/nnunet or "
-                         f"ms_lesions/bids, not {args.dataset}")
-    options = {}
-    if user:
-        try:
-            grid = tfds_ms.parse_grid(args.grid_shape, args.grid_spacing)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        options = dict(modalities=args.modalities, subject_pattern=args.subject_pattern,
-                       mask_folder=args.mask_folder, mask_pattern=args.mask_pattern, grid=grid,
-                       num_folds=args.num_folds)
-    try:
-        builder = tfds_ms.builder(args.dataset, data_dir=args.data_dir,
-                                  manual_dir=args.manual_dir, **options)
-    except _dataset_errors(tfds) as error:
-        raise UsageError(f"--dataset {args.dataset}: {error}".splitlines()[0]) from None
-    return builder
-
-
-def _dataset_errors(tfds):
-    return (tfds.core.download.download_manager.NonMatchingChecksumError, ValueError,
-            FileNotFoundError, AssertionError)
-
-
-def read_split(args, builder, split: str, flag: str = "--split"):
-    """One split of ``builder`` as a dataset of whole volumes; ``UsageError`` if wrong."""
-    import tensorflow_datasets as tfds
+def dataset_adapter(args):
+    """The adapter of ``--dataset NAME/CONFIG`` (``tfversky._adapters``, group
+    ``tfversky.datasets``: ``tfds_ms.adapter`` for ``ms_lesions``); ``UsageError`` if none."""
+    from tfversky import _adapters
 
     try:
-        return builder.as_dataset(split=split, shuffle_files=False)
-    except _dataset_errors(tfds) as error:
-        raise cli.UsageError(f"{flag} {split!r} of --dataset {args.dataset}: "
-                             f"{error}".splitlines()[0]) from None
-
-
-def describe(builder):
-    """(modalities, grid, ignore_index, placement) of a dataset: its canonical modality names
-    in channel order (the model's inputs), its ``ReferenceGrid``, the label value the loss
-    leaves out (or None), and how the grid was placed on each scan (the plan's
-    ``placement``)."""
-    import tfds_ms
-
-    placement = ("registration" if getattr(builder.builder_config, "register", False)
-                 else "brain_bbox")
-    return (tfds_ms.dataset_modalities(builder), tfds_ms.dataset_grid(builder),
-            tfds_ms.dataset_ignore_index(builder), placement)
+        return _adapters.load("tfversky.datasets", args.dataset.split("/", 1)[0])
+    except _adapters.AdapterUnavailableError as error:
+        raise cli.UsageError(f"--dataset {args.dataset}: {error}") from None
 
 
 def load_splits(args, skip_batches: int = 0):
@@ -387,10 +326,11 @@ def load_splits(args, skip_batches: int = 0):
         train_split, test_split = data.fold_splits(args.fold, args.num_folds)
     except ValueError as error:
         raise cli.UsageError(f"--fold {args.fold}: {error}") from None
-    builder = open_dataset(args)
-    train = read_split(args, builder, train_split, "--fold")
-    test = read_split(args, builder, test_split, "--fold")
-    description = describe(builder)
+    adapter = dataset_adapter(args)
+    builder = adapter.open_dataset(args)
+    train = adapter.read_split(args, builder, train_split, "--fold")
+    test = adapter.read_split(args, builder, test_split, "--fold")
+    description = adapter.describe(builder)
     validation = None
     if args.val_subjects:
         subjects = [s.decode() for s in train.map(lambda e: e["subject"]).as_numpy_iterator()]
@@ -667,14 +607,15 @@ def _evaluate(args) -> int:
             model_plan = plan_lib.read_plan(args.model)
     except ValueError as err:
         raise cli.UsageError(f"--model: {err}") from None
-    builder = open_dataset(args)
-    modalities, _, ignore_index, _ = describe(builder)
+    adapter = dataset_adapter(args)
+    builder = adapter.open_dataset(args)
+    modalities, _, ignore_index, _ = adapter.describe(builder)
     if tuple(modalities) != tuple(model_plan.modalities):
         raise cli.UsageError(
             f"--model {args.model!r} takes {','.join(model_plan.modalities)} but --dataset "
             f"{args.dataset} holds {','.join(modalities)}: evaluate on a dataset with the "
             f"model's modalities (nnunet/bids: --modalities {','.join(model_plan.modalities)})")
-    volumes = read_split(args, builder, args.split)
+    volumes = adapter.read_split(args, builder, args.split)
     model = cli._load_model(args.model)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,83 @@
+"""The ``ms_lesions`` builder as the dataset adapter of ``tfversky train`` and ``evaluate``.
+
+The core finds this module by its entry point (``tfversky.datasets``: ``ms_lesions``, see
+``tfversky/_adapters.py``) and never imports it by name. Every mistake in the dataset flags
+is a ``tfversky.cli.UsageError``: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+from tfversky import cli
+
+# Options of the user layouts (nnunet, bids) only.
+USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "grid_shape",
+                "grid_spacing")
+
+
+def open_dataset(args):
+    """The ``ms_lesions`` builder of ``--dataset`` and its options; ``UsageError`` if wrong."""
+    UsageError = cli.UsageError
+    try:  # the builder is an adapter: only this step needs it
+        import tensorflow_datasets as tfds
+
+        import tfds_ms
+    except ImportError as error:
+        raise UsageError(f"--dataset {args.dataset} needs the data extras (tensorflow-datasets "
+                         f"and tfds_ms): {error}. Install them: pip install "
+                         f"'tensorflow-datasets==4.9.*' (tfds_ms ships with tfversky).") from None
+    from tfds_ms import layouts
+
+    config = args.dataset.split("/", 1)[1]
+    known = [c.name for c in tfds_ms.MsLesions.BUILDER_CONFIGS]
+    if config not in known:
+        raise UsageError(f"--dataset {args.dataset!r}: unknown config {config!r}; expected one "
+                         f"of {', '.join('ms_lesions/' + k for k in known)}")
+    user = config in layouts.USER_LAYOUTS
+    given = [name for name in USER_OPTIONS if getattr(args, name, None) is not None]
+    if given and not user:
+        raise UsageError(f"--{given[0].replace('_', '-')} is for --dataset ms_lesions/nnunet or "
+                         f"ms_lesions/bids, not {args.dataset}")
+    options = {}
+    if user:
+        try:
+            grid = tfds_ms.parse_grid(args.grid_shape, args.grid_spacing)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        options = dict(modalities=args.modalities, subject_pattern=args.subject_pattern,
+                       mask_folder=args.mask_folder, mask_pattern=args.mask_pattern, grid=grid,
+                       num_folds=args.num_folds)
+    try:
+        builder = tfds_ms.builder(args.dataset, data_dir=args.data_dir,
+                                  manual_dir=args.manual_dir, **options)
+    except _dataset_errors(tfds) as error:
+        raise UsageError(f"--dataset {args.dataset}: {error}".splitlines()[0]) from None
+    return builder
+
+
+def _dataset_errors(tfds):
+    return (tfds.core.download.download_manager.NonMatchingChecksumError, ValueError,
+            FileNotFoundError, AssertionError)
+
+
+def read_split(args, builder, split: str, flag: str = "--split"):
+    """One split of ``builder`` as a dataset of whole volumes; ``UsageError`` if wrong."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return builder.as_dataset(split=split, shuffle_files=False)
+    except _dataset_errors(tfds) as error:
+        raise cli.UsageError(f"{flag} {split!r} of --dataset {args.dataset}: "
+                             f"{error}".splitlines()[0]) from None
+
+
+def describe(builder):
+    """(modalities, grid, ignore_index, placement) of a dataset: its canonical modality names
+    in channel order (the model's inputs), its ``ReferenceGrid``, the label value the loss
+    leaves out (or None), and how the grid was placed on each scan (the plan's
+    ``placement``)."""
+    import tfds_ms
+
+    placement = ("registration" if getattr(builder.builder_config, "register", False)
+                 else "brain_bbox")
+    return (tfds_ms.dataset_modalities(builder), tfds_ms.dataset_grid(builder),
+            tfds_ms.dataset_ignore_index(builder), placement)
