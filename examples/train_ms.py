@@ -19,8 +19,8 @@ code, `tfversky.train_cli`):
 1. devices and a `tf.distribute` strategy (`--strategy`, `--cpu-replicas`);
 2. data: an `ms_lesions` TFDS config (the synthetic phantom by default; ISBI 2015, MSSEG
    2016, your nnU-Net or BIDS folder with `--manual-dir`), lesion-aware random patches,
-   optional augmentation (`--augment default`), validation subjects held out of the
-   training folds (`--val-subjects`);
+   nnU-Net's augmentations (`--augment default`, the default), validation subjects held out
+   of the training folds (`--val-subjects`, a tenth of them by default);
 3. the U-Net with one input channel per modality, compiled with the Tversky loss;
 4. `model.fit`, resumable after a kill (reuse `--out`), validating on whole volumes every
    `--val-every` epochs and keeping the best on `--monitor` as `model.keras`;
@@ -29,7 +29,8 @@ code, `tfversky.train_cli`):
 
     python examples/train_ms.py                      # the synthetic demo (2-core CPU: minutes)
     python examples/train_ms.py --alpha 0.5 --beta 0.5 --out runs/dice
-    python examples/train_ms.py --val-subjects 1 --augment default --patience 5 --out runs/val
+    python examples/train_ms.py --val-every 2 --patience 5 --out runs/val
+    python examples/train_ms.py --val-subjects 0 --augment none --out runs/plain  # paper's way
     python examples/train_ms.py --dataset ms_lesions/msseg2016 --manual-dir /data/msseg2016 \\
         --patch-size 64 --batch-size 4 --epochs 1000 --steps-per-epoch 100 --lr 1e-4
     python examples/train_ms.py --dataset ms_lesions/nnunet --manual-dir /data/Dataset501_MS

@@ -7,7 +7,7 @@ one-line message on stderr and exit code 2, without a traceback.
     tfversky predict --model model.keras --image T1=T1.nii.gz --image T2=T2.nii.gz \\
         --image FLAIR=FLAIR.nii.gz --out seg.nii.gz --probabilities lesion_prob.nii.gz
     tfversky predict --model model.keras -i imagesTs -o predictions   # CASE_0000.nii.gz, ...
-    tfversky train --val-subjects 1 --augment default --out runs/demo  # tfversky.train_cli
+    tfversky train --out runs/demo                 # tfversky.train_cli: validated, augmented
     tfversky evaluate --model runs/demo/model.keras --dataset ms_lesions/synthetic --split fold1 \\
         --out runs/demo/test
 """

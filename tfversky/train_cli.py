@@ -1,16 +1,18 @@
 """``tfversky train`` and ``tfversky evaluate``: the training and test wiring, as a command.
 
     tfversky train --out runs/demo                             # the synthetic demo
-    tfversky train --dataset ms_lesions/synthetic_lowres --val-subjects 1 --val-every 2 \\
-        --augment default --patience 5 --out runs/val
+    tfversky train --dataset ms_lesions/synthetic_lowres --val-every 2 --patience 5 \\
+        --out runs/val
     tfversky evaluate --model runs/val/model.keras --dataset ms_lesions/synthetic_lowres \\
         --split fold1 --out runs/val/test
 
 ``train``: data (a ``ms_lesions`` config through the dataset adapter its entry point names,
-``tfversky._adapters``) -> 3D U-Net with the Tversky loss (alpha weighs false positives, beta false
-negatives, as in Salehi et al. 2017) -> ``model.fit`` under a ``tf.distribute`` strategy,
-resumable (``BackupAndRestore``) -> with ``--val-subjects``, whole-volume validation and
-model selection (``tfversky.training.ValidationCallback`` on the reference-grid stage
+``tfversky._adapters``) -> patches with nnU-Net's augmentations (``--augment default``) ->
+3D U-Net with the Tversky loss (alpha weighs false positives, beta false negatives, as in
+Salehi et al. 2017) -> ``model.fit`` under a ``tf.distribute`` strategy, resumable
+(``BackupAndRestore``) -> on ``--val-subjects`` (a tenth of the training subjects by
+default), whole-volume validation and model selection
+(``tfversky.training.ValidationCallback`` on the reference-grid stage
 ``tfversky.inference.segment_on_grid``) -> the selected model evaluated on the test fold
 (``tfversky.evaluation.evaluate_fold``). ``examples/train_ms.py`` is this, as a script.
 
@@ -107,14 +109,15 @@ def add_train_arguments(parser) -> None:
     data.add_argument("--lesion-fraction", type=float, default=0.5,
                       help="fraction of patches centred on a lesion voxel")
     aug = parser.add_argument_group("augmentation (tfversky.augmentation, on the CPU)")
-    aug.add_argument("--augment", choices=AUGMENT_CHOICES, default="none",
+    aug.add_argument("--augment", choices=AUGMENT_CHOICES, default="default",
                      help="none: flips only; default: nnU-Net's set and probabilities "
                           "(rotation, scaling, gamma, brightness, contrast, noise, blur, bias "
                           "field, low resolution); all: every transform on every patch")
     aug.add_argument("--augment-prob", type=_probability, action="append", default=[],
                      metavar="NAME=P",
                      help="per-patch probability of one transform (repeatable), switching it "
-                          "on, e.g. rotation=0.5; with --augment none only the named ones run")
+                          "on, e.g. rotation=0.5 (noise=0 turns noise off); with --augment "
+                          "none only the named ones run")
     aug.add_argument("--augment-rotation", type=float, default=15.0, metavar="DEGREES",
                      help="rotations about each axis drawn from [-DEGREES, DEGREES]")
     loss = parser.add_argument_group("loss")
@@ -153,10 +156,11 @@ def add_train_arguments(parser) -> None:
                        help="Keras fit verbosity (default: a progress bar on a terminal, one "
                             "line per epoch otherwise)")
     val = parser.add_argument_group("validation and model selection")
-    val.add_argument("--val-subjects", type=_val_subjects, default=0, metavar="N|FRACTION",
-                     help="hold out N (or this fraction of the) training subjects, seeded by "
-                          "--seed, for whole-volume validation; model.keras is then the epoch "
-                          "best on --monitor. 0: no validation, model.keras is the last epoch")
+    val.add_argument("--val-subjects", type=_val_subjects, default=0.1, metavar="N|FRACTION",
+                     help="hold out N (or this fraction, rounded, at least 1, of the) training "
+                          "subjects, seeded by --seed, for whole-volume validation; model.keras "
+                          "is then the epoch best on --monitor. 0: no validation, model.keras "
+                          "is the last epoch")
     val.add_argument("--val-every", type=int, default=1, metavar="N",
                      help="validate every N epochs (and at the last)")
     val.add_argument("--monitor", default="val_dsc",

@@ -28,6 +28,11 @@ def reproduce():
     return module
 
 
+def test_trains_as_the_paper_by_default(reproduce):
+    args = reproduce.build_parser().parse_args([])  # fixed epochs, last one tested, flips only
+    assert (args.val_subjects, args.augment, args.seeds) == (0, "none", 3)
+
+
 def test_seeds_zero_is_an_error(reproduce, capsys, tmp_path):
     assert reproduce.main(["--seeds", "0", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -31,6 +31,14 @@ def test_help(command, flags, capsys):
         assert flag in text, flag
 
 
+def test_train_validates_and_augments_by_default():
+    from tfversky import train_cli
+
+    args = train_cli.build_parser().parse_args([])
+    assert (args.val_subjects, args.augment, args.monitor) == (0.1, "default", "val_dsc")
+    assert train_cli.augment_config(args) is not None
+
+
 def _one_line_error(argv, capsys):
     code = cli.main(argv)
     lines = capsys.readouterr().err.splitlines()
