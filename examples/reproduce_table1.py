@@ -237,6 +237,8 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     try:
         train_cli.check_args(args)
+        if train_cli.resolve_folds(args) is None:  # a user dataset: its folds once it is open
+            train_cli.resolve_folds(args, train_cli.dataset_adapter(args).open_dataset(args))
         check_reproduction(args)
         pooled, subjects, first = summarize(run_all(args, out))
     except cli.UsageError as error:

@@ -54,6 +54,26 @@ def open_dataset(args):
     return builder
 
 
+def num_folds(args, builder=None) -> int | None:
+    """The folds of ``--dataset``: a config's own, or those a user dataset was built with
+    (``--num-folds``, else 2 or its ``splits_final.json``: None until ``builder`` is open).
+    ``--num-folds`` against a config's own folds is a ``UsageError``."""
+    if builder is not None:
+        return builder.builder_config.num_folds
+    import tfds_ms
+    from tfds_ms import layouts
+
+    config = args.dataset.split("/", 1)[1]
+    if config in layouts.USER_LAYOUTS:
+        return args.num_folds
+    declared = {c.name: c.num_folds for c in tfds_ms.MsLesions.BUILDER_CONFIGS}.get(config)
+    if declared is not None and args.num_folds not in (None, declared):
+        raise cli.UsageError(f"--num-folds {args.num_folds}: {args.dataset} has {declared} "
+                             f"folds of its own; leave --num-folds out (it is for "
+                             f"ms_lesions/nnunet and ms_lesions/bids)")
+    return declared  # None for an unknown config: open_dataset's error
+
+
 def _dataset_errors(tfds):
     return (tfds.core.download.download_manager.NonMatchingChecksumError, ValueError,
             FileNotFoundError, AssertionError)

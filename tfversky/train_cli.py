@@ -92,9 +92,10 @@ def add_data_arguments(parser) -> None:
                       help="nnunet/bids: reference grid voxel size in mm (default 1.25,0.9,0.75: "
                            "a 160 x 201.6 x 192 mm field of view; larger brains are cropped, "
                            "with a warning)")
-    data.add_argument("--num-folds", type=int, default=2,
-                      help="folds of the dataset (paper: 2; nnunet: must match "
-                           "splits_final.json when the dataset has one)")
+    data.add_argument("--num-folds", type=int, default=None,
+                      help="nnunet/bids: cross-validation folds (default 2, as the paper, or "
+                           "those of splits_final.json); the other configs have their own "
+                           "(2; one per centre for *_by_centre*)")
 
 
 def add_train_arguments(parser) -> None:
@@ -209,6 +210,7 @@ def check_args(args) -> None:
         raise UsageError(f"--batch-size {args.batch_size} must be divisible by --cpu-replicas "
                          f"{args.cpu_replicas} (each replica takes an equal share)")
     _check_dataset_name(args)
+    resolve_folds(args)
     for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -316,6 +318,25 @@ def dataset_adapter(args):
         raise cli.UsageError(f"--dataset {args.dataset}: {error}") from None
 
 
+def resolve_folds(args, builder=None) -> tuple[str, str] | None:
+    """Sets ``args.num_folds`` to the dataset's folds when not given, checks ``--fold``
+    against them, and returns ``data.fold_splits``'s (training, test) split names.
+
+    A config declares its folds; a user dataset's may come from its ``splits_final.json``,
+    known only once it is open: without ``builder``, None then.
+    """
+    from tfversky import data
+
+    folds = dataset_adapter(args).num_folds(args, builder)
+    if folds is None:
+        return None
+    args.num_folds = folds
+    if not 0 <= args.fold < args.num_folds:
+        raise cli.UsageError(f"--fold {args.fold}: {args.dataset} has {args.num_folds} folds; "
+                             f"use --fold 0 to {args.num_folds - 1}")
+    return data.fold_splits(args.fold, args.num_folds)
+
+
 def load_splits(args, skip_batches: int = 0):
     """(training patches, test-fold volumes, (modalities, grid, ignore_index, placement),
     validation volumes or None).
@@ -326,12 +347,10 @@ def load_splits(args, skip_batches: int = 0):
     """
     from tfversky import data, training
 
-    try:  # before the dataset is built (minutes)
-        train_split, test_split = data.fold_splits(args.fold, args.num_folds)
-    except ValueError as error:
-        raise cli.UsageError(f"--fold {args.fold}: {error}") from None
     adapter = dataset_adapter(args)
+    splits = resolve_folds(args)  # before the dataset is built (minutes) where its config tells
     builder = adapter.open_dataset(args)
+    train_split, test_split = splits or resolve_folds(args, builder)
     train = adapter.read_split(args, builder, train_split, "--fold")
     test = adapter.read_split(args, builder, test_split, "--fold")
     description = adapter.describe(builder)
@@ -603,6 +622,7 @@ def _evaluate(args) -> int:
     from tfversky import data, evaluation, plan as plan_lib
 
     _check_dataset_name(args)
+    resolve_folds(args)
     if not os.path.isfile(args.model):
         raise cli.UsageError(f"--model file {args.model!r} does not exist")
     try:

@@ -39,6 +39,15 @@ def test_train_validates_and_augments_by_default():
     assert train_cli.augment_config(args) is not None
 
 
+def test_folds_come_from_the_dataset_config():
+    from tfversky import train_cli
+
+    args = train_cli.build_parser().parse_args(
+        ["--dataset", "ms_lesions/synthetic_realistic_by_centre_lowres", "--fold", "3"])
+    assert train_cli.resolve_folds(args) == ("fold0+fold1+fold2", "fold3")  # one per centre
+    assert args.num_folds == 4
+
+
 def _one_line_error(argv, capsys):
     code = cli.main(argv)
     lines = capsys.readouterr().err.splitlines()
@@ -54,6 +63,8 @@ def _one_line_error(argv, capsys):
     (["--augment-rotation", "-5"], "--augment-rotation -5.0: the rotation range must be >= 0"),
     (["--patience", "0"], "--patience 0"),
     (["--val-every", "0"], "--val-every must be >= 1"),
+    (["--fold", "5"], "--fold 5: ms_lesions/synthetic_tiny has 2 folds; use --fold 0 to 1"),
+    (["--num-folds", "3"], "--num-folds 3: ms_lesions/synthetic_tiny has 2 folds of its own"),
 ])
 def test_bad_flags_are_one_line_before_any_work(extra, message, capsys, tmp_path):
     out = tmp_path / "run"
