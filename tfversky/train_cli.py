@@ -622,7 +622,7 @@ def _evaluate(args) -> int:
     from tfversky import data, evaluation, plan as plan_lib
 
     _check_dataset_name(args)
-    resolve_folds(args)
+    dataset_adapter(args).num_folds(args)  # --num-folds against a config's own: a UsageError
     if not os.path.isfile(args.model):
         raise cli.UsageError(f"--model file {args.model!r} does not exist")
     try:
