@@ -31,14 +31,13 @@ def run_arm(seed: int, augment: str, extra: list[str], out: pathlib.Path) -> dic
     folder = out / f"seed{seed}_{augment}"
     argv = [*extra, "--seed", str(seed), "--augment", augment, "--out", str(folder)]
     args = train_cli.build_parser("tfversky train").parse_args(argv)
+    train_cli.check_args(args)  # also sets --num-folds from the dataset, as the run saved it
     saved = folder / "results.json"
     if saved.exists():
         config = json.loads(saved.read_text())["config"]
-        expected = json.loads(json.dumps(vars(args), default=str))
-        differ = [k for k, v in expected.items() if k not in ("verbose", "out")
-                  and config.get(k) != v and not (k == "num_folds" and v is None)]
+        differ = train_cli.flags_differing(config, args, ignore=("verbose", "out"))
         if differ:
-            raise SystemExit(f"{folder} was trained with other flags ({', '.join(differ)}): "
+            raise SystemExit(f"{folder} was trained with other flags ({'; '.join(differ)}): "
                              f"use another --out")
         return json.loads(saved.read_text())
     return train_cli.run(args)

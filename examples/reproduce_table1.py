@@ -105,13 +105,9 @@ def check_reproduction(args) -> None:
     if args.seeds < 1:
         raise cli.UsageError(f"--seeds {args.seeds}: each setting and fold needs at least "
                                   f"one training run; use --seeds 1 or more (3 for mean +- sd)")
-    # Compared as JSON, the way each run saved its flags.
-    expected = json.loads(json.dumps({k: v for k, v in vars(args).items()
-                                      if k not in PER_RUN_FLAGS}, default=str))
     for path in sorted(pathlib.Path(args.out).glob("seed*/alpha*_beta*/fold*/results.json")):
         saved = json.loads(path.read_text()).get("config", {})
-        differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} there, {v!r} now"
-                  for k, v in expected.items() if saved.get(k) != v]
+        differ = train_cli.flags_differing(saved, args, ignore=PER_RUN_FLAGS)
         if differ:
             raise cli.UsageError(
                 f"{path.parent} holds a run made with other flags ({'; '.join(differ)}): runs "
@@ -237,7 +233,7 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     try:
         train_cli.check_args(args)
-        if train_cli.resolve_folds(args) is None:  # a user dataset: its folds once it is open
+        if args.num_folds is None:  # check_args left a user dataset's folds to the dataset
             train_cli.resolve_folds(args, train_cli.dataset_adapter(args).open_dataset(args))
         check_reproduction(args)
         pooled, subjects, first = summarize(run_all(args, out))

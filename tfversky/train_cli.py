@@ -318,6 +318,17 @@ def dataset_adapter(args):
         raise cli.UsageError(f"--dataset {args.dataset}: {error}") from None
 
 
+def flags_differing(saved_config: dict, args, ignore=()) -> list[str]:
+    """How ``args`` differ from the ``config`` a finished run saved in ``results.json``,
+    one ``--flag X there, Y now`` each (flags in ``ignore`` left out): runs that differ
+    cannot be reused or pooled as if they were the same."""
+    # Compared as JSON, the way each run saved its flags.
+    expected = json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in ignore},
+                                     default=str))
+    return [f"--{k.replace('_', '-')} {saved_config.get(k)!r} there, {v!r} now"
+            for k, v in expected.items() if saved_config.get(k) != v]
+
+
 def resolve_folds(args, builder=None) -> tuple[str, str] | None:
     """Sets ``args.num_folds`` to the dataset's folds when not given, checks ``--fold``
     against them, and returns ``data.fold_splits``'s (training, test) split names.
