@@ -575,13 +575,7 @@ def main(argv=None) -> int:
         prog="python -m tfds_ms.realistic",
         description="Write the realistic MS phantom (varied anatomy, MS lesion statistics, "
                     "confounders, centres, simulated raters) in a real dataset's layout.")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--subjects", type=int, default=15, help="number of subjects (default 15)")
-    parser.add_argument("--layout", choices=synth.LAYOUTS, default="msseg2016",
-                        help="file layout to write (default msseg2016)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--resolution", type=float, default=1.0,
-                        help="working voxel size in mm; larger is faster (default 1.0)")
+    synth.add_phantom_arguments(parser)
     parser.add_argument("--difficulty", type=float, default=0.5,
                         help=f"{DIFFICULTY_RANGE[0]} (clearest) to {DIFFICULTY_RANGE[1]} "
                              f"(hardest); default 0.5")

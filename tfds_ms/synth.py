@@ -635,11 +635,9 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
     return manifest
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tfds_ms.synth",
-        description="Write a synthetic MS lesion dataset (MNI152 anatomy from nilearn, "
-                    "MS-like lesions) in a real dataset's file layout. Offline and deterministic.")
+def add_phantom_arguments(parser) -> None:
+    """The flags of both phantom writers (``python -m tfds_ms.synth`` and ``tfds_ms.realistic``):
+    --out, --subjects, --layout, --seed, --resolution."""
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--subjects", type=int, default=15, help="number of subjects (default 15)")
     parser.add_argument("--layout", choices=LAYOUTS, default="msseg2016",
@@ -647,6 +645,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--resolution", type=float, default=1.0,
                         help="working voxel size in mm; larger is faster (default 1.0)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfds_ms.synth",
+        description="Write a synthetic MS lesion dataset (MNI152 anatomy from nilearn, "
+                    "MS-like lesions) in a real dataset's file layout. Offline and deterministic.")
+    add_phantom_arguments(parser)
     parser.add_argument("--rater-masks", action="store_true",
                         help="msseg2016: also write ManualSegmentation_1..7")
     parser.add_argument("--modalities", default=None,
