@@ -39,6 +39,22 @@ def test_train_validates_and_augments_by_default():
     assert train_cli.augment_config(args) is not None
 
 
+@pytest.mark.parametrize("schedule, expected", [
+    # The paper's: x0.9 after every 1000 steps, whatever the run's length.
+    ("step", {0: 1e-3, 999: 1e-3, 1000: 9e-4, 2500: 8.1e-4}),
+    # nnU-Net's: lr (1 - t/T)^0.9 over T = 4 x 250 steps, 0 at the end.
+    ("poly", {0: 1e-3, 500: 1e-3 * 0.5 ** 0.9, 1000: 0.0}),
+])
+def test_learning_rate_schedules(schedule, expected):
+    from tfversky import train_cli
+
+    args = train_cli.build_parser().parse_args(
+        ["--lr", "1e-3", "--lr-schedule", schedule, "--epochs", "4", "--steps-per-epoch", "250"])
+    rate = train_cli.learning_rate_schedule(args)
+    for step, value in expected.items():
+        assert float(rate(step)) == pytest.approx(value, rel=1e-5, abs=1e-12), step
+
+
 def test_folds_come_from_the_dataset_config():
     from tfversky import train_cli
 
