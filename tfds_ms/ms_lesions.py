@@ -135,8 +135,8 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
         phantom: ``"easy"`` (``tfds_ms.synth``) or ``"realistic"`` (``tfds_ms.realistic``),
             for ``source="synthetic"``. Defaults to ``"easy"``.
         difficulty, synth_centres: The realistic phantom's difficulty (0-1) and centres
-            (``tfds_ms.realistic.CENTRES``, five subjects each). Default 0.5 and its
-            ``DEFAULT_CENTRES``.
+            (``tfds_ms.realistic.CENTRES``, five subjects each). Default
+            ``realistic.DEFAULT_DIFFICULTY`` (0.8) and ``realistic.DEFAULT_CENTRES``.
         folds_by: ``"subject"`` (subject i of the sorted ids in fold i % k) or ``"centre"``
             (MSSEG layout: one fold per centre, ``num_folds`` = the number of centres).
             Defaults to ``"subject"``.
@@ -159,7 +159,7 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
     synth_resolution: float = 1.0
     register: bool = False
     phantom: str = "easy"
-    difficulty: float = 0.5
+    difficulty: float = realistic.DEFAULT_DIFFICULTY
     synth_centres: tuple = realistic.DEFAULT_CENTRES
     folds_by: str = "subject"
 
@@ -339,10 +339,12 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
         CacheMismatchError: the prepared copy in ``data_dir`` was built from other files.
     """
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "First release: synthetic, ISBI 2015 and MSSEG 2016 configs.",
                      "1.1.0": "nnunet and bids configs; any set of modalities; the modality "
-                              "names, grid and ignore label in the metadata."}
+                              "names, grid and ignore label in the metadata.",
+                     "1.2.0": "The realistic phantom's configs; their default difficulty is "
+                              "calibrated for the Table 1 reproduction."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [
         MsLesionsConfig(name="synthetic", source="synthetic",

@@ -31,6 +31,8 @@ def reproduce():
 def test_trains_as_the_paper_by_default(reproduce):
     args = reproduce.build_parser().parse_args([])  # fixed epochs, last one tested, flips only
     assert (args.val_subjects, args.augment, args.seeds) == (0, "none", 3)
+    # The CPU schedule: 1600 steps annealed to 0, so the tested last epoch is settled.
+    assert (args.epochs * args.steps_per_epoch, args.lr_schedule) == (1600, "poly")
 
 
 def test_seeds_zero_is_an_error(reproduce, capsys, tmp_path):
@@ -89,7 +91,7 @@ def test_refuses_to_pool_runs_made_with_other_flags(reproduce, tmp_path, capsys)
     assert reproduce.main(["--out", str(out), "--epochs", "3", "--lr", "0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot be pooled" in err[0]
-    assert "--epochs 8 there, 3 now" in err[0] and "--lr 0.001 there, 0.01 now" in err[0]
+    assert "--epochs 16 there, 3 now" in err[0] and "--lr 0.001 there, 0.01 now" in err[0]
     assert time.monotonic() - started < 10  # refused before any training
 
 

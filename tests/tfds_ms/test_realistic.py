@@ -18,7 +18,7 @@ def anatomy():
 
 @pytest.fixture(scope="module")
 def subjects(anatomy):
-    phantom = realistic.RealisticPhantom(difficulty=0.5)
+    phantom = realistic.RealisticPhantom()  # the default difficulty, as docs/data.md measures
     # Typical, high- and low-load subjects; centres 1, 2 and 3 (subjects 0-4, 5-9, 10-14).
     indices = (0, synth.HIGH_LOAD_SUBJECT, synth.LOW_LOAD_SUBJECT, 5, 10)
     return {i: phantom(anatomy, i, seed=0) for i in indices}
@@ -104,7 +104,7 @@ def test_centres_differ(subjects):
 
 
 def test_deterministic_with_seed(anatomy, subjects):
-    phantom = realistic.RealisticPhantom(0.5)
+    phantom = realistic.RealisticPhantom()
     again = phantom(anatomy, 0, seed=0)
     np.testing.assert_array_equal(again.images["flair"], subjects[0].images["flair"])
     np.testing.assert_array_equal(again.masks["consensus"], subjects[0].masks["consensus"])
@@ -126,7 +126,8 @@ def test_cli_writes_valid_nifti(tmp_path, layout):
     found = layouts.find_scans(tmp_path, layout, **chosen)
     assert len(found) == 2
     manifest = json.loads((tmp_path / "phantom.json").read_text())
-    assert manifest["phantom"] == "realistic" and manifest["difficulty"] == 0.5
+    assert manifest["phantom"] == "realistic"
+    assert manifest["difficulty"] == realistic.DEFAULT_DIFFICULTY
     flair = nib.load(found[0].images["FLAIR"])
     assert flair.get_data_dtype() == np.int16 and flair.header["qform_code"] == 1
     mask = nib.load(found[0].label)
