@@ -258,8 +258,11 @@ def _trend_sentence(claim: str, trend: Trend, expected_sign: int) -> str:
 
 def _comparison_sentence(claim: str, c: Comparison) -> str:
     p = c.p_holm if c.p_holm is not None else c.p_value
-    holds = p < SIGNIFICANCE and c.difference > 0
-    return (f"{claim}: {'holds' if holds else 'does not hold'} here (difference "
+    # Significant either way, or neither: a gain that the subjects cannot tell from zero is
+    # not shown, which is not the same as a significant loss.
+    verdict = ("not shown" if p >= SIGNIFICANCE else "holds" if c.difference > 0
+               else "does not hold")
+    return (f"{claim}: {verdict} here (difference "
             f"{100 * c.difference:+.2f} points, 95 % CI [{100 * c.ci_low:+.2f}, "
             f"{100 * c.ci_high:+.2f}], Wilcoxon p = {c.p_value:.3g}, Holm-adjusted p = "
             f"{p:.3g}, {c.n_subjects} subjects).")

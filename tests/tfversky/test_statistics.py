@@ -124,6 +124,11 @@ def test_paper_claims_fail_when_the_data_say_so():
     assert all(": does not hold here" in c for c in claims), claims
 
 
+def test_a_gain_the_subjects_cannot_show_is_not_shown_rather_than_refuted():
+    claims = statistics.paper_claims(_table(sens_slope=0.3, dsc_gain=0.0), resamples=500)
+    assert all(": not shown here" in c for c in claims[2:]), claims[2:]
+
+
 def test_paper_claims_name_missing_settings():
     table = _table(0.3, 0.05)
     del table[(0.3, 0.7)]
