@@ -9,7 +9,7 @@ Description: trains once (tfversky.train_cli, what `tfversky train` and
 
     python examples/reproduce_table1.py                       # CPU default: realistic phantom
     python examples/reproduce_table1.py --dataset ms_lesions/msseg2016 --manual-dir DIR \\
-        --epochs 1000 --steps-per-epoch 100 --lr 1e-4 --lr-schedule step \
+        --epochs 1000 --steps-per-epoch 100 --lr 1e-4 --lr-schedule step \\
         --patch-size 64                                                  # the paper's scale
     python examples/reproduce_table1.py --dataset ms_lesions/nnunet --manual-dir DIR
     python examples/reproduce_table1.py --dataset ms_lesions/bids --manual-dir DIR \\

@@ -88,8 +88,8 @@ CENTRES = {c.name: c for c in (
     Centre("15t_legacy", 1.5, (1.1, 1.1, 1.5), 3.0, (0.8, 1.2, 0.75, 0.9, 0.8), 0.7, 0.06, 0.14),
 )}
 DEFAULT_CENTRES = ("3t_iso", "15t_3mm", "3t_aniso")
-# Calibrated so that the Table 1 reproduction's CPU schedule lands in the paper's DSC range
-# with training converged (docs/data.md, "Calibration").
+# Chosen so that the Table 1 reproduction's CPU schedule lands in the paper's DSC range and
+# close to converged (docs/data.md, "Calibration": twice the steps still add about 3 points).
 DEFAULT_DIFFICULTY = 0.8
 SUBJECTS_PER_CENTRE = 5  # the MSSEG layout: Center_0X/Patient_01..05
 MODALITIES = ("t1", "t2", "flair", "pd", "gado")
@@ -108,8 +108,7 @@ def check_difficulty(difficulty) -> float:
             low <= difficulty <= high):
         raise ValueError(f"Invalid value for argument `difficulty`: expected a number from {low} "
                          f"(clearest lesions) to {high} (hardest); {DEFAULT_DIFFICULTY} is the "
-                         f"default. "
-                         f"Received: difficulty={difficulty!r}")
+                         f"default. Received: difficulty={difficulty!r}")
     return float(difficulty)
 
 

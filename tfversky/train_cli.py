@@ -142,8 +142,8 @@ def add_train_arguments(parser) -> None:
                             "suits the short CPU demo)")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step",
                        help="step: x0.9 every 1000 steps (the paper's); poly: lr (1 - t/T)^0.9 "
-                            "down to 0 at the last step (nnU-Net's), which lets a short run "
-                            "end converged for its length")
+                            "down to 0 at the last step (nnU-Net's), so a short run ends "
+                            "on a settled model for its length")
     train.add_argument("--base-filters", type=int, default=8, help="U-Net features at level 0")
     train.add_argument("--depth", type=int, default=4, help="U-Net resolution levels")
     train.add_argument("--normalization", choices=("none", "batch", "group", "instance"),
