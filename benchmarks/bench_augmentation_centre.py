@@ -34,10 +34,10 @@ def run_arm(seed: int, augment: str, extra: list[str], out: pathlib.Path) -> dic
     train_cli.check_args(args)  # also sets --num-folds from the dataset, as the run saved it
     saved = folder / "results.json"
     if saved.exists():
-        config = json.loads(saved.read_text())["config"]
-        differ = train_cli.flags_differing(config, args, ignore=("verbose", "out"))
+        differ = train_cli.flags_differing(json.loads(saved.read_text()), args,
+                                           ignore=("verbose", "out"))
         if differ:
-            raise SystemExit(f"{folder} was trained with other flags ({'; '.join(differ)}): "
+            raise SystemExit(f"{folder} was trained with other flags or data ({'; '.join(differ)}): "
                              f"use another --out")
         return json.loads(saved.read_text())
     return train_cli.run(args)

@@ -22,8 +22,8 @@ and no augmentation beyond flips; `--val-subjects 0.1 --augment default` turns b
 Its CPU default trains 16 epochs x 100 steps with the learning rate annealed to 0
 (`--lr-schedule poly`): the paper's step decay over 1000 epochs is `--lr-schedule step`.
 A run that already has results in --out is not trained again, so an interrupted
-reproduction continues where it stopped; a folder holding runs made with other flags is
-refused (their results cannot be pooled).
+reproduction continues where it stopped; a folder holding runs made with other flags, or
+on another version of the dataset, is refused (their results cannot be pooled).
 
 alpha weighs false positives, beta false negatives. Outputs in --out: table1.csv (alpha,
 beta, seeds, then each metric's mean and sd over seeds, as fractions), table1.md (ours next
@@ -107,18 +107,19 @@ PER_RUN_FLAGS = ("alpha", "beta", "fold", "out", "seed", "verbose", "settings", 
 
 
 def check_reproduction(args) -> None:
-    """``--seeds`` >= 1, and no run in ``--out`` made with other flags (never pool those)."""
+    """``--seeds`` >= 1, and no run in ``--out`` made with other flags or another version of
+    the data (never pool those)."""
     if args.seeds < 1:
         raise cli.UsageError(f"--seeds {args.seeds}: each setting and fold needs at least "
                                   f"one training run; use --seeds 1 or more (3 for mean +- sd)")
     for path in sorted(pathlib.Path(args.out).glob("seed*/alpha*_beta*/fold*/results.json")):
-        saved = json.loads(path.read_text()).get("config", {})
-        differ = train_cli.flags_differing(saved, args, ignore=PER_RUN_FLAGS)
+        differ = train_cli.flags_differing(json.loads(path.read_text()), args,
+                                           ignore=PER_RUN_FLAGS)
         if differ:
             raise cli.UsageError(
-                f"{path.parent} holds a run made with other flags ({'; '.join(differ)}): runs "
-                f"with different flags cannot be pooled into one table. Use another --out, "
-                f"or the same flags as that run.")
+                f"{path.parent} holds a run made with other flags or data "
+                f"({'; '.join(differ)}): such runs cannot be pooled into one table. Use "
+                f"another --out, or the flags and data of that run.")
 
 
 def run_all(args, out: pathlib.Path) -> dict:

@@ -54,6 +54,14 @@ def open_dataset(args):
     return builder
 
 
+def version(args) -> str:
+    """The ``ms_lesions`` builder's version (the same for every config): a release that
+    makes a config's data differently bumps it (``MsLesions.RELEASE_NOTES``)."""
+    import tfds_ms
+
+    return str(tfds_ms.MsLesions.VERSION)
+
+
 def num_folds(args, builder=None) -> int | None:
     """The folds of ``--dataset``: a config's own, or those a user dataset was built with
     (``--num-folds``, else 2 or its ``splits_final.json``: None until ``builder`` is open).

@@ -323,15 +323,29 @@ def dataset_adapter(args):
         raise cli.UsageError(f"--dataset {args.dataset}: {error}") from None
 
 
-def flags_differing(saved_config: dict, args, ignore=()) -> list[str]:
-    """How ``args`` differ from the ``config`` a finished run saved in ``results.json``,
-    one ``--flag X there, Y now`` each (flags in ``ignore`` left out): runs that differ
-    cannot be reused or pooled as if they were the same."""
+def dataset_version(args) -> str | None:
+    """The version of the data ``--dataset`` reads, as its adapter's ``version(args)`` gives
+    it (None for an adapter without one): each run saves it, so runs on data that a newer
+    release makes differently are never reused or pooled with today's."""
+    version = getattr(dataset_adapter(args), "version", None)
+    return None if version is None else str(version(args))
+
+
+def flags_differing(saved: dict, args, ignore=()) -> list[str]:
+    """How ``args`` differ from a finished run's ``results.json`` (``saved``): one
+    ``--flag X there, Y now`` per flag (those in ``ignore`` left out), and the dataset's
+    version where the run recorded one. Runs that differ cannot be reused or pooled as if
+    they were the same."""
+    config = saved.get("config", {})
     # Compared as JSON, the way each run saved its flags.
     expected = json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in ignore},
                                      default=str))
-    return [f"--{k.replace('_', '-')} {saved_config.get(k)!r} there, {v!r} now"
-            for k, v in expected.items() if saved_config.get(k) != v]
+    differ = [f"--{k.replace('_', '-')} {config.get(k)!r} there, {v!r} now"
+              for k, v in expected.items() if config.get(k) != v]
+    recorded = saved.get("versions", {}).get("dataset")
+    if recorded is not None and recorded != (current := dataset_version(args)):
+        differ.append(f"{args.dataset} version {recorded} there, {current} now")
+    return differ
 
 
 def resolve_folds(args, builder=None) -> tuple[str, str] | None:
@@ -593,7 +607,7 @@ def run(args) -> dict:
                 / trained["seconds"]},
         loss_implementation=loss_impl,
         versions={"tfversky": tfversky.__version__, "tensorflow": tf.__version__,
-                  "keras": keras.__version__})
+                  "keras": keras.__version__, "dataset": dataset_version(args)})
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     selection = results["selection"]
     print(f"\nselected epoch {selection['selected_epoch']}" + (

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tfversky import evaluation, metrics, statistics
+from tfversky import cli, evaluation, metrics, statistics, train_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "ms_lesions/synthetic_tiny", "--patch-size", "16", "--depth", "3",
@@ -93,6 +93,22 @@ def test_refuses_to_pool_runs_made_with_other_flags(reproduce, tmp_path, capsys)
     assert len(err) == 1 and "cannot be pooled" in err[0]
     assert "--epochs 16 there, 3 now" in err[0] and "--lr 0.001 there, 0.01 now" in err[0]
     assert time.monotonic() - started < 10  # refused before any training
+
+
+def test_refuses_runs_on_another_version_of_the_data(reproduce, tmp_path):
+    out = tmp_path / "table1"
+    args, runs = _fake_reproduction(reproduce, out, [(0.5, 0.5)], seeds=1)
+    saved = runs[(0.5, 0.5)][0][1] / "results.json"
+    results = json.loads(saved.read_text())
+    current = train_cli.dataset_version(args)
+    saved.write_text(json.dumps({**results, "versions": {"dataset": current}}))
+    reproduce.check_reproduction(args)  # the same version recorded: accepted
+    saved.write_text(json.dumps({**results, "versions": {"dataset": "1.0.0"}}))
+    with pytest.raises(cli.UsageError, match="cannot be pooled") as refused:
+        reproduce.check_reproduction(args)
+    assert str(refused.value).count("there") == 1  # the flags are the same
+    assert f"ms_lesions/synthetic_realistic_lowres version 1.0.0 there, {current} now" in str(
+        refused.value)
 
 
 def test_mean_sd_over_seeds_and_statistics(reproduce, tmp_path):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+import tfds_ms
 from tfversky import cli, plan
 from tfversky.models import unet3d
 
@@ -115,6 +116,8 @@ def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir,
                      "--epochs", "3", "--steps-per-epoch", "2", "--val-subjects", "1",
                      "--augment", "default", "--augment-prob", "rotation=0.5"]) == 0
     results = json.loads((out / "results.json").read_text())
+    # The data's version, so that runs on data a later release makes are not pooled with it.
+    assert results["versions"]["dataset"] == str(tfds_ms.MsLesions.VERSION)
     selection = results["selection"]
     history = selection["validation_history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
