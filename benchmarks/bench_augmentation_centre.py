@@ -34,12 +34,12 @@ def run_arm(seed: int, augment: str, extra: list[str], out: pathlib.Path) -> dic
     train_cli.check_args(args)  # also sets --num-folds from the dataset, as the run saved it
     saved = folder / "results.json"
     if saved.exists():
-        differ = train_cli.flags_differing(json.loads(saved.read_text()), args,
-                                           ignore=("verbose", "out"))
+        results = json.loads(saved.read_text())
+        differ = train_cli.flags_differing(results, args, ignore=("verbose", "out"))
         if differ:
-            raise SystemExit(f"{folder} was trained with other flags or data ({'; '.join(differ)}): "
-                             f"use another --out")
-        return json.loads(saved.read_text())
+            raise SystemExit(f"{folder} was trained with other flags or data "
+                             f"({'; '.join(differ)}): use another --out")
+        return results
     return train_cli.run(args)
 
 
