@@ -6,7 +6,12 @@ masks ``predict`` writes), and scores it on the reference grid, as the paper sco
 registered volumes:
 
 * per subject and pooled over all test voxels: DSC, sensitivity, specificity, F2, APR
-  (``tfversky.metrics.PAPER_METRICS``), and lesion-wise LTPR, LFPR, lesion F1;
+  (``tfversky.metrics.PAPER_METRICS``), the any-overlap LTPR, LFPR and the MSSEG challenges'
+  lesion F1 (``tfversky.detection``);
+* every score of ``tfversky.metrics.case_scores`` (boundary distances, volumes, detection)
+  per scan on the reference grid, written as ``cases.csv``, ``lesions.csv`` and
+  ``summary.json`` by ``write_scores``, the files ``tfversky evaluate --predictions
+  --truth`` writes for any folder of masks;
 * precision-recall curves, pooled and per subject;
 * voxels labelled ``ignore_index`` (nnU-Net's ``ignore`` label, e.g. 255) are left out of
   every count, not scored as background.
@@ -23,6 +28,7 @@ What it writes in ``out`` is one format a later run loads and pools (``load_fold
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -30,7 +36,11 @@ import numpy as np
 from tfversky import inference, io, metrics, plan as plan_lib, plotting
 
 RESULT_FILE = "evaluation.json"
-COUNTS = ("tp", "fp", "fn", "tn")
+COUNTS = metrics.COUNTS
+# The lesion-wise scores evaluation.json pools: the challenges' detection and any-overlap.
+_POOLED_LESION_SCORES = ("lesion_sensitivity", "lesion_precision", "lesion_f1",
+                         "lesions_reference", "lesions_reference_detected", "lesions_predicted",
+                         "lesions_predicted_detected", "ltpr", "lfpr")
 
 
 def _scored(volume, ignore_index):
@@ -85,7 +95,7 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     threshold = model_plan.threshold
     out = pathlib.Path(out)
     evaluator = metrics.Evaluator(threshold)
-    subjects, lesion_counts, curves = [], [], {}
+    subjects, curves, cases, lesions = [], {}, [], []
     modalities = tuple(model_plan.modalities)
     overlay = modalities.index("FLAIR") if "FLAIR" in modalities else 0
     for volume in tqdm.tqdm(volumes, desc="test", unit="subject", total=total,
@@ -97,11 +107,13 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
         scores = subject_evaluator.update(truth[keep], lesion_prob[keep])
         evaluator.merge(subject_evaluator)
         predicted = (lesion_prob >= threshold) & keep
-        lesions = metrics.lesion_metrics(truth, predicted)
-        lesion_counts.append(lesions)
+        grid_affine = volume.get("grid_affine", np.diag([*model_plan.grid.spacing, 1.0]))
+        case, lesion_rows = metrics.case_scores(truth, predicted, voxel_spacing(grid_affine))
+        cases.append({"case": name, **case})
+        lesions += lesion_table(name, lesion_rows, grid_affine)
         subjects.append({"subject": name, "lesion_voxels": int(truth.sum()),
                          **{k: scores[k] for k in metrics.PAPER_METRICS},
-                         **{k: lesions[k] for k in ("ltpr", "lfpr", "lesion_f1")}})
+                         **{k: case[k] for k in ("ltpr", "lfpr", "lesion_f1")}})
         if all(k in volume for k in ("grid_affine", "affine", "shape")):
             # The records keep the scan's grid, not its header: the mask gets its affine.
             _, native, _ = inference.back_to_scan(lesion_prob, volume["grid_affine"],
@@ -132,8 +144,9 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     # alpha weighs false positives, beta false negatives (Salehi et al. 2017).
     setting = f", alpha={loss['alpha']}, beta={loss['beta']}" if "alpha" in loss else ""
     plotting.plot_pr_curves(figure, out / "pr_curve.png", title=f"PR curves{setting}")
+    summary = write_scores(out, cases, lesions, overwrite=True)
     result = {"pooled": {**{k: pooled[k] for k in metrics.PAPER_METRICS + COUNTS},
-                         **metrics.pool_lesion_counts(lesion_counts)},
+                         **{k: summary["pooled"][k] for k in _POOLED_LESION_SCORES}},
               "subjects": subjects}
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2, default=float))
     return result
@@ -185,3 +198,283 @@ def pool_folds(folders):
         subjects += fold_subjects
         curves.update(fold_curves)
     return evaluator, subjects, curves
+
+
+# --- Scoring folders of masks (``tfversky evaluate --predictions DIR --truth DIR``) ---------
+
+CASES_FILE, LESIONS_FILE, SUMMARY_FILE = "cases.csv", "lesions.csv", "summary.json"
+SCORE_FILES = (CASES_FILE, LESIONS_FILE, SUMMARY_FILE)
+LESION_COLUMNS = ("case", "side", "lesion", "voxels", "volume_mm3", "centroid_x_mm",
+                  "centroid_y_mm", "centroid_z_mm", "detected")
+_NIFTI = (".nii", ".nii.gz")
+
+
+class FolderError(ValueError):
+    """Input folders that cannot be scored; the message is one line naming the flag, the
+    file or folder and the fix."""
+
+
+def case_name(file_name: str) -> str:
+    """The case a mask file belongs to: BIDS names by their subject and session entities,
+    any other name (nnU-Net's ``CASE.nii.gz``) by the name without its ending.
+
+    Example:
+
+    >>> case_name("sub-01_ses-02_space-FLAIR_desc-lesion_mask.nii.gz"), case_name("MS_003.nii")
+    ('sub-01_ses-02', 'MS_003')
+    """
+    stem = file_name.removesuffix(".gz").removesuffix(".nii")
+    if not stem.startswith("sub-"):
+        return stem
+    entities = dict(part.split("-", 1) for part in stem.split("_") if "-" in part)
+    return f"sub-{entities['sub']}" + (f"_ses-{entities['ses']}" if "ses" in entities else "")
+
+
+def find_masks(folder, flag: str) -> dict:
+    """``{case: path}`` of the NIfTI masks under ``folder`` (searched recursively, for BIDS).
+
+    Raises:
+        FolderError: no such folder, no mask in it, or two files of one case.
+    """
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise FolderError(f"{flag} {str(folder)!r} is not a folder")
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name.endswith(_NIFTI) and not path.name.startswith("."):
+            found.setdefault(case_name(path.name), []).append(path)
+    if not found:
+        raise FolderError(f"{flag} {str(folder)!r} holds no .nii/.nii.gz masks: point it at "
+                          f"the folder of masks (CASE.nii.gz or BIDS sub-*_..._mask.nii.gz)")
+    for case, paths in found.items():
+        if len(paths) > 1:
+            raise FolderError(
+                f"{flag} {str(folder)!r} has {len(paths)} files for case {case!r} "
+                f"({', '.join(str(p.relative_to(folder)) for p in paths[:3])}): keep one mask "
+                f"per case in the folder (e.g. point it at the masks' derivatives folder)")
+    return {case: paths[0] for case, paths in found.items()}
+
+
+def _listed(names, limit=5):
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit
+                                       else "")
+
+
+def match_cases(predictions: dict, truth: dict, allow_missing: bool = False):
+    """``(pairs, unmatched)``: ``{case: (prediction, reference)}`` of the cases in both, and
+    ``{"predictions": [...], "truth": [...]}`` of those in one folder only.
+
+    Raises:
+        FolderError: unmatched cases without ``allow_missing``, or no case in both.
+    """
+    unmatched = {"predictions": sorted(set(predictions) - set(truth)),
+                 "truth": sorted(set(truth) - set(predictions))}
+    pairs = {case: (predictions[case], truth[case]) for case in sorted(truth)
+             if case in predictions}
+    if not pairs:
+        raise FolderError(f"no case is in both folders: --predictions has "
+                          f"{_listed(predictions)}; --truth has {_listed(truth)}. Name masks "
+                          f"by case (CASE.nii.gz or BIDS sub-X_ses-Y_...)")
+    if not allow_missing and (unmatched["predictions"] or unmatched["truth"]):
+        parts = [f"no reference for {_listed(unmatched['predictions'])} (--predictions)"
+                 if unmatched["predictions"] else "",
+                 f"no prediction for {_listed(unmatched['truth'])} (--truth)"
+                 if unmatched["truth"] else ""]
+        raise FolderError(f"unmatched cases: {'; '.join(p for p in parts if p)}. Pass "
+                          f"--allow-missing to score the {len(pairs)} matched case(s) only")
+    return pairs, unmatched
+
+
+def read_mask(path, flag: str, *, label: int | None = None, threshold: float = 0.5,
+              probabilities: bool = False):
+    """``(mask, image)``: one file as a bool lesion mask, every value checked.
+
+    A mask holds 0 and 1; a label map holds integers, the lesion being ``label``; with
+    ``probabilities``, a file of values in [0, 1] that are not all 0/1 is a probability
+    map, lesion where ``>= threshold``.
+
+    Raises:
+        FolderError: naming the file and the fix: unreadable, not 3D, NaN/Inf, values
+            other than 0/1 without ``label``, a probability map where one is not allowed.
+    """
+    try:
+        data, image = io.read_volume(path)
+    except io.ScanError as err:
+        raise FolderError(f"{flag}: {err}") from None
+    if not np.isfinite(data).all():
+        raise FolderError(f"{flag} file {str(path)!r} holds NaN or Inf voxels: a mask or "
+                          f"probability map must be finite; fix the file")
+    integral = np.issubdtype(data.dtype, np.integer) or np.array_equal(data, np.round(data))
+    if not integral:
+        if not probabilities:
+            raise FolderError(f"{flag} file {str(path)!r} holds non-integer values: the "
+                              f"reference must be a mask (0/1) or a label map (--label)")
+        if data.min() < 0 or data.max() > 1:
+            raise FolderError(f"{flag} file {str(path)!r} holds values in [{data.min():g}, "
+                              f"{data.max():g}]: a probability map must lie in [0, 1]")
+        return data >= threshold, image
+    if label is not None:
+        return data == label, image
+    values = np.unique(data)
+    if not np.isin(values, (0, 1)).all():
+        raise FolderError(f"{flag} file {str(path)!r} holds values {_values(values)}, not "
+                          f"just 0/1: for a label map pass --label VALUE (the lesion's value)")
+    return data == 1, image
+
+
+def _values(values):
+    shown = ", ".join(f"{v:g}" for v in values[:6])
+    return f"{{{shown}{', ...' if values.size > 6 else ''}}}"
+
+
+def voxel_spacing(affine) -> np.ndarray:
+    """The voxel size (mm) along the array axes of a grid with this affine.
+
+    Example:
+
+    >>> voxel_spacing(np.diag([0.9, 0.9, 3.0, 1.0])).tolist()
+    [0.9, 0.9, 3.0]
+    """
+    return np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+
+
+def _grid(image):
+    spacing = "x".join(f"{s:g}" for s in voxel_spacing(image.affine))
+    origin = ",".join(f"{v:g}" for v in np.asarray(image.affine)[:3, 3])
+    return f"{'x'.join(map(str, image.shape[:3]))} voxels of {spacing} mm at ({origin})"
+
+
+def check_pairs(pairs: dict, *, label: int | None = None, threshold: float = 0.5) -> None:
+    """Reads every pair once and checks it before any scoring: readable 3D masks, values
+    (see ``read_mask``), the prediction on the reference's grid, ``label`` present.
+
+    Raises:
+        FolderError: the first problem found, in one line naming the files.
+    """
+    import tqdm
+
+    label_seen = label is None
+    for case, (prediction, reference) in tqdm.tqdm(pairs.items(), desc="check", unit="case",
+                                                   disable=len(pairs) < 20):
+        truth, truth_image = read_mask(reference, "--truth", label=label)
+        _, predicted_image = read_mask(prediction, "--predictions", label=label,
+                                       threshold=threshold, probabilities=True)
+        if not io.same_grid(truth_image.shape, truth_image.affine, predicted_image.shape,
+                            predicted_image.affine):
+            raise FolderError(
+                f"case {case!r}: the prediction {str(prediction)!r} is on another grid "
+                f"({_grid(predicted_image)}) than its reference {str(reference)!r} "
+                f"({_grid(truth_image)}): resample the prediction onto the reference's grid "
+                f"(nearest neighbour) first")
+        label_seen = label_seen or bool(truth.any())
+    if not label_seen:
+        raise FolderError(f"--label {label}: no reference holds that value; check which "
+                          f"value marks the lesions")
+
+
+def score_pairs(pairs: dict, *, label: int | None = None, threshold: float = 0.5,
+                tolerance_mm: float = 1.0, progress: bool = True):
+    """``(cases, lesions)``: ``metrics.case_scores`` of every pair (checked first with
+    ``check_pairs``), on the reference's grid, and the lesion table with world centroids.
+
+    Example:
+
+    >>> import nibabel as nib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> mask = np.zeros((8, 8, 8), np.uint8); mask[2:5, 2:5, 2:5] = 1
+    >>> nib.save(nib.Nifti1Image(mask, np.diag([1.0, 1.0, 2.0, 1.0])), folder / "a.nii.gz")
+    >>> cases, lesions = score_pairs({"a": (folder / "a.nii.gz", folder / "a.nii.gz")},
+    ...                              progress=False)
+    >>> cases[0]["case"], cases[0]["dsc"], cases[0]["volume_reference_ml"], len(lesions)
+    ('a', 1.0, 0.054, 2)
+    """
+    import tqdm
+
+    check_pairs(pairs, label=label, threshold=threshold)
+    cases, lesions = [], []
+    for case, (prediction, reference) in tqdm.tqdm(pairs.items(), desc="score", unit="case",
+                                                   disable=not progress):
+        truth, image = read_mask(reference, "--truth", label=label)
+        predicted, _ = read_mask(prediction, "--predictions", label=label,
+                                 threshold=threshold, probabilities=True)
+        scores, rows = metrics.case_scores(truth, predicted, voxel_spacing(image.affine),
+                                           tolerance_mm=tolerance_mm)
+        cases.append({"case": case, **scores})
+        lesions += lesion_table(case, rows, image.affine)
+    return cases, lesions
+
+
+def lesion_table(case: str, rows: list, affine) -> list:
+    """``tfversky.detection`` lesion rows as ``LESION_COLUMNS`` rows, centroids in world mm
+    (the grid's affine applied to the voxel centroid)."""
+    table = []
+    for row in rows:
+        centroid = np.asarray(affine, float) @ np.append(row["centroid_voxel"], 1.0)
+        table.append({"case": case, "side": row["side"], "lesion": row["lesion"],
+                      "voxels": row["voxels"], "volume_mm3": row["volume_mm3"],
+                      **dict(zip(LESION_COLUMNS[5:8], centroid[:3].tolist())),
+                      "detected": row["detected"]})
+    return table
+
+
+def check_outputs(out, overwrite: bool = False) -> None:
+    """Refuses to write over ``SCORE_FILES`` already in ``out`` unless ``overwrite``.
+
+    Raises:
+        FolderError: naming the files found and ``--overwrite``.
+    """
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise FolderError(f"--out {str(out)!r} is a file, not a folder")
+    existing = [name for name in SCORE_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise FolderError(f"--out {str(out)!r} already holds {', '.join(existing)}: choose "
+                          f"another folder or pass --overwrite")
+
+
+def write_scores(out, cases: list, lesions: list, *, overwrite: bool = False,
+                 details: dict | None = None) -> dict:
+    """Writes ``cases.csv``, ``lesions.csv`` and ``summary.json`` into ``out``, each
+    atomically (a temporary file in ``out``, then renamed); returns the summary.
+
+    Args:
+        out: Output folder (created).
+        cases: ``{"case": name, **metrics.case_scores(...)[0]}`` rows.
+        lesions: ``lesion_table`` rows.
+        overwrite: Replace these files if ``out`` holds them. Defaults to False.
+        details: More entries for ``summary.json`` (e.g. the settings). Defaults to None.
+
+    Returns:
+        ``metrics.summarize_cases(cases)`` plus ``details``, as written.
+
+    Raises:
+        FolderError: the files exist and not ``overwrite``.
+    """
+    import csv
+    import io as text_io
+
+    check_outputs(out, overwrite)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**metrics.summarize_cases(cases), **(details or {})}
+    columns = ("case",) + metrics.CASE_COLUMNS + metrics.CASE_EXTRAS
+    for name, fields, rows in ((CASES_FILE, columns, cases),
+                               (LESIONS_FILE, LESION_COLUMNS, lesions)):
+        text = text_io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_atomically(out / name, text.getvalue())
+    _write_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -6,13 +6,16 @@ class, with counts in int64 (a float32 count of true negatives is wrong beyond 2
 
     DSC         = 2 TP / (2 TP + FP + FN)
     sensitivity = TP / (TP + FN)
+    precision   = TP / (TP + FP)
     specificity = TN / (TN + FP)
     F2          = 5 TP / (5 TP + 4 FN + FP)
     APR         = sum_k (R_k - R_{k-1}) P_k         (as sklearn's average_precision_score)
 
 Undefined values follow one rule: a score whose denominator is 0 because both truth and
 prediction are empty is a perfect 1.0 (DSC, F2); a rate with nothing to count
-(sensitivity or APR without lesion voxels, specificity without background) is NaN.
+(sensitivity or APR without lesion voxels, specificity without background, precision when
+both are empty) is NaN, except the precision of an empty prediction of a scan with lesions: 0
+(MetricsReloaded's choice; the prediction found none of them).
 
 APR uses a fixed histogram of the scores instead of sorting every voxel: bins are the
 float32 bit patterns of min(s, 1 - s) with the mantissa cut to ``mantissa_bits`` (13 by
@@ -34,6 +37,7 @@ from tfversky._extras import require
 
 # The paper's test metrics (Table 1's columns), in its order: the keys ``evaluate`` returns.
 PAPER_METRICS = ("dsc", "sensitivity", "specificity", "f2", "apr")
+COUNTS = ("tp", "fp", "fn", "tn")
 _HALF_BITS = 0x3F000000  # float32 bit pattern of 0.5
 _CHUNK = 1 << 22  # voxels per step when streaming a large array
 
@@ -245,7 +249,7 @@ def _confusion(truth, predicted):
 
 
 def scores_from_counts(tp, fp, fn, tn) -> dict:
-    """DSC, sensitivity, specificity and F2 from int counts (see the module docstring)."""
+    """DSC, sensitivity, precision, specificity and F2 from int counts (module docstring)."""
     tp, fp, fn, tn = (int(v) for v in (tp, fp, fn, tn))
 
     def ratio(num, den, empty):
@@ -254,6 +258,8 @@ def scores_from_counts(tp, fp, fn, tn) -> dict:
     return {
         "dsc": ratio(2 * tp, 2 * tp + fp + fn, 1.0),
         "sensitivity": ratio(tp, tp + fn, math.nan),
+        # MetricsReloaded: an empty prediction of a scan with lesions has precision 0.
+        "precision": ratio(tp, tp + fp, 0.0 if fn else math.nan),
         "specificity": ratio(tn, tn + fp, math.nan),
         "f2": ratio(5 * tp, 5 * tp + 4 * fn + fp, 1.0),
         "tp": tp, "fp": fp, "fn": fn, "tn": tn,
@@ -355,7 +361,7 @@ def _checked_connectivity(connectivity):
 
 def lesion_metrics(y_true, y_pred, connectivity: int = 3, min_lesion_size: int = 1, *,
                    min_lesion_mm3: float | None = None, voxel_size_mm=None) -> dict:
-    """Lesion-wise detection on one 3D volume, as the MS challenges report it.
+    """Any-overlap lesion detection on one 3D volume (LTPR/LFPR, as ``lesion-metrics``).
 
     Lesions are 3D connected components (``connectivity`` 1: faces, 2: +edges, 3: +corners,
     i.e. 6/18/26 neighbours) of at least ``min_lesion_size`` voxels, or, given
@@ -366,7 +372,8 @@ def lesion_metrics(y_true, y_pred, connectivity: int = 3, min_lesion_size: int =
 
     Returns:
         dict with ``ltpr`` (detected / true lesions), ``lfpr`` (false-positive / predicted
-        lesions), ``lesion_f1`` (2 LTPR (1 - LFPR) / (LTPR + 1 - LFPR)) and the counts
+        lesions), ``any_overlap_f1`` (2 LTPR (1 - LFPR) / (LTPR + 1 - LFPR); not the
+        challenges' ``lesion_f1`` of ``tfversky.detection``) and the counts
         ``true_lesions``, ``detected``, ``predicted_lesions``, ``false_positive_lesions``,
         which sum over volumes (``pool_lesion_counts``). Rates without lesions to count are NaN.
 
@@ -375,7 +382,7 @@ def lesion_metrics(y_true, y_pred, connectivity: int = 3, min_lesion_size: int =
     >>> truth = np.zeros((9, 9, 9), bool); truth[1:3, 1:3, 1:3] = True; truth[6:8, 6:8, 6:8] = True
     >>> pred = np.zeros_like(truth); pred[1:3, 1:3, 1:3] = True; pred[4, 0, 0] = True
     >>> m = lesion_metrics(truth, pred)
-    >>> m["ltpr"], m["lfpr"], m["lesion_f1"]
+    >>> m["ltpr"], m["lfpr"], m["any_overlap_f1"]
     (0.5, 0.5, 0.5)
     """
     ndimage = require("scipy.ndimage")
@@ -417,17 +424,147 @@ def _components(mask, structure, min_size):
     return ids, count
 
 
+_LESION_COUNTS = ("true_lesions", "detected", "predicted_lesions", "false_positive_lesions")
+
+
 def pool_lesion_counts(per_volume: list[dict]) -> dict:
-    """Sums lesion counts over volumes and recomputes LTPR, LFPR and lesion F1."""
-    keys = ("true_lesions", "detected", "predicted_lesions", "false_positive_lesions")
-    total = {k: int(sum(v[k] for v in per_volume)) for k in keys}
+    """Sums lesion counts over volumes and recomputes LTPR, LFPR and their F1."""
+    total = {k: int(sum(v[k] for v in per_volume)) for k in _LESION_COUNTS}
     ltpr = total["detected"] / total["true_lesions"] if total["true_lesions"] else math.nan
     lfpr = (total["false_positive_lesions"] / total["predicted_lesions"]
             if total["predicted_lesions"] else math.nan)
     precision = 1 - lfpr
     f1 = (2 * ltpr * precision / (ltpr + precision)
           if not (math.isnan(ltpr) or math.isnan(lfpr)) and ltpr + precision > 0 else math.nan)
-    return {"ltpr": ltpr, "lfpr": lfpr, "lesion_f1": f1, **total}
+    return {"ltpr": ltpr, "lfpr": lfpr, "any_overlap_f1": f1, **total}
+
+
+# --- One scan's every score, and a cohort's summary ----------------------------------------
+
+# The per-scan scores, named as the columns of ``tfversky evaluate``'s cases.csv (in order,
+# after ``case``). ``lesion_*`` are the challenges' detection (``tfversky.detection``),
+# ``ltpr``/``lfpr`` the any-overlap rule of ``lesion_metrics``.
+CASE_COLUMNS = ("dsc", "sensitivity", "precision", "specificity", "f2", "hd95_mm", "assd_mm",
+                "nsd", "volume_reference_ml", "volume_predicted_ml", "volume_difference_ml",
+                "lesion_sensitivity", "lesion_precision", "lesion_f1", "lesions_reference",
+                "lesions_predicted", "ltpr", "lfpr")
+# Also in every row: what a summary pools (the counts) and the rest of the detail.
+CASE_EXTRAS = ("volume_absolute_difference_ml", "lesions_reference_detected",
+               "lesions_predicted_detected", "lesions_false_positive",
+               "volume_false_positive_mm3", "any_overlap_f1",
+               *(f"any_overlap_{k}" for k in _LESION_COUNTS), *COUNTS)
+
+
+def case_scores(reference, prediction, spacing_mm, *, tolerance_mm: float = 1.0):
+    """Every score of one scan, on its own grid: overlap, boundary, volume and detection.
+
+    Args:
+        reference: 3D binary lesion mask (bool or 0/1), the truth.
+        prediction: 3D binary lesion mask on the same grid.
+        spacing_mm: The voxel size along the three array axes, mm (anisotropic is fine).
+        tolerance_mm: The surface Dice's tolerance, mm. Defaults to 1.0.
+
+    Returns:
+        ``(scores, lesion_rows)``: ``scores`` holds ``CASE_COLUMNS`` and ``CASE_EXTRAS``
+        (floats, NaN where undefined: see ``docs/metrics.md``); ``lesion_rows`` is
+        ``tfversky.detection.challenge_detection``'s one row per lesion.
+
+    Raises:
+        ValueError: masks of different shapes or not 3D, values other than 0/1, bad spacing.
+
+    Example:
+
+    >>> ref = np.zeros((10, 10, 10), bool); ref[2:6, 2:6, 2:6] = True
+    >>> scores, rows = case_scores(ref, np.roll(ref, 1, axis=0), (1.0, 1.0, 2.0))
+    >>> scores["dsc"], scores["volume_reference_ml"], scores["lesion_f1"], len(rows)
+    (0.75, 0.128, 1.0, 2)
+    """
+    from tfversky import detection, surface
+
+    reference, prediction = _as_foreground(reference, prediction)
+    reference, prediction = _binary_truth(reference), _binary_truth(prediction)
+    voxel_ml = float(np.prod(surface.checked_spacing(spacing_mm))) / 1000
+    overlap = scores_from_counts(*_confusion(reference.ravel(), prediction.ravel()))
+    found, rows = detection.challenge_detection(reference, prediction, spacing_mm)
+    any_overlap = lesion_metrics(reference, prediction)
+    volumes = {"volume_reference_ml": int(reference.sum()) * voxel_ml,
+               "volume_predicted_ml": int(prediction.sum()) * voxel_ml}
+    difference = volumes["volume_predicted_ml"] - volumes["volume_reference_ml"]
+    scores = {**{k: overlap[k] for k in ("dsc", "sensitivity", "precision", "specificity", "f2")},
+              **surface.boundary_scores(reference, prediction, spacing_mm, tolerance_mm),
+              **volumes, "volume_difference_ml": difference,
+              **found, "ltpr": any_overlap["ltpr"], "lfpr": any_overlap["lfpr"],
+              "volume_absolute_difference_ml": abs(difference),
+              "any_overlap_f1": any_overlap["any_overlap_f1"],
+              **{f"any_overlap_{k}": any_overlap[k] for k in _LESION_COUNTS},
+              **{k: overlap[k] for k in COUNTS}}
+    return scores, rows
+
+
+def summarize_cases(cases: list[dict]) -> dict:
+    """A cohort's summary of ``case_scores`` rows: means, medians, pooled values and the
+    Pearson correlation of reference and predicted lesion loads.
+
+    Means and medians are over the cases where a score is defined (``defined`` counts
+    them; e.g. HD95 is NaN when exactly one mask is empty). Pooled values come from the
+    counts summed over cases: voxel overlap from TP/FP/FN/TN, the challenge detection and
+    the any-overlap LTPR/LFPR from summed lesion counts.
+
+    Returns:
+        ``{"cases", "mean", "median", "defined", "pooled", "volume_correlation"}``;
+        ``volume_correlation`` is ``{"pearson_r", "cases"}`` (r NaN for fewer than 2 cases
+        or a constant load).
+
+    Example:
+
+    >>> ref = np.zeros((10, 10, 10), bool); ref[2:6, 2:6, 2:6] = True
+    >>> rows = [case_scores(ref, np.roll(ref, k, axis=0), (1, 1, 1))[0] for k in (0, 1)]
+    >>> summary = summarize_cases(rows)
+    >>> summary["mean"]["dsc"], round(summary["pooled"]["dsc"], 4)
+    (0.875, 0.875)
+    """
+    from tfversky import detection
+
+    if not cases:
+        raise ValueError("Invalid value for argument `cases`: no cases to summarize.")
+    names = [k for k, v in cases[0].items() if isinstance(v, (int, float)) and k != "case"]
+    table = {k: np.array([float(case[k]) for case in cases]) for k in names}
+    defined = {k: int(np.isfinite(v).sum()) for k, v in table.items()}
+    mean = {k: float(np.mean(v[np.isfinite(v)])) if defined[k] else math.nan
+            for k, v in table.items()}
+    median = {k: float(np.median(v[np.isfinite(v)])) if defined[k] else math.nan
+              for k, v in table.items()}
+    total = {k: int(sum(case[k] for case in cases))
+             for k in COUNTS + detection.COUNT_KEYS
+             + tuple(f"any_overlap_{k}" for k in _LESION_COUNTS)}
+    voxels = scores_from_counts(*(total[k] for k in COUNTS))
+    any_overlap = pool_lesion_counts([{k: total[f"any_overlap_{k}"] for k in _LESION_COUNTS}])
+    pooled = {**{k: voxels[k] for k in ("dsc", "sensitivity", "precision", "specificity", "f2")},
+              **detection.detection_rates(*(total[k] for k in detection.COUNT_KEYS)),
+              "ltpr": any_overlap["ltpr"], "lfpr": any_overlap["lfpr"],
+              "volume_reference_ml": float(table["volume_reference_ml"].sum()),
+              "volume_predicted_ml": float(table["volume_predicted_ml"].sum()),
+              **{k: total[k] for k in COUNTS}}
+    return {"cases": len(cases), "mean": mean, "median": median, "defined": defined,
+            "pooled": pooled,
+            "volume_correlation": {"pearson_r": pearson(table["volume_reference_ml"],
+                                                        table["volume_predicted_ml"]),
+                                   "cases": len(cases)}}
+
+
+def pearson(x, y) -> float:
+    """Pearson's correlation of two samples; NaN for fewer than 2 values or a constant one.
+
+    Example:
+
+    >>> pearson([1, 2, 3], [2, 4, 7]), pearson([1, 1], [2, 3])
+    (0.9933992677987828, nan)
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    x, y = x - x.mean(), y - y.mean()
+    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
 
 
 # --- Streaming Keras metrics ----------------------------------------------------------------

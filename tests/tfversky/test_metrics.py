@@ -194,7 +194,7 @@ def test_lesion_metrics_hand_case():
             m["false_positive_lesions"]) == (3, 1, 2, 1)
     m = metrics.lesion_metrics(truth, pred, min_lesion_size=2)
     assert (m["true_lesions"], m["detected"], m["predicted_lesions"]) == (2, 1, 1)
-    assert (m["ltpr"], m["lfpr"], m["lesion_f1"]) == (0.5, 0.0, pytest.approx(2 / 3))
+    assert (m["ltpr"], m["lfpr"], m["any_overlap_f1"]) == (0.5, 0.0, pytest.approx(2 / 3))
 
 
 def test_lesion_connectivity():
@@ -211,7 +211,7 @@ def test_lesion_counts_pool_over_volumes():
     miss = metrics.lesion_metrics(truth, np.zeros_like(truth))
     pooled = metrics.pool_lesion_counts([hit, miss])
     assert pooled["ltpr"] == 0.5 and pooled["lfpr"] == 0.0 and pooled["true_lesions"] == 2
-    assert math.isnan(miss["lfpr"]) and math.isnan(miss["lesion_f1"])
+    assert math.isnan(miss["lfpr"]) and math.isnan(miss["any_overlap_f1"])
 
 
 def test_lesion_metrics_errors():
@@ -256,3 +256,81 @@ def test_lesion_size_in_mm3_is_converted_with_the_voxel_size():
         lesion_metrics(truth, truth, min_lesion_mm3=10.0)
     with pytest.raises(ValueError, match="`min_lesion_mm3`"):
         min_lesion_voxels(-1, (1, 1, 1))
+
+
+# --- one scan's every score, a cohort's summary ---------------------------------------------
+
+
+def _case(seed, shape=(24, 22, 20)):
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    reference = np.zeros(shape, bool)
+    for _ in range(int(rng.integers(3, 8))):
+        reference |= (((grid - rng.uniform(0, shape)) / rng.uniform(1, 4, 3)) ** 2).sum(-1) <= 1
+    prediction = np.roll(reference, tuple(rng.integers(-1, 2, 3)), axis=(0, 1, 2))
+    return reference, prediction & (rng.random(shape) > 0.1)
+
+
+def test_case_scores_hold_every_column_and_agree_with_each_metric():
+    from tfversky import detection, surface
+
+    reference, prediction = _case(0)
+    spacing = (0.9, 0.9, 3.0)
+    scores, rows = metrics.case_scores(reference, prediction, spacing, tolerance_mm=2.0)
+    assert set(scores) == set(metrics.CASE_COLUMNS + metrics.CASE_EXTRAS)
+    tn, fp, fn, tp = confusion_matrix(reference.ravel(), prediction.ravel()).ravel()
+    assert (scores["tp"], scores["fp"], scores["fn"], scores["tn"]) == (tp, fp, fn, tn)
+    assert scores["precision"] == tp / (tp + fp)
+    assert scores["dsc"] == 2 * tp / (2 * tp + fp + fn)
+    boundary = surface.boundary_scores(reference, prediction, spacing, 2.0)
+    assert {k: scores[k] for k in boundary} == boundary
+    found, lesion_rows = detection.challenge_detection(reference, prediction, spacing)
+    assert {k: scores[k] for k in found} == found and rows == lesion_rows
+    voxel_ml = 0.9 * 0.9 * 3.0 / 1000
+    assert scores["volume_reference_ml"] == pytest.approx(reference.sum() * voxel_ml)
+    assert scores["volume_difference_ml"] == pytest.approx(
+        (int(prediction.sum()) - int(reference.sum())) * voxel_ml)
+    assert scores["volume_absolute_difference_ml"] == abs(scores["volume_difference_ml"])
+    any_overlap = metrics.lesion_metrics(reference, prediction)
+    assert (scores["ltpr"], scores["lfpr"]) == (any_overlap["ltpr"], any_overlap["lfpr"])
+
+
+def test_precision_of_empty_masks_follows_metrics_reloaded():
+    assert metrics.scores_from_counts(0, 0, 5, 10)["precision"] == 0.0  # missed every lesion
+    assert math.isnan(metrics.scores_from_counts(0, 0, 0, 10)["precision"])  # nothing to find
+    assert metrics.scores_from_counts(0, 3, 0, 10)["precision"] == 0.0
+
+
+def test_an_empty_scan_has_a_defined_value_for_every_score():
+    empty = np.zeros((10, 10, 10), bool)
+    lesion = empty.copy()
+    lesion[3:6, 3:6, 3:6] = True
+    both_empty, _ = metrics.case_scores(empty, empty, (1, 1, 1))
+    assert (both_empty["dsc"], both_empty["f2"], both_empty["nsd"], both_empty["hd95_mm"],
+            both_empty["lesion_f1"], both_empty["lesions_false_positive"]) == (1.0, 1.0, 1.0,
+                                                                               0.0, 1.0, 0)
+    false_alarm, _ = metrics.case_scores(empty, lesion, (1, 1, 2))
+    assert (false_alarm["dsc"], false_alarm["nsd"], false_alarm["lesion_precision"],
+            false_alarm["lesions_false_positive"],
+            false_alarm["volume_false_positive_mm3"]) == (0.0, 0.0, 0.0, 1, 54.0)
+    assert math.isnan(false_alarm["sensitivity"]) and math.isnan(false_alarm["hd95_mm"])
+
+
+def test_summary_pools_counts_and_correlates_lesion_loads():
+    rows = [metrics.case_scores(*_case(seed), (1.0, 1.0, 1.0))[0] for seed in range(4)]
+    empty = np.zeros((24, 22, 20), bool)
+    rows.append(metrics.case_scores(empty, _case(9)[1], (1.0, 1.0, 1.0))[0])  # HD95 NaN
+    summary = metrics.summarize_cases(rows)
+    assert summary["cases"] == 5 and summary["defined"]["hd95_mm"] == 4
+    assert summary["mean"]["hd95_mm"] == pytest.approx(np.mean([r["hd95_mm"] for r in rows[:4]]))
+    assert summary["median"]["dsc"] == pytest.approx(np.median([r["dsc"] for r in rows]))
+    tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+    assert summary["pooled"]["dsc"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    detected = sum(r["lesions_reference_detected"] for r in rows)
+    assert summary["pooled"]["lesion_sensitivity"] == pytest.approx(
+        detected / sum(r["lesions_reference"] for r in rows))
+    loads = np.array([[r["volume_reference_ml"], r["volume_predicted_ml"]] for r in rows])
+    assert summary["volume_correlation"]["pearson_r"] == pytest.approx(
+        np.corrcoef(loads.T)[0, 1])
+    with pytest.raises(ValueError, match="no cases"):
+        metrics.summarize_cases([])
