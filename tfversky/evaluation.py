@@ -33,7 +33,7 @@ import pathlib
 
 import numpy as np
 
-from tfversky import inference, io, metrics, plan as plan_lib, plotting
+from tfversky import detection, inference, io, metrics, plan as plan_lib, plotting
 
 RESULT_FILE = "evaluation.json"
 COUNTS = metrics.COUNTS
@@ -478,3 +478,46 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def evaluate_folders(predictions, truth, out, *, allow_missing: bool = False,
+                     label: int | None = None, threshold: float = 0.5,
+                     tolerance_mm: float = 1.0, overwrite: bool = False,
+                     progress: bool = True) -> dict:
+    """Scores a folder of predicted masks against a folder of references, as
+    ``tfversky evaluate --predictions DIR --truth DIR --out DIR`` does.
+
+    Cases are matched by name (``case_name``: nnU-Net's ``CASE.nii.gz``, BIDS
+    ``sub-X[_ses-Y]_...``) and scored on the reference's grid. Everything is checked before
+    any case is scored: the folders, the matching, every file's values and grid, the outputs.
+
+    Args:
+        predictions: Folder of predicted masks, label maps or lesion probability maps.
+        truth: Folder of reference masks or label maps.
+        out: Output folder for ``cases.csv``, ``lesions.csv`` and ``summary.json``.
+        allow_missing: Score the matched cases when some have no partner (they are listed
+            in ``summary.json``). Defaults to False (an error).
+        label: The lesion's value in label maps. Defaults to None (masks of 0/1).
+        threshold: Lesion where a probability map is ``>= threshold``. Defaults to 0.5.
+        tolerance_mm: The surface Dice's tolerance, mm. Defaults to 1.0.
+        overwrite: Replace existing output files. Defaults to False.
+        progress: tqdm bar over the cases. Defaults to True.
+
+    Returns:
+        The summary written to ``summary.json``.
+
+    Raises:
+        FolderError: one line naming what is wrong and the fix (see ``find_masks``,
+            ``match_cases``, ``read_mask``, ``check_pairs``, ``check_outputs``).
+    """
+    check_outputs(out, overwrite)
+    pairs, unmatched = match_cases(find_masks(predictions, "--predictions"),
+                                   find_masks(truth, "--truth"), allow_missing)
+    cases, lesions = score_pairs(pairs, label=label, threshold=threshold,
+                                 tolerance_mm=tolerance_mm, progress=progress)
+    details = {"predictions": str(predictions), "truth": str(truth), "unmatched": unmatched,
+               "settings": {"label": label, "threshold": threshold, "tolerance_mm": tolerance_mm,
+                            "detection": {"min_lesion_mm3": detection.MIN_LESION_MM3,
+                                          "alpha": detection.ALPHA, "beta": detection.BETA,
+                                          "gamma": detection.GAMMA, "connectivity": 6}}}
+    return write_scores(out, cases, lesions, overwrite=overwrite, details=details)

@@ -16,7 +16,9 @@ default), whole-volume validation and model selection
 ``tfversky.inference.segment_on_grid``) -> the selected model evaluated on the test fold
 (``tfversky.evaluation.evaluate_fold``). ``examples/train_ms.py`` is this, as a script.
 
-``evaluate``: a saved model on any split of a dataset whose modalities match its plan.
+``evaluate``: a saved model on any split of a dataset whose modalities match its plan, or
+(``--predictions DIR --truth DIR``) any folder of masks against a folder of references
+(``tfversky.evaluation.evaluate_folders``).
 
 Mistakes a user can fix are ``cli.UsageError``: one line on stderr, exit code 2.
 """
@@ -641,13 +643,15 @@ def _train(args) -> int:
 def add_evaluate(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="score a saved model on a split of a dataset (per subject, pooled, lesion-wise)",
+        help="score a saved model on a split of a dataset, or a folder of masks against "
+             "references (per case, pooled, lesion-wise, boundary distances)",
         description="Whole-volume inference of a saved model on every volume of a dataset "
                     "split, through the same path as predict: per-subject and pooled DSC, "
                     "sensitivity, specificity, F2, APR, lesion-wise LTPR/LFPR, PR curves, "
                     "overlays and the masks on each scan. The dataset's modalities must be the "
-                    "model's (its plan).")
-    parser.add_argument("--model", required=True, metavar="FILE",
+                    "model's (its plan). With --predictions DIR --truth DIR instead of --model: "
+                    "score any folder of masks (e.g. nnU-Net's or LST-AI's) against references.")
+    parser.add_argument("--model", metavar="FILE",
                         help="a .keras model saved by tfversky train (carrying its plan)")
     parser.add_argument("--split", default="fold1",
                         help="the split to score, e.g. fold1 or fold0+fold1")
@@ -655,7 +659,68 @@ def add_evaluate(subparsers) -> None:
                         help="output folder: evaluation.json, evaluator.npz, subject_curves.npz, "
                              "pr_curve.png, overlays/, predictions/")
     add_data_arguments(parser)
+    add_folder_arguments(parser)
     parser.set_defaults(handler=_evaluate)
+
+
+def _millimetres(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a distance >= 0 in mm, got {text!r}")
+    return value
+
+
+def add_folder_arguments(parser) -> None:
+    """``tfversky evaluate``'s folder mode: masks in folders instead of a model."""
+    folders = parser.add_argument_group(
+        "folders of masks (instead of --model): cases.csv, lesions.csv, summary.json in --out")
+    folders.add_argument("--predictions", metavar="DIR",
+                         help="predicted masks (0/1), label maps (--label) or lesion "
+                              "probability maps, one per case: CASE.nii.gz or BIDS names")
+    folders.add_argument("--truth", metavar="DIR",
+                         help="reference masks, matched to the predictions by case name; the "
+                              "scores are on each reference's grid and voxel size")
+    folders.add_argument("--allow-missing", action="store_true",
+                         help="score the matched cases when some have no partner (listed in "
+                              "summary.json) instead of refusing")
+    folders.add_argument("--label", type=int, default=None, metavar="VALUE",
+                         help="the lesion's value in label maps (other values are background)")
+    folders.add_argument("--threshold", type=cli._fraction(low_open=True), default=0.5,
+                         help="lesion where a probability map is >= this")
+    folders.add_argument("--tolerance-mm", type=_millimetres, default=1.0, metavar="MM",
+                         help="the normalised surface Dice's tolerance")
+    folders.add_argument("--overwrite", action="store_true",
+                         help="replace cases.csv, lesions.csv, summary.json in --out")
+
+
+def _evaluate_folders(args) -> int:
+    from tfversky import evaluation
+
+    if args.model is not None:
+        raise cli.UsageError("--model scores a model on a dataset split, --predictions/--truth "
+                             "score folders of masks: give one or the other")
+    if not (args.predictions and args.truth):
+        raise cli.UsageError("--predictions DIR and --truth DIR go together: give both")
+    try:
+        summary = evaluation.evaluate_folders(
+            args.predictions, args.truth, args.out, allow_missing=args.allow_missing,
+            label=args.label, threshold=args.threshold, tolerance_mm=args.tolerance_mm,
+            overwrite=args.overwrite)
+    except evaluation.FolderError as err:
+        raise cli.UsageError(str(err)) from None
+    mean, pooled = summary["mean"], summary["pooled"]
+    print(f"{summary['cases']} case(s): mean DSC {mean['dsc']:.4f}, HD95 {mean['hd95_mm']:.2f} "
+          f"mm, lesion F1 {mean['lesion_f1']:.4f}; pooled DSC {pooled['dsc']:.4f}, lesion F1 "
+          f"{pooled['lesion_f1']:.4f}; lesion load r = "
+          f"{summary['volume_correlation']['pearson_r']:.3f}")
+    for side, names in summary["unmatched"].items():
+        if names:
+            print(f"not scored (only in --{side}): {', '.join(names)}")
+    print(f"written to {args.out}: " + ", ".join(evaluation.SCORE_FILES))
+    return 0
 
 
 def _evaluate(args) -> int:
@@ -663,6 +728,11 @@ def _evaluate(args) -> int:
 
     from tfversky import data, evaluation, plan as plan_lib
 
+    if args.predictions is not None or args.truth is not None:
+        return _evaluate_folders(args)
+    if args.model is None:
+        raise cli.UsageError("give --model FILE (a model on a dataset split) or --predictions "
+                             "DIR --truth DIR (folders of masks)")
     _check_dataset_name(args)
     dataset_adapter(args).num_folds(args)  # --num-folds against a config's own: a UsageError
     if not os.path.isfile(args.model):

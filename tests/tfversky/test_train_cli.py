@@ -156,3 +156,39 @@ def test_evaluate_on_an_unknown_split_or_model_file(tiny_data_dir, capsys, tmp_p
     line = _one_line_error(["evaluate", "--model", str(tmp_path / "none.keras"), *common],
                            capsys)
     assert "does not exist" in line, line
+
+
+def _mask_folders(tmp_path):
+    import nibabel as nib
+
+    for folder, shift in (("truth", 0), ("pred", 1)):
+        (tmp_path / folder).mkdir()
+        for case in ("a", "b"):
+            mask = np.zeros((12, 12, 6), np.uint8)
+            mask[3 + shift:8 + shift, 3:8, 1:4] = 1
+            nib.save(nib.Nifti1Image(mask, np.diag([0.9, 0.9, 3.0, 1.0])),
+                     tmp_path / folder / f"{case}.nii.gz")
+    return ["--predictions", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth")]
+
+
+def test_evaluate_scores_folders_of_masks(tmp_path, capsys):
+    folders = _mask_folders(tmp_path)
+    out = tmp_path / "scores"
+    assert cli.main(["evaluate", *folders, "--out", str(out), "--tolerance-mm", "2"]) == 0
+    assert "2 case(s): mean DSC 0.8000" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["tolerance_mm"] == 2.0 and summary["mean"]["nsd"] == 1.0
+    assert (out / "cases.csv").exists() and (out / "lesions.csv").exists()
+    line = _one_line_error(["evaluate", *folders, "--out", str(out)], capsys)
+    assert "already holds cases.csv, lesions.csv, summary.json" in line, line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "m.keras"], "give one or the other"),
+    (["--truth", "only"], "--predictions DIR and --truth DIR go together"),
+    ([], "give --model FILE (a model on a dataset split) or --predictions"),
+])
+def test_evaluate_modes_do_not_mix(argv, message, tmp_path, capsys):
+    folders = _mask_folders(tmp_path) if argv and argv[0] == "--model" else []
+    line = _one_line_error(["evaluate", *folders, *argv, "--out", str(tmp_path / "o")], capsys)
+    assert message in line, line
