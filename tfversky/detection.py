@@ -203,11 +203,12 @@ def detection_rates(lesions_reference: int, lesions_reference_detected: int,
 
 
 def _lesion_rows(side, ids, sizes, found, voxel_mm3):
-    ndimage = require("scipy.ndimage")
-
-    count = len(sizes) - 1
-    centroids = ndimage.center_of_mass(ids > 0, ids, range(1, count + 1)) if count else []
+    inside = np.nonzero(ids)
+    labels = ids[inside]
+    # Mean voxel index per lesion: one pass over the lesion voxels, not the volume.
+    centroids = np.stack([np.bincount(labels, weights=axis, minlength=len(sizes))
+                          for axis in inside], axis=1) / np.maximum(sizes, 1)[:, None]
     return [{"side": side, "lesion": k, "voxels": int(sizes[k]),
              "volume_mm3": float(sizes[k] * voxel_mm3),
-             "centroid_voxel": tuple(float(c) for c in centroids[k - 1]),
-             "detected": bool(found[k])} for k in range(1, count + 1)]
+             "centroid_voxel": tuple(float(c) for c in centroids[k]),
+             "detected": bool(found[k])} for k in range(1, len(sizes))]

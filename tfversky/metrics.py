@@ -485,13 +485,19 @@ def case_scores(reference, prediction, spacing_mm, *, tolerance_mm: float = 1.0)
     reference, prediction = _binary_truth(reference), _binary_truth(prediction)
     voxel_ml = float(np.prod(surface.checked_spacing(spacing_mm))) / 1000
     overlap = scores_from_counts(*_confusion(reference.ravel(), prediction.ravel()))
-    found, rows = detection.challenge_detection(reference, prediction, spacing_mm)
-    any_overlap = lesion_metrics(reference, prediction)
+    # Lesions and surfaces lie in the box around both masks: a brain costs what its lesions do.
+    box = surface.union_box(reference, prediction) or (slice(0, 1),) * 3
+    start = np.array([s.start for s in box], float)
+    found, rows = detection.challenge_detection(reference[box], prediction[box], spacing_mm)
+    rows = [{**row, "centroid_voxel": tuple((row["centroid_voxel"] + start).tolist())}
+            for row in rows]
+    any_overlap = lesion_metrics(reference[box], prediction[box])
     volumes = {"volume_reference_ml": int(reference.sum()) * voxel_ml,
                "volume_predicted_ml": int(prediction.sum()) * voxel_ml}
     difference = volumes["volume_predicted_ml"] - volumes["volume_reference_ml"]
     scores = {**{k: overlap[k] for k in ("dsc", "sensitivity", "precision", "specificity", "f2")},
-              **surface.boundary_scores(reference, prediction, spacing_mm, tolerance_mm),
+              **surface.boundary_scores(reference[box], prediction[box], spacing_mm,
+                                        tolerance_mm),
               **volumes, "volume_difference_ml": difference,
               **found, "ltpr": any_overlap["ltpr"], "lfpr": any_overlap["lfpr"],
               "volume_absolute_difference_ml": abs(difference),

@@ -64,13 +64,24 @@ def boundary(mask) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, ndimage.generate_binary_structure(3, 1))
 
 
-def _union_box(a, b, margin=1):
-    """Slices of the bounding box of ``a | b`` grown by ``margin`` voxels (within the array)."""
+def union_box(a, b, margin: int = 1):
+    """Slices of the bounding box of ``a | b`` grown by ``margin`` voxels (within the
+    array), or None when both are empty. Every metric here gives the same value on the box
+    as on the whole volume: outside it there is only background.
+
+    Example:
+
+    >>> a = np.zeros((6, 6, 6), bool); a[2, 3, 4] = True
+    >>> union_box(a, a)
+    (slice(1, 4, None), slice(2, 5, None), slice(3, 6, None))
+    """
     ndimage = require("scipy.ndimage")
 
-    box = ndimage.find_objects((a | b).astype(np.uint8))[0]
+    boxes = ndimage.find_objects((np.asarray(a) | np.asarray(b)).astype(np.uint8))
+    if not boxes:
+        return None
     return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n))
-                 for s, n in zip(box, a.shape))
+                 for s, n in zip(boxes[0], np.shape(a)))
 
 
 def surface_distances(reference, prediction, spacing_mm):
@@ -98,9 +109,9 @@ def surface_distances(reference, prediction, spacing_mm):
 
     reference, prediction = _same_grid(reference, prediction)
     sizes = checked_spacing(spacing_mm)
-    if not (reference.any() or prediction.any()):
+    box = union_box(reference, prediction)
+    if box is None:
         return np.zeros(0), np.zeros(0)
-    box = _union_box(reference, prediction)
     points = [np.argwhere(boundary(mask[box])) * sizes for mask in (prediction, reference)]
     if not all(len(p) for p in points):
         return tuple(np.full(len(p), math.inf) for p in points)
