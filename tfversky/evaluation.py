@@ -37,6 +37,10 @@ from tfversky import detection, inference, io, metrics, plan as plan_lib, plotti
 
 RESULT_FILE = "evaluation.json"
 COUNTS = metrics.COUNTS
+# The case_scores each subject row of evaluation.json carries beside the paper's metrics.
+SUBJECT_SCORES = ("ltpr", "lfpr", "lesion_sensitivity", "lesion_precision", "lesion_f1",
+                  "hd95_mm", "assd_mm", "nsd", "volume_reference_ml", "volume_predicted_ml",
+                  "volume_difference_ml")
 # The lesion-wise scores evaluation.json pools: the challenges' detection and any-overlap.
 _POOLED_LESION_SCORES = ("lesion_sensitivity", "lesion_precision", "lesion_f1",
                          "lesions_reference", "lesions_reference_detected", "lesions_predicted",
@@ -71,8 +75,9 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
 
     Returns:
         ``{"pooled": {metric: value, tp, fp, fn, tn, ltpr, lfpr, lesion_f1, ...},
-        "subjects": [{"subject", "lesion_voxels", metrics...}]}``, also written to
-        ``out/evaluation.json``.
+        "subjects": [{"subject", "lesion_voxels", metrics..., SUBJECT_SCORES...}]}``, also
+        written to ``out/evaluation.json``; every score of ``metrics.case_scores`` goes to
+        ``cases.csv``, ``lesions.csv`` and ``summary.json`` (``write_scores``).
 
     Raises:
         ValueError: no volumes, or a model that does not fit its plan.
@@ -113,7 +118,7 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
         lesions += lesion_table(name, lesion_rows, grid_affine)
         subjects.append({"subject": name, "lesion_voxels": int(truth.sum()),
                          **{k: scores[k] for k in metrics.PAPER_METRICS},
-                         **{k: case[k] for k in ("ltpr", "lfpr", "lesion_f1")}})
+                         **{k: case[k] for k in SUBJECT_SCORES}})
         if all(k in volume for k in ("grid_affine", "affine", "shape")):
             # The records keep the scan's grid, not its header: the mask gets its affine.
             _, native, _ = inference.back_to_scan(lesion_prob, volume["grid_affine"],

@@ -243,3 +243,8 @@ def test_evaluate_fold_writes_the_same_files(model, tmp_path):
     rows = _read_csv(tmp_path / "cases.csv")
     assert [r["case"] for r in rows] == ["s1", "s2"] and list(rows[0])[:19] == CASES_COLUMNS
     assert json.loads((tmp_path / "summary.json").read_text())["cases"] == 2
+    # Each subject row carries the new scores too (what a Table 1 script reads).
+    subjects = json.loads((tmp_path / "evaluation.json").read_text())["subjects"]
+    for subject, row in zip(subjects, rows):
+        for key in evaluation.SUBJECT_SCORES:
+            assert subject[key] == pytest.approx(float(row[key]), nan_ok=True), key
