@@ -122,6 +122,7 @@ def _monai(metric_name, reference, prediction, spacing, **kwargs):
     return float(np.asarray(value).ravel()[0])
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's own deprecation notices
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("seed", range(4))
 def test_agrees_with_monai(seed, spacing):
