@@ -1,5 +1,7 @@
 """Evaluation metrics of the paper (Eq. 6-7 and the area under the PR curve), streaming Keras
-metrics for ``model.compile``, and lesion-wise detection metrics.
+metrics for ``model.compile``, any-overlap lesion detection (LTPR/LFPR), and every score of
+one scan (``case_scores``: these, the boundary distances of ``tfversky.surface``, volumes and
+the MSSEG challenges' detection of ``tfversky.detection``) with a cohort's summary.
 
 All voxel metrics are on hard labels ``y_prob >= threshold`` (the paper: 0.5) for the lesion
 class, with counts in int64 (a float32 count of true negatives is wrong beyond 2^24 voxels):
@@ -33,6 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfversky import detection, surface
 from tfversky._extras import require
 
 # The paper's test metrics (Table 1's columns), in its order: the keys ``evaluate`` returns.
@@ -479,8 +482,6 @@ def case_scores(reference, prediction, spacing_mm, *, tolerance_mm: float = 1.0)
     >>> scores["dsc"], scores["volume_reference_ml"], scores["lesion_f1"], len(rows)
     (0.75, 0.128, 1.0, 2)
     """
-    from tfversky import detection, surface
-
     reference, prediction = _as_foreground(reference, prediction)
     reference, prediction = _binary_truth(reference), _binary_truth(prediction)
     voxel_ml = float(np.prod(surface.checked_spacing(spacing_mm))) / 1000
@@ -529,8 +530,6 @@ def summarize_cases(cases: list[dict]) -> dict:
     >>> summary["mean"]["dsc"], round(summary["pooled"]["dsc"], 4)
     (0.875, 0.875)
     """
-    from tfversky import detection
-
     if not cases:
         raise ValueError("Invalid value for argument `cases`: no cases to summarize.")
     names = [k for k, v in cases[0].items() if isinstance(v, (int, float)) and k != "case"]
