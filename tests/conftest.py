@@ -58,3 +58,20 @@ def free_ports():
         return ports
 
     return pick
+
+
+@pytest.fixture
+def ellipsoids():
+    """``ellipsoids(rng, shape, count, radius=(0.8, 4.0))``: a bool mask of ``count`` random
+    ellipsoidal lesions (semi-axes in voxels drawn from ``radius``), some touching each other
+    or the array's edge: small, large and confluent lesions for the metric tests."""
+
+    def make(rng, shape, count, radius=(0.8, 4.0)):
+        grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+        mask = np.zeros(shape, bool)
+        for _ in range(count):
+            centre, radii = rng.uniform(0, shape), rng.uniform(*radius, 3)
+            mask |= (((grid - centre) / radii) ** 2).sum(-1) <= 1
+        return mask
+
+    return make

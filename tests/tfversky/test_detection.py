@@ -166,21 +166,12 @@ def _anima_true_positives(table, alpha=0.1, beta=0.7, gamma=0.65):
 
 @pytest.mark.parametrize("spacing", [ISO, (0.5, 0.5, 3.0)])
 @pytest.mark.parametrize("seed", range(5))
-def test_agrees_with_a_transcription_of_animas_loops(seed, spacing):
+def test_agrees_with_a_transcription_of_animas_loops(seed, spacing, ellipsoids):
     rng = np.random.default_rng(seed)
     shape = (32, 28, 24)
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-
-    def blobs(count, radius):
-        mask = np.zeros(shape, bool)
-        for _ in range(count):
-            centre, radii = rng.uniform(0, shape), rng.uniform(0.7, radius, 3)
-            mask |= (((grid - centre) / radii) ** 2).sum(-1) <= 1
-        return mask
-
-    reference = blobs(int(rng.integers(8, 20)), 4.0)
+    reference = ellipsoids(rng, shape, int(rng.integers(8, 20)), (0.7, 4.0))
     prediction = np.roll(reference, tuple(rng.integers(-2, 3, 3)), axis=(0, 1, 2))
-    prediction = (prediction & (rng.random(shape) > 0.15)) | blobs(8, 3.0)
+    prediction = (prediction & (rng.random(shape) > 0.15)) | ellipsoids(rng, shape, 8, (0.7, 3.0))
     scores, _ = detection.challenge_detection(reference, prediction, spacing)
     table = _anima_table(reference, prediction, spacing)
     assert scores["lesions_reference"] == table.shape[0] - 1

@@ -109,14 +109,17 @@ CASES_COLUMNS = ["case", "dsc", "sensitivity", "precision", "specificity", "f2",
 AFFINE = np.array([[0.9, 0, 0, -20.0], [0, 0.9, 0, 5.0], [0, 0, 3.0, 1.5], [0, 0, 0, 1]])
 
 
-def _masks(seed, shape=(20, 18, 10)):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    truth = np.zeros(shape, bool)
-    for _ in range(int(rng.integers(2, 5))):
-        truth |= (((grid - rng.uniform(0, shape)) / rng.uniform(1.5, 4, 3)) ** 2).sum(-1) <= 1
-    prediction = np.roll(truth, tuple(rng.integers(-1, 2, 3)), axis=(0, 1, 2))
-    return truth, prediction & (rng.random(shape) > 0.1)
+@pytest.fixture
+def masks(ellipsoids):
+    """``masks(seed)``: a reference of random lesions and a shifted, thinned prediction."""
+
+    def make(seed, shape=(20, 18, 10)):
+        rng = np.random.default_rng(seed)
+        truth = ellipsoids(rng, shape, int(rng.integers(2, 5)), (1.5, 4.0))
+        prediction = np.roll(truth, tuple(rng.integers(-1, 2, 3)), axis=(0, 1, 2))
+        return truth, prediction & (rng.random(shape) > 0.1)
+
+    return make
 
 
 def _save(path, data, affine=AFFINE):
@@ -125,12 +128,12 @@ def _save(path, data, affine=AFFINE):
 
 
 @pytest.fixture
-def nnunet_folders(tmp_path):
+def nnunet_folders(tmp_path, masks):
     """labelsTs-like references and nnU-Net predictions (CASE.nii.gz), 3 cases, one of them
     without lesions and with a false positive."""
     arrays = {}
     for k, case in enumerate(("MS_001", "MS_002", "MS_003")):
-        truth, prediction = _masks(k)
+        truth, prediction = masks(k)
         if case == "MS_003":
             truth[:] = False
         arrays[case] = truth, prediction
@@ -173,8 +176,8 @@ def test_folder_scores_are_case_scores_on_each_references_grid(nnunet_folders, t
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial files
 
 
-def test_bids_names_probability_maps_and_label_maps(tmp_path):
-    truth, prediction = _masks(5)
+def test_bids_names_probability_maps_and_label_maps(tmp_path, masks):
+    truth, prediction = masks(5)
     labels = truth.astype(np.uint8) * 2  # a label map: lesion = 2
     _save(tmp_path / "bids" / "derivatives" / "lesions" / "sub-01" / "ses-02" / "anat" /
           "sub-01_ses-02_desc-lesion_mask.nii.gz", labels)

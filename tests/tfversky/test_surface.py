@@ -10,23 +10,19 @@ from scipy import ndimage
 from tfversky import surface
 
 
-def _blobs(rng, shape, count, max_radius):
-    mask = np.zeros(shape, bool)
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    for _ in range(count):
-        centre = rng.uniform(0, shape)
-        mask |= (((grid - centre) / rng.uniform(0.8, max_radius, 3)) ** 2).sum(-1) <= 1
-    return mask
+@pytest.fixture
+def random_pair(ellipsoids):
+    """``random_pair(seed)``: a reference of random ellipsoids (some on the array's edge) and
+    a plausible prediction: shifted, eroded here and there, plus false positives."""
 
+    def make(seed, shape=(30, 26, 22)):
+        rng = np.random.default_rng(seed)
+        reference = ellipsoids(rng, shape, int(rng.integers(2, 8)), (0.8, 5.0))
+        prediction = np.roll(reference, tuple(rng.integers(-2, 3, 3)), axis=(0, 1, 2))
+        prediction &= rng.random(shape) > 0.05
+        return reference, prediction | ellipsoids(rng, shape, 2, (0.8, 2.5))
 
-def _random_pair(seed, shape=(30, 26, 22)):
-    """A reference of random ellipsoids (some on the array's edge) and a plausible
-    prediction: shifted, eroded here and there, plus false positives."""
-    rng = np.random.default_rng(seed)
-    reference = _blobs(rng, shape, int(rng.integers(2, 8)), 5.0)
-    prediction = np.roll(reference, tuple(rng.integers(-2, 3, 3)), axis=(0, 1, 2))
-    prediction &= rng.random(shape) > 0.05
-    return reference, prediction | _blobs(rng, shape, 2, 2.5)
+    return make
 
 
 SPACINGS = [(1.0, 1.0, 1.0), (0.9, 0.9, 3.0), (0.5, 1.2, 2.0)]
@@ -65,15 +61,15 @@ def test_boundary_is_the_face_connected_surface_and_the_array_edge_counts():
 
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("seed", range(3))
-def test_cropped_k_d_tree_equals_whole_volume_distance_transform(seed, spacing):
-    reference, prediction = _random_pair(seed)
+def test_cropped_k_d_tree_equals_whole_volume_distance_transform(seed, spacing, random_pair):
+    reference, prediction = random_pair(seed)
     ours = surface.surface_distances(reference, prediction, spacing)
     for got, expected in zip(ours, _edt_distances(reference, prediction, spacing)):
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_scores_follow_their_formulas():
-    reference, prediction = _random_pair(7)
+def test_scores_follow_their_formulas(random_pair):
+    reference, prediction = random_pair(7)
     spacing = (0.9, 0.9, 3.0)
     p2r, r2p = _edt_distances(reference, prediction, spacing)
     scores = surface.boundary_scores(reference, prediction, spacing, tolerance_mm=2.0)
@@ -125,9 +121,9 @@ def _monai(metric_name, reference, prediction, spacing, **kwargs):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI's own deprecation notices
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("seed", range(4))
-def test_agrees_with_monai(seed, spacing):
+def test_agrees_with_monai(seed, spacing, random_pair):
     pytest.importorskip("monai")
-    reference, prediction = _random_pair(seed)
+    reference, prediction = random_pair(seed)
     ours = surface.boundary_scores(reference, prediction, spacing, tolerance_mm=1.5)
     hd95 = _monai("HausdorffDistanceMetric", reference, prediction, spacing, percentile=95,
                   include_background=True)
