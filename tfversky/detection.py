@@ -131,9 +131,10 @@ def challenge_detection(reference, prediction, spacing_mm, *,
             Defaults to 0.65.
 
     Returns:
-        ``(scores, lesion_rows)``. ``scores`` has ``DETECTION_KEYS``; ``lesion_rows`` one
-        dict per kept lesion: ``side`` ("reference" or "predicted"), ``lesion`` (1..n per
-        side), ``voxels``, ``volume_mm3``, ``centroid_voxel`` (i, j, k, float) and
+        ``(scores, lesions)``. ``scores`` has ``DETECTION_KEYS``; ``lesions`` is a table
+        of the kept lesions, reference then predicted, as NumPy columns (a noisy prediction
+        has tens of thousands): ``side`` ("reference" or "predicted"), ``lesion`` (1..n per
+        side), ``voxels``, ``volume_mm3``, ``centroid_voxel`` ((n, 3) mean voxel index) and
         ``detected`` (reference: detected; predicted: a true positive).
 
     Raises:
@@ -143,9 +144,11 @@ def challenge_detection(reference, prediction, spacing_mm, *,
 
     >>> ref = np.zeros((12, 12, 12), bool); ref[1:4, 1:4, 1:4] = True; ref[7:10, 7:10, 7:10] = True
     >>> pred = np.zeros_like(ref); pred[1:4, 1:4, 1:3] = True; pred[7, 0:3, 0:3] = True
-    >>> scores, rows = challenge_detection(ref, pred, (1, 1, 1))
+    >>> scores, lesions = challenge_detection(ref, pred, (1, 1, 1))
     >>> scores["lesion_sensitivity"], scores["lesion_precision"], scores["lesions_false_positive"]
     (0.5, 0.5, 1)
+    >>> lesions["side"].tolist(), lesions["detected"].tolist()
+    (['reference', 'reference', 'predicted', 'predicted'], [True, False, True, False])
     """
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if not 0 < value <= 1:
@@ -172,9 +175,9 @@ def challenge_detection(reference, prediction, spacing_mm, *,
                                 len(pred_sizes) - 1, int(pred_found.sum())),
               "lesions_false_positive": int(false_positive.sum()),
               "volume_false_positive_mm3": float(pred_sizes[1:][false_positive].sum() * voxel_mm3)}
-    rows = (_lesion_rows("reference", ref_ids, ref_sizes, ref_found, voxel_mm3)
-            + _lesion_rows("predicted", pred_ids, pred_sizes, pred_found, voxel_mm3))
-    return scores, rows
+    sides = [_lesion_columns("reference", ref_ids, ref_sizes, ref_found, voxel_mm3),
+             _lesion_columns("predicted", pred_ids, pred_sizes, pred_found, voxel_mm3)]
+    return scores, {key: np.concatenate([side[key] for side in sides]) for key in sides[0]}
 
 
 def detection_rates(lesions_reference: int, lesions_reference_detected: int,
@@ -202,13 +205,13 @@ def detection_rates(lesions_reference: int, lesions_reference_detected: int,
             "lesions_predicted_detected": lesions_predicted_detected}
 
 
-def _lesion_rows(side, ids, sizes, found, voxel_mm3):
+def _lesion_columns(side, ids, sizes, found, voxel_mm3):
     inside = np.nonzero(ids)
     labels = ids[inside]
     # Mean voxel index per lesion: one pass over the lesion voxels, not the volume.
     centroids = np.stack([np.bincount(labels, weights=axis, minlength=len(sizes))
                           for axis in inside], axis=1) / np.maximum(sizes, 1)[:, None]
-    return [{"side": side, "lesion": k, "voxels": int(sizes[k]),
-             "volume_mm3": float(sizes[k] * voxel_mm3),
-             "centroid_voxel": tuple(float(c) for c in centroids[k]),
-             "detected": bool(found[k])} for k in range(1, len(sizes))]
+    count = len(sizes) - 1
+    return {"side": np.full(count, side), "lesion": np.arange(1, count + 1),
+            "voxels": sizes[1:], "volume_mm3": sizes[1:] * voxel_mm3,
+            "centroid_voxel": centroids[1:], "detected": found[1:]}

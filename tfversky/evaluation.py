@@ -120,9 +120,9 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
         evaluator.merge(subject_evaluator)
         predicted = (lesion_prob >= threshold) & keep
         grid_affine = volume.get("grid_affine", np.diag([*model_plan.grid.spacing, 1.0]))
-        case, lesion_rows = metrics.case_scores(truth, predicted, voxel_spacing(grid_affine))
+        case, case_lesions = metrics.case_scores(truth, predicted, voxel_spacing(grid_affine))
         cases.append({"case": name, **case})
-        lesions += lesion_table(name, lesion_rows, grid_affine)
+        lesions.append(lesion_table(name, case_lesions, grid_affine))
         subjects.append({"subject": subject, "scan_id": name, "lesion_voxels": int(truth.sum()),
                          **{k: scores[k] for k in metrics.PAPER_METRICS},
                          **{k: case[k] for k in SUBJECT_SCORES}})
@@ -388,7 +388,7 @@ def check_pairs(pairs: dict, *, label: int | None = None, threshold: float = 0.5
 def score_pairs(pairs: dict, *, label: int | None = None, threshold: float = 0.5,
                 tolerance_mm: float = 1.0, progress: bool = True):
     """``(cases, lesions)``: ``metrics.case_scores`` of every pair (checked first with
-    ``check_pairs``), on the reference's grid, and the lesion table with world centroids.
+    ``check_pairs``), on the reference's grid, and each case's ``lesion_table``.
 
     Example:
 
@@ -398,7 +398,7 @@ def score_pairs(pairs: dict, *, label: int | None = None, threshold: float = 0.5
     >>> nib.save(nib.Nifti1Image(mask, np.diag([1.0, 1.0, 2.0, 1.0])), folder / "a.nii.gz")
     >>> cases, lesions = score_pairs({"a": (folder / "a.nii.gz", folder / "a.nii.gz")},
     ...                              progress=False)
-    >>> cases[0]["case"], cases[0]["dsc"], cases[0]["volume_reference_ml"], len(lesions)
+    >>> cases[0]["case"], cases[0]["dsc"], cases[0]["volume_reference_ml"], len(lesions[0]["side"])
     ('a', 1.0, 0.054, 2)
     """
     import tqdm
@@ -410,24 +410,23 @@ def score_pairs(pairs: dict, *, label: int | None = None, threshold: float = 0.5
         truth, image = read_mask(reference, "--truth", label=label)
         predicted, _ = read_mask(prediction, "--predictions", label=label,
                                  threshold=threshold, probabilities=True)
-        scores, rows = metrics.case_scores(truth, predicted, voxel_spacing(image.affine),
-                                           tolerance_mm=tolerance_mm)
+        scores, case_lesions = metrics.case_scores(truth, predicted, voxel_spacing(image.affine),
+                                                   tolerance_mm=tolerance_mm)
         cases.append({"case": case, **scores})
-        lesions += lesion_table(case, rows, image.affine)
+        lesions.append(lesion_table(case, case_lesions, image.affine))
     return cases, lesions
 
 
-def lesion_table(case: str, rows: list, affine) -> list:
-    """``tfversky.detection`` lesion rows as ``LESION_COLUMNS`` rows, centroids in world mm
-    (the grid's affine applied to the voxel centroid)."""
-    table = []
-    for row in rows:
-        centroid = np.asarray(affine, float) @ np.append(row["centroid_voxel"], 1.0)
-        table.append({"case": case, "side": row["side"], "lesion": row["lesion"],
-                      "voxels": row["voxels"], "volume_mm3": row["volume_mm3"],
-                      **dict(zip(LESION_COLUMNS[5:8], centroid[:3].tolist())),
-                      "detected": row["detected"]})
-    return table
+def lesion_table(case: str, lesions: dict, affine) -> dict:
+    """``metrics.case_scores``' lesions as ``LESION_COLUMNS`` (NumPy columns), the centroids
+    in world mm (the grid's affine applied to the voxel centroid)."""
+    affine = np.asarray(affine, float)
+    world = lesions["centroid_voxel"] @ affine[:3, :3].T + affine[:3, 3]
+    return {"case": np.full(len(world), case), "side": lesions["side"],
+            "lesion": lesions["lesion"], "voxels": lesions["voxels"],
+            "volume_mm3": lesions["volume_mm3"], "centroid_x_mm": world[:, 0],
+            "centroid_y_mm": world[:, 1], "centroid_z_mm": world[:, 2],
+            "detected": lesions["detected"]}
 
 
 def check_outputs(out, overwrite: bool = False) -> None:
@@ -453,7 +452,7 @@ def write_scores(out, cases: list, lesions: list, *, overwrite: bool = False,
     Args:
         out: Output folder (created).
         cases: ``{"case": name, **metrics.case_scores(...)[0]}`` rows.
-        lesions: ``lesion_table`` rows.
+        lesions: ``lesion_table`` tables, one per case.
         overwrite: Replace these files if ``out`` holds them. Defaults to False.
         details: More entries for ``summary.json`` (e.g. the settings). Defaults to None.
 
@@ -471,14 +470,17 @@ def write_scores(out, cases: list, lesions: list, *, overwrite: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     summary = {**metrics.summarize_cases(cases), **(details or {})}
     columns = ("case",) + metrics.CASE_COLUMNS + metrics.CASE_EXTRAS
-    for name, fields, rows in ((CASES_FILE, columns, cases),
-                               (LESIONS_FILE, LESION_COLUMNS, lesions)):
-        text = text_io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore",
-                                lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        _write_atomically(out / name, text.getvalue())
+    text = text_io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([case[k] for k in columns] for case in cases)
+    _write_atomically(out / CASES_FILE, text.getvalue())
+    text = text_io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(LESION_COLUMNS)
+    for table in lesions:  # column by column: no Python object per lesion is kept
+        writer.writerows(zip(*(table[k].tolist() for k in LESION_COLUMNS)))
+    _write_atomically(out / LESIONS_FILE, text.getvalue())
     _write_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=float))
     return summary
 

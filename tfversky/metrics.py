@@ -468,9 +468,10 @@ def case_scores(reference, prediction, spacing_mm, *, tolerance_mm: float = 1.0)
         tolerance_mm: The surface Dice's tolerance, mm. Defaults to 1.0.
 
     Returns:
-        ``(scores, lesion_rows)``: ``scores`` holds ``CASE_COLUMNS`` and ``CASE_EXTRAS``
-        (floats, NaN where undefined: see ``docs/metrics.md``); ``lesion_rows`` is
-        ``tfversky.detection.challenge_detection``'s one row per lesion.
+        ``(scores, lesions)``: ``scores`` holds ``CASE_COLUMNS`` and ``CASE_EXTRAS``
+        (floats, NaN where undefined: see ``docs/metrics.md``); ``lesions`` is
+        ``tfversky.detection.challenge_detection``'s table of lesions (NumPy columns),
+        centroids as voxel indices of the given arrays.
 
     Raises:
         ValueError: masks of different shapes or not 3D, values other than 0/1, bad spacing.
@@ -478,8 +479,8 @@ def case_scores(reference, prediction, spacing_mm, *, tolerance_mm: float = 1.0)
     Example:
 
     >>> ref = np.zeros((10, 10, 10), bool); ref[2:6, 2:6, 2:6] = True
-    >>> scores, rows = case_scores(ref, np.roll(ref, 1, axis=0), (1.0, 1.0, 2.0))
-    >>> scores["dsc"], scores["volume_reference_ml"], scores["lesion_f1"], len(rows)
+    >>> scores, lesions = case_scores(ref, np.roll(ref, 1, axis=0), (1.0, 1.0, 2.0))
+    >>> scores["dsc"], scores["volume_reference_ml"], scores["lesion_f1"], len(lesions["side"])
     (0.75, 0.128, 1.0, 2)
     """
     reference, prediction = _as_foreground(reference, prediction)
@@ -488,10 +489,8 @@ def case_scores(reference, prediction, spacing_mm, *, tolerance_mm: float = 1.0)
     overlap = scores_from_counts(*_confusion(reference.ravel(), prediction.ravel()))
     # Lesions and surfaces lie in the box around both masks: a brain costs what its lesions do.
     box = surface.union_box(reference, prediction) or (slice(0, 1),) * 3
-    start = np.array([s.start for s in box], float)
-    found, rows = detection.challenge_detection(reference[box], prediction[box], spacing_mm)
-    rows = [{**row, "centroid_voxel": tuple((row["centroid_voxel"] + start).tolist())}
-            for row in rows]
+    found, lesions = detection.challenge_detection(reference[box], prediction[box], spacing_mm)
+    lesions["centroid_voxel"] += [s.start for s in box]
     any_overlap = lesion_metrics(reference[box], prediction[box])
     volumes = {"volume_reference_ml": int(reference.sum()) * voxel_ml,
                "volume_predicted_ml": int(prediction.sum()) * voxel_ml}
@@ -505,7 +504,7 @@ def case_scores(reference, prediction, spacing_mm, *, tolerance_mm: float = 1.0)
               "any_overlap_f1": any_overlap["any_overlap_f1"],
               **{f"any_overlap_{k}": any_overlap[k] for k in _LESION_COUNTS},
               **{k: overlap[k] for k in COUNTS}}
-    return scores, rows
+    return scores, lesions
 
 
 def summarize_cases(cases: list[dict]) -> dict:

@@ -32,9 +32,10 @@ def test_lesions_of_three_mm3_or_less_are_dropped_first():
     # A dropped predicted lesion cannot detect anything, a dropped reference lesion is not
     # counted as missed.
     reference = _box((12, 12, 12), S[0, 0, 0:3], S[4, 4, 0:4])
-    scores, rows = detection.challenge_detection(reference, reference, ISO)
+    scores, lesions = detection.challenge_detection(reference, reference, ISO)
     assert (scores["lesions_reference"], scores["lesion_sensitivity"]) == (1, 1.0)
-    assert [(r["side"], r["voxels"]) for r in rows] == [("reference", 4), ("predicted", 4)]
+    assert list(zip(lesions["side"].tolist(), lesions["voxels"].tolist())) == [
+        ("reference", 4), ("predicted", 4)]
 
 
 def test_lesions_are_six_connected():
@@ -58,12 +59,12 @@ def test_alpha_more_than_a_tenth_must_be_covered(covered, detected):
 def test_beta_an_overlapping_lesion_may_lie_at_most_70_percent_outside(outside, detected):
     reference = _box((20, 4, 4), S[0:4, 0, 0])
     prediction = _box((20, 4, 4), S[0:4 + outside, 0, 0])  # 9/13 or 10/14 outside
-    scores, rows = detection.challenge_detection(reference, prediction, ISO)
+    scores, lesions = detection.challenge_detection(reference, prediction, ISO)
     assert scores["lesion_sensitivity"] == float(detected)
     # The predicted lesion itself: 4/13 > alpha inside, and the reference lesion it overlaps
     # lies wholly inside it: a true positive either way.
     assert scores["lesion_precision"] == 1.0
-    assert [r["detected"] for r in rows] == [detected, True]
+    assert lesions["detected"].tolist() == [detected, True]
 
 
 def test_gamma_only_the_largest_overlaps_up_to_65_percent_are_checked():
@@ -109,11 +110,12 @@ def test_empty_scans(has_reference, has_prediction, expected):
     np.testing.assert_equal(got, expected)
 
 
-def test_lesion_rows_have_voxel_centroids():
+def test_the_lesion_table_has_voxel_centroids():
     reference = _box((10, 10, 10), S[2:4, 2:4, 2:6])
-    _, rows = detection.challenge_detection(reference, np.zeros_like(reference), (1, 1, 0.5))
-    assert rows == [{"side": "reference", "lesion": 1, "voxels": 16, "volume_mm3": 8.0,
-                     "centroid_voxel": (2.5, 2.5, 3.5), "detected": False}]
+    _, lesions = detection.challenge_detection(reference, np.zeros_like(reference), (1, 1, 0.5))
+    assert {k: v.tolist() for k, v in lesions.items()} == {
+        "side": ["reference"], "lesion": [1], "voxels": [16], "volume_mm3": [8.0],
+        "centroid_voxel": [[2.5, 2.5, 3.5]], "detected": [False]}
 
 
 @pytest.mark.parametrize("name", ["alpha", "beta", "gamma"])

@@ -155,7 +155,7 @@ def test_folder_scores_are_case_scores_on_each_references_grid(nnunet_folders, t
     assert list(rows[0])[:len(CASES_COLUMNS)] == CASES_COLUMNS
     assert [r["case"] for r in rows] == ["MS_001", "MS_002", "MS_003"]
     for row in rows:
-        expected, lesion_rows = metrics.case_scores(*arrays[row["case"]], (0.9, 0.9, 3.0))
+        expected, _ = metrics.case_scores(*arrays[row["case"]], (0.9, 0.9, 3.0))
         for key in CASES_COLUMNS[1:]:
             assert float(row[key]) == pytest.approx(expected[key], nan_ok=True), key
     empty = rows[2]
@@ -165,8 +165,11 @@ def test_folder_scores_are_case_scores_on_each_references_grid(nnunet_folders, t
     lesions = _read_csv(out / "lesions.csv")
     assert list(lesions[0]) == list(evaluation.LESION_COLUMNS)
     first = [r for r in lesions if r["case"] == "MS_001" and r["side"] == "reference"][0]
-    _, lesion_rows = metrics.case_scores(*arrays["MS_001"], (0.9, 0.9, 3.0))
-    centroid = AFFINE @ np.append(lesion_rows[0]["centroid_voxel"], 1)
+    _, case_lesions = metrics.case_scores(*arrays["MS_001"], (0.9, 0.9, 3.0))
+    centroid = AFFINE @ np.append(case_lesions["centroid_voxel"][0], 1)
+    assert len(lesions) == sum(len(metrics.case_scores(*arrays[c], (0.9, 0.9, 3.0))[1]["side"])
+                               for c in arrays)
+    assert {r["detected"] for r in lesions} == {"True", "False"}
     assert [float(first[k]) for k in ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm")] == \
         pytest.approx(centroid[:3].tolist())
     saved = json.loads((out / "summary.json").read_text())

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from scipy import ndimage
 from sklearn.metrics import average_precision_score, confusion_matrix
 from sklearn.metrics import precision_recall_curve as sk_pr_curve
 
@@ -261,22 +262,25 @@ def test_lesion_size_in_mm3_is_converted_with_the_voxel_size():
 # --- one scan's every score, a cohort's summary ---------------------------------------------
 
 
-def _case(seed, shape=(24, 22, 20)):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    reference = np.zeros(shape, bool)
-    for _ in range(int(rng.integers(3, 8))):
-        reference |= (((grid - rng.uniform(0, shape)) / rng.uniform(1, 4, 3)) ** 2).sum(-1) <= 1
-    prediction = np.roll(reference, tuple(rng.integers(-1, 2, 3)), axis=(0, 1, 2))
-    return reference, prediction & (rng.random(shape) > 0.1)
+@pytest.fixture
+def case(ellipsoids):
+    """``case(seed)``: a reference of random lesions and a shifted, thinned prediction."""
+
+    def make(seed, shape=(24, 22, 20)):
+        rng = np.random.default_rng(seed)
+        reference = ellipsoids(rng, shape, int(rng.integers(3, 8)), (1.0, 4.0))
+        prediction = np.roll(reference, tuple(rng.integers(-1, 2, 3)), axis=(0, 1, 2))
+        return reference, prediction & (rng.random(shape) > 0.1)
+
+    return make
 
 
-def test_case_scores_hold_every_column_and_agree_with_each_metric():
+def test_case_scores_hold_every_column_and_agree_with_each_metric(case):
     from tfversky import detection, surface
 
-    reference, prediction = _case(0)
+    reference, prediction = case(0)
     spacing = (0.9, 0.9, 3.0)
-    scores, rows = metrics.case_scores(reference, prediction, spacing, tolerance_mm=2.0)
+    scores, lesions = metrics.case_scores(reference, prediction, spacing, tolerance_mm=2.0)
     assert set(scores) == set(metrics.CASE_COLUMNS + metrics.CASE_EXTRAS)
     tn, fp, fn, tp = confusion_matrix(reference.ravel(), prediction.ravel()).ravel()
     assert (scores["tp"], scores["fp"], scores["fn"], scores["tn"]) == (tp, fp, fn, tn)
@@ -284,8 +288,19 @@ def test_case_scores_hold_every_column_and_agree_with_each_metric():
     assert scores["dsc"] == 2 * tp / (2 * tp + fp + fn)
     boundary = surface.boundary_scores(reference, prediction, spacing, 2.0)
     assert {k: scores[k] for k in boundary} == boundary
-    found, lesion_rows = detection.challenge_detection(reference, prediction, spacing)
-    assert {k: scores[k] for k in found} == found and rows == lesion_rows
+    # On the whole volume, uncropped: the same scores, the same lesions and centroids.
+    found, whole = detection.challenge_detection(reference, prediction, spacing)
+    assert {k: scores[k] for k in found} == found and lesions.keys() == whole.keys()
+    for key in whole:
+        if key == "centroid_voxel":
+            np.testing.assert_allclose(lesions[key], whole[key])
+        else:
+            np.testing.assert_array_equal(lesions[key], whole[key])
+    # Centroids against scipy's, in the whole volume's voxel indices.
+    ids, _ = detection.lesions(reference, spacing)
+    reference_rows = lesions["side"] == "reference"
+    np.testing.assert_allclose(lesions["centroid_voxel"][reference_rows], ndimage.center_of_mass(
+        ids > 0, ids, range(1, reference_rows.sum() + 1)))
     voxel_ml = 0.9 * 0.9 * 3.0 / 1000
     assert scores["volume_reference_ml"] == pytest.approx(reference.sum() * voxel_ml)
     assert scores["volume_difference_ml"] == pytest.approx(
@@ -316,10 +331,10 @@ def test_an_empty_scan_has_a_defined_value_for_every_score():
     assert math.isnan(false_alarm["sensitivity"]) and math.isnan(false_alarm["hd95_mm"])
 
 
-def test_summary_pools_counts_and_correlates_lesion_loads():
-    rows = [metrics.case_scores(*_case(seed), (1.0, 1.0, 1.0))[0] for seed in range(4)]
+def test_summary_pools_counts_and_correlates_lesion_loads(case):
+    rows = [metrics.case_scores(*case(seed), (1.0, 1.0, 1.0))[0] for seed in range(4)]
     empty = np.zeros((24, 22, 20), bool)
-    rows.append(metrics.case_scores(empty, _case(9)[1], (1.0, 1.0, 1.0))[0])  # HD95 NaN
+    rows.append(metrics.case_scores(empty, case(9)[1], (1.0, 1.0, 1.0))[0])  # HD95 NaN
     summary = metrics.summarize_cases(rows)
     assert summary["cases"] == 5 and summary["defined"]["hd95_mm"] == 4
     assert summary["mean"]["hd95_mm"] == pytest.approx(np.mean([r["hd95_mm"] for r in rows[:4]]))
