@@ -8,8 +8,7 @@ one-line message on stderr and exit code 2, without a traceback.
         --image FLAIR=FLAIR.nii.gz --out seg.nii.gz --probabilities lesion_prob.nii.gz
     tfversky predict --model model.keras -i imagesTs -o predictions   # CASE_0000.nii.gz, ...
     tfversky train --out runs/demo                 # tfversky.train_cli: validated, augmented
-    tfversky evaluate --model runs/demo/model.keras --dataset ms_lesions/synthetic --split fold1 \\
-        --out runs/demo/test
+    tfversky evaluate --model runs/demo/model.keras --out runs/demo/test   # its own test split
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
     tfversky train --out runs/demo                             # the synthetic demo
     tfversky train --dataset ms_lesions/synthetic_lowres --val-every 2 --patience 5 \\
         --out runs/val
-    tfversky evaluate --model runs/val/model.keras --dataset ms_lesions/synthetic_lowres \\
-        --split fold1 --out runs/val/test
+    tfversky evaluate --model runs/val/model.keras --out runs/val/test
 
 ``train``: data (a ``ms_lesions`` config through the dataset adapter its entry point names,
 ``tfversky._adapters``) -> patches with nnU-Net's augmentations (``--augment default``) ->
@@ -16,7 +15,8 @@ default), whole-volume validation and model selection
 ``tfversky.inference.segment_on_grid``) -> the selected model evaluated on the test fold
 (``tfversky.evaluation.evaluate_fold``). ``examples/train_ms.py`` is this, as a script.
 
-``evaluate``: a saved model on any split of a dataset whose modalities match its plan, or
+``evaluate``: a saved model on the test split of the data its run record names (or on data
+the record allows: the same grid, placement and modalities, never its training subjects), or
 (``--predictions DIR --truth DIR``) any folder of masks against a folder of references
 (``tfversky.evaluation.evaluate_folders``).
 
