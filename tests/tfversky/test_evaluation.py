@@ -110,16 +110,8 @@ AFFINE = np.array([[0.9, 0, 0, -20.0], [0, 0.9, 0, 5.0], [0, 0, 3.0, 1.5], [0, 0
 
 
 @pytest.fixture
-def masks(ellipsoids):
-    """``masks(seed)``: a reference of random lesions and a shifted, thinned prediction."""
-
-    def make(seed, shape=(20, 18, 10)):
-        rng = np.random.default_rng(seed)
-        truth = ellipsoids(rng, shape, int(rng.integers(2, 5)), (1.5, 4.0))
-        prediction = np.roll(truth, tuple(rng.integers(-1, 2, 3)), axis=(0, 1, 2))
-        return truth, prediction & (rng.random(shape) > 0.1)
-
-    return make
+def masks(lesion_pair):
+    return lambda seed: lesion_pair(seed, (20, 18, 10), count=(2, 5), radius=(1.5, 4.0))
 
 
 def _save(path, data, affine=AFFINE):

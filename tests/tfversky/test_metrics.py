@@ -263,16 +263,8 @@ def test_lesion_size_in_mm3_is_converted_with_the_voxel_size():
 
 
 @pytest.fixture
-def case(ellipsoids):
-    """``case(seed)``: a reference of random lesions and a shifted, thinned prediction."""
-
-    def make(seed, shape=(24, 22, 20)):
-        rng = np.random.default_rng(seed)
-        reference = ellipsoids(rng, shape, int(rng.integers(3, 8)), (1.0, 4.0))
-        prediction = np.roll(reference, tuple(rng.integers(-1, 2, 3)), axis=(0, 1, 2))
-        return reference, prediction & (rng.random(shape) > 0.1)
-
-    return make
+def case(lesion_pair):
+    return lambda seed: lesion_pair(seed, (24, 22, 20), count=(3, 8))
 
 
 def test_case_scores_hold_every_column_and_agree_with_each_metric(case):
