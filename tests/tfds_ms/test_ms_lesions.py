@@ -371,7 +371,7 @@ def test_label_values_outside_dataset_json_are_named(tmp_path):
     ("nnunet", {}, ValueError, "reads your dataset folder: pass manual_dir=DIR"),
     ("bids", {"manual_dir": DUMMY / "bids"}, ValueError, "needs the modalities"),
     ("bids", {"manual_dir": DUMMY / "bids", "modalities": "FLAIR,DWI"}, ValueError,
-     "no subject under .* has DWI"),
+     "no session under .* has DWI"),
     ("nnunet", {"manual_dir": DUMMY / "nnunet", "subject_pattern": "^sub"}, ValueError,
      "does not match case id 'MS_001_s1'"),
     ("nnunet", {"manual_dir": DUMMY / "bids"}, ValueError, "No nnU-Net dataset.json"),
@@ -392,4 +392,4 @@ def test_build_cli_builds_a_user_dataset_and_names_bad_input(tmp_path, capsys):
     assert "ms_lesions/nnunet_nnunet_flair_t1_" in capsys.readouterr().out
     assert main(argv + ["--modalities", "FLAIR,T2"]) == 2
     err = capsys.readouterr().err
-    assert "T2 is not a channel of" in err and err.count("\n") == 1
+    assert "has no T2; it holds FLAIR, T1" in err and err.count("\n") == 1

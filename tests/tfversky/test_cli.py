@@ -265,7 +265,7 @@ def _corrupt(path):
     ("missing_modality", ["expects T1, T2, FLAIR", "missing: FLAIR", "--image"]),
     ("extra_modality", ["expects T1, T2, FLAIR", "does not take PD"]),
     ("plan_names_missing_modality", ["expects FLAIR, T1, T2, PD", "missing: PD"]),
-    ("bad_image_name", ["Unknown modality 'T9'"]),
+    ("bad_image_name", ["expects T1, T2, FLAIR", "does not take T9"]),
     ("bad_out_extension", ["--out", ".nii or .nii.gz"]),
     ("out_folder_missing", ["--out", "does not exist"]),
     ("out_is_input", ["--out", "input files"]),
