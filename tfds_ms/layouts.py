@@ -598,8 +598,9 @@ def parse_bids_filters(filters=(), filter_file=None) -> dict:
 
     Args:
         filters: ``"CHANNEL:entity=value[,entity=value]"`` strings (command line:
-            ``--bids-filter FLAIR:acq=3D``); an empty value means the entity must be
-            absent (``FLAIR:acq=``). The channel ``mask`` filters the lesion masks.
+            ``--bids-filter FLAIR:acq=3D``); ``value|value`` allows either, an empty value
+            means the entity must be absent (``FLAIR:acq=``). The channel ``mask`` filters
+            the lesion masks.
         filter_file: A JSON file as fMRIPrep's ``--bids-filter-file``:
             ``{"flair": {"acquisition": "3D"}, "t1w": {"run": 1, "ceagent": null}}``; keys
             are channel names, entities by short (``acq``) or pybids name
@@ -614,8 +615,8 @@ def parse_bids_filters(filters=(), filter_file=None) -> dict:
 
     Example:
 
-    >>> parse_bids_filters(["flair:acq=3D", "T1w:run=1,ce="])
-    {'FLAIR': {'acq': ('3D',)}, 'T1': {'run': ('1',), 'ce': (None,)}}
+    >>> parse_bids_filters(["flair:acq=3D|2D", "T1w:run=1,ce="])
+    {'FLAIR': {'acq': ('3D', '2D')}, 'T1': {'run': ('1',), 'ce': (None,)}}
     """
     parsed = {}
 
@@ -638,7 +639,8 @@ def parse_bids_filters(filters=(), filter_file=None) -> dict:
                               f"expected CHANNEL:entity=value[,entity=value], e.g. "
                               f"FLAIR:acq=3D or T1w:run=1. Received: {text!r}")
         for key, _, value in pairs:
-            add(channel.strip(), key.strip(), value.strip(), f"--bids-filter {text!r}")
+            add(channel.strip(), key.strip(), [v.strip() for v in value.split("|")],
+                f"--bids-filter {text!r}")
     if filter_file is not None:
         path = pathlib.Path(filter_file)
         try:
@@ -673,6 +675,19 @@ def _matches(entities: dict, wanted: dict) -> bool:
 def _filter_text(channel: str, wanted: dict) -> str:
     return f"{channel}:" + ",".join(f"{key}={'|'.join(v or '' for v in values)}"
                                     for key, values in wanted.items())
+
+
+def bids_filter_texts(filters=(), filter_file=None) -> tuple[str, ...]:
+    """The filters (``parse_bids_filters``) as ``--bids-filter`` texts, one per channel,
+    sorted: what a config records, with the filter file's contents folded in.
+
+    Example:
+
+    >>> bids_filter_texts(["t1w:run=1", "flair:acq=3D|2D"])
+    ('FLAIR:acq=3D|2D', 'T1:run=1')
+    """
+    parsed = parse_bids_filters(filters, filter_file)
+    return tuple(_filter_text(channel, parsed[channel]) for channel in sorted(parsed))
 
 
 def _picking_filters(channel: str, candidates) -> list[str]:
