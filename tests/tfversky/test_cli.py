@@ -425,3 +425,31 @@ def test_unwritable_output_folder(files, tmp_path, capsys):
     finally:
         folder.chmod(0o700)
     assert "not writable" in err
+
+
+def test_channels_by_name_and_mha_cases_keep_the_plans_order(files, tmp_path, capsys):
+    """A plan of repeated and unknown channel names (a longitudinal FLAIR pair, DIR) takes
+    its channels in order, from --image NAME=FILE or from a folder of .mha cases."""
+    sitk = pytest.importorskip("SimpleITK")
+    named = plan.Plan(modalities=("FLAIR@0", "DIR", "FLAIR@1"), grid=GRID, patch_size=16,
+                      overlap=0.25)
+    model = _save_model(tmp_path / "named.keras", named)
+    one = tmp_path / "one.nii.gz"
+    assert main(["predict", "--model", model, "--image", f"FLAIR@1={files['flair']}",
+                 "--image", f"DIR={files['t2']}", "--image", f"flair@0={files['t1']}",
+                 "--out", str(one), "--quiet"]) == 0
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for channel, name in enumerate(("t1", "t2", "flair")):  # FLAIR@0, DIR, FLAIR@1
+        sitk.WriteImage(sitk.ReadImage(files[name]), str(images / f"case_a_{channel:04d}.mha"))
+    assert main(["predict", "--model", model, "-i", str(images), "-o", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "out" / "case_a.nii.gz").dataobj),
+                                  np.asarray(nib.load(one).dataobj))
+    np.testing.assert_allclose(nib.load(tmp_path / "out" / "case_a.nii.gz").affine,
+                               nib.load(one).affine, atol=1e-4)
+    swapped = tmp_path / "swapped.nii.gz"  # the order matters: another order, another mask
+    assert main(["predict", "--model", model, "--image", f"FLAIR@0={files['flair']}",
+                 "--image", f"DIR={files['t2']}", "--image", f"FLAIR@1={files['t1']}",
+                 "--out", str(swapped), "--quiet", "--threshold", "0.5"]) == 0
+    assert (np.asarray(nib.load(swapped).dataobj) != np.asarray(nib.load(one).dataobj)).any()
