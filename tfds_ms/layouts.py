@@ -718,8 +718,10 @@ def _choose(files: list, channel: str, filters: dict, case: str, what: str) -> p
     raise LayoutError(
         f"Case {case}: {len(chosen)} {what} files match" + (
             f" --bids-filter {_filter_text(channel, wanted)}" if wanted else "")
-        + f"; choose one with a filter. {picks}. (Two of them as two channels: "
-          f"--modalities {channel}@0,{channel}@1 with a --bids-filter for each.)")
+        + f"; choose one with a filter. {picks}." + (
+            "" if channel == MASK_FILTER else f" (Two of them as two channels: --modalities "
+                                              f"{channel}@0,{channel}@1 with a --bids-filter "
+                                              f"for each.)"))
 
 
 def _lesion_labels(mask: pathlib.Path, pipeline: pathlib.Path) -> dict:

@@ -371,3 +371,14 @@ def test_several_mask_pipelines_are_listed_and_mask_folder_chooses(bids):
         layouts.find_scans(bids, "bids", modalities="FLAIR")
     found = layouts.find_scans(bids, "bids", modalities="FLAIR", mask_folder="derivatives/rater2")
     assert all("rater2" in s.label.parts for s in found)
+
+
+def test_a_filter_chooses_among_a_sessions_masks(bids):
+    for mask in sorted(bids.rglob("*_desc-lesion_mask.nii.gz")):
+        shutil.copy(mask, mask.with_name(mask.name.replace("desc-lesion", "space-T1w_desc-lesion")))
+    with pytest.raises(layouts.LayoutError, match="2 lesion mask files match; choose one with a "
+                       "filter. .*_desc-lesion_mask.nii.gz: --bids-filter mask:space=; .*space-T1w"
+                       "_desc-lesion_mask.nii.gz: --bids-filter mask:space=T1w\\.$"):
+        layouts.find_scans(bids, "bids", modalities="FLAIR")
+    found = layouts.find_scans(bids, "bids", modalities="FLAIR", bids_filter=["mask:space=T1w"])
+    assert all("space-T1w" in s.label.name for s in found)
