@@ -20,15 +20,23 @@ subject's time points go to the same fold.
     labelsTr/CASE.nii.gz
     splits_final.json                  (optional) the folds, as nnU-Net writes them
 
+``file_ending`` may be any ending ``tfversky.io`` reads (``.mha`` and ``.nrrd`` through
+SimpleITK), and a ``dataset`` key in ``dataset.json`` may list each case's files instead.
+
 ``bids`` (BIDS raw data with lesion masks as derivatives)::
 
     sub-01/[ses-01/]anat/sub-01_[ses-01_]FLAIR.nii.gz      (T1w, T2w, PDw, FLAIR, ...)
     derivatives/PIPELINE/sub-01/[ses-01/]anat/sub-01_[ses-01_]desc-lesion_mask.nii.gz
 
-Every file may be ``.nii`` or ``.nii.gz``. For ISBI and MSSEG, ``root`` may be the folder
-that holds ``training/`` (``Training/``) or that folder itself. Modalities are canonical
-names (``tfversky.modalities``): ISBI's ``mprage`` is T1, MSSEG's ``DP`` is PD, BIDS's
-``T1w`` is T1, and nnU-Net's ``channel_names`` are mapped the same way.
+with ``run-``, ``acq-``, ``ce-``, ``rec-``, ``space-`` variants chosen by filters, and masks
+named ``_desc-lesion_mask``, ``_label-lesion_mask`` or ``_dseg`` (with a ``dseg.tsv``).
+
+Every NIfTI file may be ``.nii`` or ``.nii.gz``. For ISBI and MSSEG, ``root`` may be the folder
+that holds ``training/`` (``Training/``) or that folder itself. Modalities are channel
+names (``tfversky.modalities``), canonical where known: ISBI's ``mprage`` is T1, MSSEG's
+``DP`` is PD, BIDS's ``T1w`` is T1, and nnU-Net's ``channel_names`` are mapped the same way;
+other names are kept as written, and a repeated one gets its position (``FLAIR@1``). A
+session or case without a mask is left out with one ``UnlabelledWarning``.
 """
 
 from __future__ import annotations
@@ -290,18 +298,20 @@ def msseg2016_scans(root, rater: str = "consensus", modalities=None) -> list[Sca
 
 
 def read_dataset_json(root) -> dict:
-    """An nnU-Net ``dataset.json``, checked: ``channel_names`` (canonical), ``labels``,
-    ``file_ending``.
+    """An nnU-Net ``dataset.json``, checked: ``channel_names`` (``modalities.channel_names``: canonical
+    where known, repeated ones by position), ``labels``, ``file_ending``, ``dataset``.
 
     Returns:
         ``{"modalities": ("FLAIR", "T1"), "labels": {"background": 0, "lesion": 1, ...},
-        "file_ending": ".nii.gz", "path": ...}``; the modalities in channel order.
+        "file_ending": ".nii.gz", "path": ..., "dataset": None}``; the modalities in channel
+        order; ``dataset`` the explicit file lists (``{case: {"images", "label"}}``) or None.
 
     Raises:
         LayoutError: the file is missing or not JSON; ``channel_names`` or ``labels`` is
-            missing or malformed; a channel name is not a known modality; the labels are
-            not background 0 plus one foreground class (and optionally ``ignore``); the
-            file ending is not NIfTI.
+            missing or malformed; a channel name is malformed; the labels are not
+            background 0 plus one foreground class (and optionally ``ignore``); the file
+            ending is not one ``tfversky.io`` reads, or needs SimpleITK and it is missing;
+            a ``dataset`` entry lacks one file per channel or its label.
 
     Example:
 
@@ -543,6 +553,13 @@ def leave_out_unlabelled(cases, where: str, require_labels: bool) -> None:
 
     Warns:
         UnlabelledWarning: otherwise, listing them.
+
+    Example:
+
+    >>> leave_out_unlabelled(["sub-02_ses-02"], "derivatives/*", require_labels=True)
+    Traceback (most recent call last):
+    ...
+    tfds_ms.layouts.LayoutError: 1 case(s) have images but no mask in derivatives/*: sub-02_ses-02. Add their masks, or drop require_labels (--require-labels) to leave them out of training and evaluation.
     """
     if not cases:
         return
