@@ -4,7 +4,7 @@
     python -m tfds_ms --config msseg2016 --manual-dir /data/msseg2016
     python -m tfds_ms --config nnunet --manual-dir /data/Dataset501_MS --subject-pattern '^MS_[0-9]+'
     python -m tfds_ms --config bids --manual-dir /data/bids --modalities FLAIR,T1w
-    python -m tfds_ms --config bids --manual-dir /data/bids --modalities FLAIR,T1w --bids-filter FLAIR:acq=3D
+    python -m tfds_ms --config bids --manual-dir BIDS --modalities FLAIR --bids-filter FLAIR:acq=3D
 
 A wrong folder or option is one line on stderr and exit status 2.
 """

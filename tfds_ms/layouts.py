@@ -298,8 +298,9 @@ def msseg2016_scans(root, rater: str = "consensus", modalities=None) -> list[Sca
 
 
 def read_dataset_json(root) -> dict:
-    """An nnU-Net ``dataset.json``, checked: ``channel_names`` (``modalities.channel_names``: canonical
-    where known, repeated ones by position), ``labels``, ``file_ending``, ``dataset``.
+    """An nnU-Net ``dataset.json``, checked: ``channel_names`` (canonical where known,
+    repeated ones by position: ``modalities.channel_names``), ``labels``, ``file_ending``,
+    ``dataset``.
 
     Returns:
         ``{"modalities": ("FLAIR", "T1"), "labels": {"background": 0, "lesion": 1, ...},
@@ -559,7 +560,7 @@ def leave_out_unlabelled(cases, where: str, require_labels: bool) -> None:
     >>> leave_out_unlabelled(["sub-02_ses-02"], "derivatives/*", require_labels=True)
     Traceback (most recent call last):
     ...
-    tfds_ms.layouts.LayoutError: 1 case(s) have images but no mask in derivatives/*: sub-02_ses-02. Add their masks, or drop require_labels (--require-labels) to leave them out of training and evaluation.
+    tfds_ms.layouts.LayoutError: 1 case(s) have images but no mask in derivatives/*: ...
     """
     if not cases:
         return
@@ -809,8 +810,8 @@ def _bids_masks(root: pathlib.Path, mask_folder: str | None, mask_pattern: str |
         raise LayoutError(f"Lesion masks matching {pattern!r} are in {len(found)} pipelines "
                           f"under {root / 'derivatives'}: choose one. {listed}.")
     if not found:
-        where = ", ".join(str(f) for f in folders) or f"{root / (mask_folder or BIDS_MASK_FOLDER)}" \
-                                                      f" (no such folder)"
+        where = ", ".join(str(f) for f in folders) \
+            or f"{root / (mask_folder or BIDS_MASK_FOLDER)} (no such folder)"
         raise LayoutError(f"No lesion mask matching {pattern!r} under {where}. Name the folder "
                           f"and the file pattern with mask_folder / mask_pattern "
                           f"(--mask-folder, --mask-pattern).")

@@ -259,8 +259,8 @@ def test_nnunet_mha_without_simpleitk_names_dataset_json_and_the_extra(nnunet, m
 
     _edit_json(nnunet / "dataset.json", file_ending=".mha")
     monkeypatch.setitem(sys.modules, "SimpleITK", None)
-    with pytest.raises(layouts.LayoutError, match="dataset.json: file_ending '.mha' is read with "
-                                                  "SimpleITK.*pip install 'tfversky\\[registration"):
+    with pytest.raises(layouts.LayoutError, match="dataset.json: file_ending '.mha' is read "
+                                                  "with SimpleITK.*pip install 'tfversky"):
         layouts.find_scans(nnunet, "nnunet")
 
 
