@@ -10,8 +10,8 @@ from __future__ import annotations
 from tfversky import cli
 
 # Options of the user layouts (nnunet, bids) only.
-USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "grid_shape",
-                "grid_spacing")
+USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "bids_filter",
+                "bids_filter_file", "require_labels", "grid_shape", "grid_spacing")
 
 
 def open_dataset(args, prepare: bool = True):
@@ -47,7 +47,9 @@ def open_dataset(args, prepare: bool = True):
             raise UsageError(str(error)) from None
         options = dict(modalities=args.modalities, subject_pattern=args.subject_pattern,
                        mask_folder=args.mask_folder, mask_pattern=args.mask_pattern, grid=grid,
-                       num_folds=args.num_folds)
+                       num_folds=args.num_folds, bids_filter=getattr(args, "bids_filter", None),
+                       bids_filter_file=getattr(args, "bids_filter_file", None),
+                       require_labels=getattr(args, "require_labels", None))
     try:
         builder = tfds_ms.builder(args.dataset, data_dir=args.data_dir,
                                   manual_dir=args.manual_dir, prepare=prepare, **options)

@@ -19,8 +19,8 @@ import sys
 
 # Single-flag aliases of --image NAME=FILE.
 _MODALITY_FLAGS = (("t1", "T1"), ("t2", "T2"), ("flair", "FLAIR"))
-# nnU-Net's file names: CASE_XXXX.nii.gz, XXXX the channel index.
-_CASE_FILE = r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$"
+# nnU-Net's file names: CASE_XXXX.nii.gz (or another ending tfversky.io reads), XXXX the channel.
+_CASE_FILE = r"^(?P<case>.+)_(?P<channel>\d{4})$"
 
 
 class UsageError(Exception):
@@ -220,13 +220,16 @@ def _folder_cases(folder: str, modalities) -> dict:
     """CASE -> {modality: file} for a flat nnU-Net-style folder, every case checked first."""
     import re
 
+    from tfversky import io
+
     if not os.path.isdir(folder):
         raise UsageError(f"-i {folder!r} is not a folder")
     cases, strays = {}, []
     for name in sorted(os.listdir(folder)):
-        if not name.endswith((".nii", ".nii.gz")):
+        ending = next((e for e in io.IMAGE_ENDINGS if name.endswith(e)), None)
+        if ending is None:
             continue
-        match = re.match(_CASE_FILE, name)
+        match = re.match(_CASE_FILE, name[:-len(ending)])
         if match is None:
             strays.append(name)
             continue

@@ -86,7 +86,19 @@ def add_data_arguments(parser) -> None:
                       help="bids: folder(s) holding the lesion masks, a glob relative to "
                            "--manual-dir (default derivatives/*)")
     data.add_argument("--mask-pattern", default=None,
-                      help="bids: file name glob of the masks (default *_desc-lesion_mask.nii.gz)")
+                      help="bids: file name glob of the masks (default: *_desc-lesion_mask, "
+                           "*_label-lesion_mask, and *_dseg with a dseg.tsv naming a lesion "
+                           "label; .nii or .nii.gz)")
+    data.add_argument("--bids-filter", action="append", default=None, metavar="CHANNEL:K=V",
+                      help="bids: choose among several files of one channel by their entities "
+                           "(repeatable), e.g. FLAIR:acq=3D, T1w:run=1,ce= (empty = absent), "
+                           "FLAIR@1:ses=02; 'mask:...' filters the masks")
+    data.add_argument("--bids-filter-file", default=None, metavar="JSON",
+                      help="bids: the filters as fMRIPrep's --bids-filter-file: "
+                           '{"flair": {"acquisition": "3D"}}')
+    data.add_argument("--require-labels", action="store_true", default=None,
+                      help="nnunet/bids: refuse cases without a mask (default: leave them out "
+                           "of training and evaluation with one warning listing them)")
     data.add_argument("--grid-shape", default=None, metavar="D,H,W",
                       help="nnunet/bids: reference grid voxels (default the paper's 128,224,256)")
     data.add_argument("--grid-spacing", default=None, metavar="X,Y,Z",

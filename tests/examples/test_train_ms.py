@@ -246,7 +246,9 @@ def test_model_inputs_follow_the_bids_modalities(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS"], "needs the modalities"),
     (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR,T9"],
-     "Unknown modality 'T9'"),
+     "has T9 (found: FLAIR, T1, T2)"),
+    (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR",
+      "--bids-filter", "FLAIR:acq=1D"], "--bids-filter FLAIR:acq=1D matches none of its FLAIR"),
     (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR,PDw"],
      "has PD"),
     (["--dataset", "ms_lesions/nnunet", "--manual-dir", "NNUNET", "--subject-pattern", "^x"],
