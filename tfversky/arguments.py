@@ -183,6 +183,21 @@ def validation_subjects(value, name: str = "val_subjects"):
                                        "(0, 1) of the training subjects")
 
 
+def regex(value, name: str) -> str:
+    """A regular expression (Python's ``re`` syntax).
+
+    Example:
+
+    >>> regex("^MS_[0-9]+", "subject_pattern")
+    '^MS_[0-9]+'
+    """
+    try:
+        re.compile(value)
+    except (re.error, TypeError) as error:
+        raise InvalidArgument(name, value, f"a regular expression ({error})") from None
+    return value
+
+
 def size_multiple(depth: int) -> int:
     """Spatial sizes a U-Net of ``depth`` levels accepts are multiples of this: 2**(depth-1).
 

@@ -67,7 +67,8 @@ def add_data_arguments(parser) -> None:
                       help="nnunet/bids: the input channels, in order, by canonical name or "
                            "alias (e.g. FLAIR,T1w). bids: required; nnunet: default all "
                            "channel_names of dataset.json")
-    data.add_argument("--subject-pattern", default=None, metavar="REGEX",
+    data.add_argument("--subject-pattern", type=_flag(arguments.regex, str), default=None,
+                      metavar="REGEX",
                       help="nnunet: regular expression on the case id whose match (or group "
                            "'subject') is the subject, so that a subject's sessions share a fold "
                            "(e.g. '^MS_[0-9]+' for MS_003_ses2)")

@@ -118,6 +118,8 @@ def test_bad_flags_are_one_line_before_any_work(extra, message, capsys, tmp_path
                                 ">= 1 or a fraction in (0, 1)"),
     (["--num-folds", "1"], "argument --num-folds: expected an int >= 2, got '1'"),
     (["--fold", "-1"], "argument --fold: expected an int >= 0, got '-1'"),
+    (["--subject-pattern", "("], "argument --subject-pattern: expected a regular expression "
+                                 "(missing ), unterminated subpattern at position 0), got '('"),
     (["--lr", "-1e-3"], "argument --lr: expected a finite number > 0, got '-1e-3'"),
     # Combinations: the network halves a patch depth - 1 times.
     (["--inference-patch", "100", "--depth", "4"],
