@@ -6,19 +6,21 @@ int as an int, a patch size as a (d, h, w) triple) or raises ``InvalidArgument``
 
     Invalid value for argument `overlap`: expected a number in [0, 1). Received: overlap=1.0
 
-``Plan``, ``predict_volume``, ``patch_dataset`` and the loss call the rules directly. The
-command lines call the same functions, so a value is refused by one rule wherever it enters:
+``Plan``, ``predict_volume``, ``segment``, ``patch_dataset``, ``TverskyLoss`` and ``unet3d``
+call the rules directly. The command lines call the same functions, so a value is refused by
+one rule wherever it enters:
 
 * ``flag_type(rule, parse)`` is argparse's ``type=``: ``argument --overlap: expected a number
   in [0, 1), got '1'``;
-* ``check_flags(parser, args)`` runs every flag's rule again on a namespace (one built in
-  Python, e.g. by ``examples/reproduce_table1.py``, never went through argparse) and
-  ``usage_error`` turns a rule's error into the one line of a command: ``--inference-patch
-  100: expected ...``. Combinations (``--inference-patch`` against ``--depth``) are checked
-  by the commands with the same rules, before a dataset is built or a model loaded.
+* ``check_flags(parser, args)`` runs every flag's rule again on a namespace that never went
+  through argparse (``examples/reproduce_table1.py`` builds one per run), and ``usage_error``
+  turns a rule's error into a command's line: ``--inference-patch 100: expected ...``.
+  Combinations (``--inference-patch`` against ``--depth``) are checked by the commands with
+  the same rules, before a dataset is built or a model loaded.
 
 ``UsageError`` is a mistake a command-line user can fix: one line on stderr, exit code 2.
 ``ArgumentParser`` reports argparse's own errors (a bad value, a missing flag) in one line too.
+``load_model_file`` loads the file of ``--model`` (``predict`` and ``evaluate``).
 """
 
 from __future__ import annotations

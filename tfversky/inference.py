@@ -586,6 +586,13 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
     >>> result.mask.shape, nib.load(os.path.join(folder, "seg.nii.gz")).shape
     ((20, 20, 20), (20, 20, 20))
     """
+    # The options' rules before any scan is read (the window's size against the model later).
+    for rule, value in ((arguments.threshold, threshold), (arguments.overlap, overlap),
+                        (arguments.patch_size, patch_size)):
+        if value is not None:
+            rule(value)
+    arguments.non_negative_number(min_lesion_mm3, "min_lesion_mm3")
+    arguments.positive_int(batch_size, "batch_size")
     plan = plan_lib.read_plan(model) if plan is None else plan
     plan_lib.check_channels(model, plan)
     ordered = match_modalities(scans, plan)

@@ -117,6 +117,19 @@ def test_numpy_ints_are_patch_sizes_everywhere():
     assert x.shape == (1, 8, 8, 8, 3)
 
 
+@pytest.mark.parametrize("option", [dict(threshold=1.0), dict(overlap=1.0),
+                                    dict(patch_size=True), dict(min_lesion_mm3=-1.0),
+                                    dict(batch_size=0)])
+def test_segment_checks_its_options_before_reading_a_scan(option, tmp_path):
+    from tfversky import inference, plan
+    from tfversky.models import unet3d
+
+    model = plan.attach(unet3d(base_filters=2, depth=2), plan.Plan(patch_size=8))
+    missing = {m: str(tmp_path / f"{m}.nii.gz") for m in ("T1", "T2", "FLAIR")}
+    with pytest.raises(InvalidArgument, match=f"`{next(iter(option))}`"):
+        inference.segment(model, missing, **option)
+
+
 def _parser():
     parser = arguments.ArgumentParser(prog="demo")
     parser.add_argument("--lr", type=arguments.flag_type(arguments.positive_number))
