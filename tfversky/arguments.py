@@ -14,9 +14,9 @@ one rule wherever it enters:
   in [0, 1), got '1'``;
 * ``check_flags(parser, args)`` runs every flag's rule again on a namespace that never went
   through argparse (``examples/reproduce_table1.py`` builds one per run), and ``usage_error``
-  turns a rule's error into a command's line: ``--inference-patch 100: expected ...``.
-  Combinations (``--inference-patch`` against ``--depth``) are checked by the commands with
-  the same rules, before a dataset is built or a model loaded.
+  turns a rule's error into a command's line: ``--patch-size 50: expected ...``.
+  Combinations (``--patch-size`` against ``--depth``) are checked by the commands with the
+  same rules, before a dataset is built or a model loaded.
 
 ``UsageError`` is a mistake a command-line user can fix: one line on stderr, exit code 2.
 ``ArgumentParser`` reports argparse's own errors (a bad value, a missing flag) in one line too.
@@ -279,7 +279,7 @@ def _shown(value) -> str:
 
 def usage_error(error: InvalidArgument, flag: str | None = None) -> UsageError:
     """The one line of a command for a rule's error: ``--FLAG VALUE: expected ...``; the flag
-    defaults to the argument's name (``inference_patch`` -> ``--inference-patch``)."""
+    defaults to the argument's name (``patch_size`` -> ``--patch-size``)."""
     flag = flag or "--" + error.name.replace("_", "-")
     return UsageError(f"{flag} {_shown(error.value)}: expected {error.expected}")
 

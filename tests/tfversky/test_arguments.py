@@ -179,8 +179,8 @@ def test_check_flags_applies_the_same_rules_to_a_namespace_made_in_python():
 
 
 def test_usage_error_names_the_flag_of_the_argument():
-    error = InvalidArgument("inference_patch", 100, "a multiple of 8")
-    assert str(arguments.usage_error(error)) == "--inference-patch 100: expected a multiple of 8"
+    error = InvalidArgument("patch_size", 100, "a multiple of 8")
+    assert str(arguments.usage_error(error)) == "--patch-size 100: expected a multiple of 8"
     assert str(arguments.usage_error(InvalidArgument("split", "x", "y"), "-s")) == \
         "-s 'x': expected y"
 

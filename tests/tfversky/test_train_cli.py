@@ -102,8 +102,8 @@ def test_bad_flags_are_one_line_before_any_work(extra, message, capsys, tmp_path
 @pytest.mark.parametrize("extra, message", [
     (["--threshold", "1.0"], "argument --threshold: expected a number in (0, 1), got '1.0'"),
     (["--overlap", "1.0"], "argument --overlap: expected a number in [0, 1), got '1.0'"),
-    (["--inference-patch", "0"], "argument --inference-patch: expected a positive int or three "
-                                 "of them (D, H, W), got '0'"),
+    (["--patch-size", "0"], "argument --patch-size: expected a positive int or three of them "
+                            "(D, H, W), got '0'"),
     (["--lesion-fraction", "1.5"], "argument --lesion-fraction: expected a number in [0, 1], "
                                    "got '1.5'"),
     (["--alpha", "-1"], "argument --alpha: expected a finite number >= 0 (alpha weighs false "
@@ -122,8 +122,8 @@ def test_bad_flags_are_one_line_before_any_work(extra, message, capsys, tmp_path
                                  "(missing ), unterminated subpattern at position 0), got '('"),
     (["--lr", "-1e-3"], "argument --lr: expected a finite number > 0, got '-1e-3'"),
     # Combinations: the network halves a patch depth - 1 times.
-    (["--inference-patch", "100", "--depth", "4"],
-     "--inference-patch 100: expected sizes that are each a multiple of 8 (2^(depth-1) for "
+    (["--patch-size", "100", "--depth", "4"],
+     "--patch-size 100: expected sizes that are each a multiple of 8 (2^(depth-1) for "
      "--depth 4): 96 or 104 for 100"),
     (["--patch-size", "18"], "--patch-size 18: expected sizes that are each a multiple of 4 "
                              "(2^(depth-1) for --depth 3): 16 or 20 for 18"),
