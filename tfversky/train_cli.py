@@ -235,6 +235,8 @@ def check_args(args) -> None:
             raise UsageError(f"--augment-prob {name}={'?' if p is None else p}: a probability "
                              f"must be a number in [0, 1] (0 turns {name} off), e.g. "
                              f"{name}=0.2") from None
+    # The dataset flags by the adapter's own rules (grid, modalities, layout), nothing built.
+    dataset_adapter(args).open_dataset(args, prepare=False)
 
 
 def _check_dataset_name(args) -> None:

@@ -5,6 +5,7 @@ of the same code are in tests/examples/test_train_ms.py."""
 
 import argparse
 import json
+import pathlib
 
 import keras
 import numpy as np
@@ -135,6 +136,19 @@ def test_every_flag_has_a_range_checked_before_any_work(extra, message, capsys, 
                             *extra], capsys)
     assert message in line, line
     assert not data_dir.exists() and not out.exists()  # no dataset built, nothing written
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--grid-spacing", "1,1,-1"], "--grid-spacing '1,1,-1': expected three positive sizes"),
+    (["--modalities", "FLAIR,FLAIR"], "FLAIR is named more than once"),
+])
+def test_dataset_flags_are_checked_before_the_run_starts(extra, message, capsys, tmp_path):
+    nnunet = pathlib.Path(__file__).parents[1] / "tfds_ms" / "dummy_data" / "nnunet"
+    line = _one_line_error(["train", "--dataset", "ms_lesions/nnunet", "--manual-dir",
+                            str(nnunet), "--data-dir", str(tmp_path / "data"), "--out",
+                            str(tmp_path / "run"), *extra], capsys)
+    assert message in line, line
+    assert not (tmp_path / "run").exists()  # refused before the run made its folder
 
 
 def test_a_namespace_made_in_python_is_checked_by_the_same_rules(tmp_path):
