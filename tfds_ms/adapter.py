@@ -2,12 +2,12 @@
 
 The core finds this module by its entry point (``tfversky.datasets``: ``ms_lesions``, see
 ``tfversky/_adapters.py``) and never imports it by name. Every mistake in the dataset flags
-is a ``tfversky.cli.UsageError``: one line, exit code 2.
+is a ``tfversky.arguments.UsageError``: one line, exit code 2.
 """
 
 from __future__ import annotations
 
-from tfversky import cli
+from tfversky.arguments import UsageError
 
 # Options of the user layouts (nnunet, bids) only.
 USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "bids_filter",
@@ -18,7 +18,6 @@ def open_dataset(args, prepare: bool = True):
     """The ``ms_lesions`` builder of ``--dataset`` and its options; ``UsageError`` if wrong.
     With ``prepare=False`` nothing is built: its description (``describe``) is known, its
     splits are not."""
-    UsageError = cli.UsageError
     try:  # the builder is an adapter: only this step needs it
         import tensorflow_datasets as tfds
 
@@ -80,9 +79,9 @@ def num_folds(args, builder=None) -> int | None:
         return args.num_folds
     declared = {c.name: c.num_folds for c in tfds_ms.MsLesions.BUILDER_CONFIGS}.get(config)
     if declared is not None and args.num_folds not in (None, declared):
-        raise cli.UsageError(f"--num-folds {args.num_folds}: {args.dataset} has {declared} "
-                             f"folds of its own; leave --num-folds out (it is for "
-                             f"ms_lesions/nnunet and ms_lesions/bids)")
+        raise UsageError(f"--num-folds {args.num_folds}: {args.dataset} has {declared} "
+                         f"folds of its own; leave --num-folds out (it is for "
+                         f"ms_lesions/nnunet and ms_lesions/bids)")
     return declared  # None for an unknown config: open_dataset's error
 
 
@@ -98,8 +97,8 @@ def read_split(args, builder, split: str, flag: str = "--split"):
     try:
         return builder.as_dataset(split=split, shuffle_files=False)
     except _dataset_errors(tfds) as error:
-        raise cli.UsageError(f"{flag} {split!r} of --dataset {args.dataset}: "
-                             f"{error}".splitlines()[0]) from None
+        raise UsageError(f"{flag} {split!r} of --dataset {args.dataset}: "
+                         f"{error}".splitlines()[0]) from None
 
 
 def describe(builder):

@@ -76,7 +76,9 @@ def test_help_explains_every_flag(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "ms_lesions/nope"], "unknown config 'nope'"),
     (["--dataset", "mnist"], "expected ms_lesions/<config>"),
-    (["--patch-size", "20"], "not a multiple of 2^(depth-1) = 8"),
+    (["--patch-size", "20"], "--patch-size 20: expected sizes that are each a multiple of 8 "
+                             "(2^(depth-1) for --depth 4): 16 or 24 for 20"),
+    (["--threshold", "1.0"], "argument --threshold: expected a number in (0, 1), got '1.0'"),
     (["--strategy", "multiworker"], "needs the TF_CONFIG"),
     (["--manual-dir", "/no/such/folder"], "no such folder"),
     (["--fold", "2"], "--fold 2"),
@@ -84,7 +86,11 @@ def test_help_explains_every_flag(capsys):
 ])
 def test_usage_errors_exit_2_with_one_line(argv, message, capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    code = _load("train_ms").main(argv + ["--out", str(tmp_path), "--data-dir", str(tmp_path)])
+    try:
+        code = _load("train_ms").main(argv + ["--out", str(tmp_path), "--data-dir",
+                                              str(tmp_path)])
+    except SystemExit as exit_info:  # argparse applied the flag's rule
+        code = exit_info.code
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.count("\n") == 1, err
@@ -266,8 +272,8 @@ def test_user_dataset_usage_errors(argv, message, capsys, tmp_path):
     try:
         code = _load("train_ms").main(argv + ["--out", str(tmp_path), "--data-dir", str(tmp_path)])
         lines = capsys.readouterr().err.splitlines()
-    except SystemExit as exit_info:  # argparse's own: the usage, then one line of error
-        code, lines = exit_info.code, capsys.readouterr().err.splitlines()[-1:]
+    except SystemExit as exit_info:  # argparse's own, one line too
+        code, lines = exit_info.code, capsys.readouterr().err.splitlines()
     assert code == 2
     assert len(lines) == 1 and message in lines[0], lines
 

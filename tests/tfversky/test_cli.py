@@ -382,14 +382,25 @@ def test_folder_errors_write_nothing(files, tmp_path, capsys, case, expected):
     assert (sorted(os.listdir(out)) if out.is_dir() else None) == before
 
 
-@pytest.mark.parametrize("extra", [["--threshold", "1.5"], ["--overlap", "1"],
-                                   ["--patch-size", "8,8"], ["--batch-size", "0"],
-                                   ["--min-lesion-size", "-1"], ["--image", "T1"]])
-def test_invalid_option_values_are_argparse_errors(files, tmp_path, capsys, extra):
+@pytest.mark.parametrize("extra, message", [
+    (["--threshold", "1.5"], "--threshold: expected a number in (0, 1), got '1.5'"),
+    (["--threshold", "0"], "--threshold: expected a number in (0, 1), got '0'"),
+    (["--overlap", "1"], "--overlap: expected a number in [0, 1), got '1'"),
+    (["--patch-size", "8,8"], "--patch-size: expected a positive int or three of them (D, H, W), "
+                              "got '8,8'"),
+    (["--patch-size", "0"], "--patch-size: expected a positive int or three of them"),
+    (["--batch-size", "0"], "--batch-size: expected an int >= 1, got '0'"),
+    (["--min-lesion-size", "-1"], "--min-lesion-size: expected a finite number >= 0, got '-1'"),
+    (["--min-lesion-size", "inf"], "--min-lesion-size: expected a finite number >= 0, got 'inf'"),
+    (["--image", "T1"], "--image: expected NAME=FILE"),
+])
+def test_invalid_option_values_are_one_line_argparse_errors(files, tmp_path, capsys, extra,
+                                                            message):
     with pytest.raises(SystemExit) as info:
         main(_args(files, tmp_path / "seg.nii.gz", *extra))
     assert info.value.code == 2
-    assert "error: argument" in capsys.readouterr().err
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"predict: error: argument {message}" in lines[0], lines
 
 
 def test_missing_inputs_and_no_command(capsys):
