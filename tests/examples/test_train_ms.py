@@ -238,7 +238,7 @@ def test_model_inputs_follow_the_bids_modalities(tmp_path):
         "--dataset", "ms_lesions/bids", "--manual-dir",
         str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "bids"), "--modalities", "FLAIR,T1w",
         "--data-dir", str(tmp_path), *USER_GRID])
-    patches, test, (modalities, grid, ignore_index, _), val = train_cli.load_splits(args)
+    patches, test, (modalities, grid, ignore_index, _), val, _ = train_cli.load_splits(args)
     # The default --val-subjects 0.1 holds out at least one subject (with all its sessions).
     assert len({e["subject"] for e in val.as_numpy_iterator()}) == 1
     assert modalities == ("FLAIR", "T1") and grid.shape == (16, 24, 24) and ignore_index is None
