@@ -829,16 +829,6 @@ def check_evaluation_data(args, model_plan, adapter, builder) -> str:
     return split
 
 
-def _millimetres(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a distance >= 0 in mm, got {text!r}")
-    return value
-
-
 def add_folder_arguments(parser) -> None:
     """``tfversky evaluate``'s folder mode: masks in folders instead of a model."""
     folders = parser.add_argument_group(
@@ -852,11 +842,13 @@ def add_folder_arguments(parser) -> None:
     folders.add_argument("--allow-missing", action="store_true",
                          help="score the matched cases when some have no partner (listed in "
                               "summary.json) instead of refusing")
-    folders.add_argument("--label", type=int, default=None, metavar="VALUE",
+    folders.add_argument("--label", type=_flag(arguments.non_negative_int, int), default=None,
+                         metavar="VALUE",
                          help="the lesion's value in label maps (other values are background)")
-    folders.add_argument("--threshold", type=cli._fraction(low_open=True), default=0.5,
+    folders.add_argument("--threshold", type=_flag(arguments.threshold), default=0.5,
                          help="lesion where a probability map is >= this")
-    folders.add_argument("--tolerance-mm", type=_millimetres, default=1.0, metavar="MM",
+    folders.add_argument("--tolerance-mm", type=_flag(arguments.non_negative_number), default=1.0,
+                         metavar="MM",
                          help="the normalised surface Dice's tolerance")
     folders.add_argument("--overwrite", action="store_true",
                          help="replace cases.csv, lesions.csv, summary.json in --out")
@@ -866,17 +858,17 @@ def _evaluate_folders(args) -> int:
     from tfversky import evaluation
 
     if args.model is not None:
-        raise cli.UsageError("--model scores a model on a dataset split, --predictions/--truth "
+        raise UsageError("--model scores a model on a dataset split, --predictions/--truth "
                              "score folders of masks: give one or the other")
     if not (args.predictions and args.truth):
-        raise cli.UsageError("--predictions DIR and --truth DIR go together: give both")
+        raise UsageError("--predictions DIR and --truth DIR go together: give both")
     try:
         summary = evaluation.evaluate_folders(
             args.predictions, args.truth, args.out, allow_missing=args.allow_missing,
             label=args.label, threshold=args.threshold, tolerance_mm=args.tolerance_mm,
             overwrite=args.overwrite)
     except evaluation.FolderError as err:
-        raise cli.UsageError(str(err)) from None
+        raise UsageError(str(err)) from None
     mean, pooled = summary["mean"], summary["pooled"]
     print(f"{summary['cases']} case(s): mean DSC {mean['dsc']:.4f}, HD95 {mean['hd95_mm']:.2f} "
           f"mm, lesion F1 {mean['lesion_f1']:.4f}; pooled DSC {pooled['dsc']:.4f}, lesion F1 "
@@ -897,7 +889,7 @@ def _evaluate(args) -> int:
     if args.predictions is not None or args.truth is not None:
         return _evaluate_folders(args)
     if args.model is None:
-        raise cli.UsageError("give --model FILE (a model on a dataset split) or --predictions "
+        raise UsageError("give --model FILE (a model on a dataset split) or --predictions "
                              "DIR --truth DIR (folders of masks)")
     if not os.path.isfile(args.model):
         raise UsageError(f"--model file {args.model!r} does not exist")
