@@ -178,3 +178,37 @@ def test_bad_names_and_bad_hook_argument():
 def test_config_round_trips_through_a_dict():
     config = AugmentConfig.only("gamma", "blur", probability=0.5)
     assert AugmentConfig(**config.to_dict()) == config
+
+
+def test_rotation_keeps_ignore_voxels_apart_from_lesion():
+    """Issue 20's reproducer: a 16^3 patch half `ignore` (255), rotated once. Interpolating
+    the values themselves and thresholding at 0.5 gave {0: 1980, 1: 2116}: ignored voxels
+    became lesion. Each value is now its own mask."""
+    label = np.zeros((32, 32, 32), np.uint8)
+    label[:, :, :8] = 255
+    image = np.zeros((32, 32, 32, 1), np.float32)
+    corner, size = (8, 8, 0), (16, 16, 16)
+    assert dict(zip(*np.unique(label[8:24, 8:24, :16], return_counts=True))) == {0: 2048,
+                                                                                  255: 2048}
+    config = AugmentConfig.only("rotation")
+    for index in range(3):
+        _, patch = augmentation.spatial_crop(image, label, tf.constant(corner), size, config,
+                                             augmentation.patch_seed(0, index))
+        values, counts = np.unique(patch.numpy(), return_counts=True)
+        assert set(values) == {0, 255}, dict(zip(values, counts))
+        # Rotating a plane through the patch's middle moves voxels only near that plane.
+        assert abs(counts[1] - 2048) < 16 * 16 * 2
+
+
+def test_label_sample_is_the_image_sampler_per_value_with_the_same_edge_rule():
+    """Beyond half a voxel from the volume's edge voxels both read 0; within it, the edge
+    voxel (as tfversky.preprocessing does); a 1/255 border splits at the midpoint."""
+    label = np.zeros((1, 1, 4), np.uint8)
+    label[..., 1], label[..., 2:] = 1, 255
+    points = np.array([[0, 0, x] for x in (-0.6, -0.4, 0.4, 0.6, 1.4, 1.6, 3.4, 3.6)],
+                      np.float32)
+    out = augmentation.label_sample(tf.constant(label), tf.constant(points)).numpy()
+    assert out.dtype == np.uint8
+    assert out.tolist() == [0, 0, 0, 1, 1, 255, 255, 0]
+    ones = augmentation.trilinear_sample(tf.ones((1, 1, 4, 1)), tf.constant(points)).numpy()
+    assert ones.ravel().tolist() == [0, 1, 1, 1, 1, 1, 1, 0]

@@ -179,3 +179,14 @@ def test_save_like_leaves_no_partial_file_on_failure(tmp_path, monkeypatch):
         save_like(np.zeros((4, 5, 6), np.uint8), grid_image((4, 5, 6), np.eye(4)),
                   tmp_path / "mask.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resample_to_first_keeps_the_outer_half_voxel(tmp_path):
+    """Issue 20's reproducer: FLAIR, constant, on voxels twice as large over the T1's field
+    of view. "grid-constant" faded the T1 grid's outer voxels (half a FLAIR voxel from its
+    edge voxels' centres) to 0.75; the one image resampler keeps them."""
+    to_t1 = np.diag([2.0, 2.0, 2.0, 1.0])
+    to_t1[:3, 3] = 0.5  # FLAIR voxel i covers T1 voxels 2i and 2i + 1
+    paths, _ = _subject(tmp_path, np.full((3, 4, 4), 2.0), _affine() @ to_t1)
+    image, _ = load_modalities(paths, resample_to_first=True)
+    np.testing.assert_array_equal(image[..., 2], 2.0)
