@@ -289,16 +289,21 @@ def label_sample(label, coords):
     flat = tf.reshape(label, [-1])
     neighbours, covered = _neighbours(tf.shape(label), coords)
     values = [tf.cast(tf.gather(flat, index), tf.int32) for index, _ in neighbours]
+    # Most points read one value from all 8 neighbours (its mask is 1 there): only the
+    # others, at a border, are put to the vote.
+    mixed = tf.where(tf.reduce_any(tf.stack([v != values[0] for v in values[1:]]), 0))
+    votes = [(tf.gather_nd(v, mixed), tf.gather_nd(w, mixed))
+             for v, (_, w) in zip(values, neighbours)]
     none = 256  # above every uint8 value: "no value reaches 0.5"
-    best = tf.fill(tf.shape(coords)[:1], none)
-    for value in values:
+    best = tf.fill(tf.shape(mixed)[:1], none)
+    for value, _ in votes:
         # Summed in the order trilinear_sample sums, so a binary label matches the image.
         share = 0.0
-        for other, (_, weight) in zip(values, neighbours):
+        for other, weight in votes:
             share += weight * tf.cast(other == value, tf.float32)
-        taken = covered & (share >= 0.5) & (value != 0)
-        best = tf.minimum(best, tf.where(taken, value, none))
-    return tf.cast(tf.where(best == none, 0, best), label.dtype)
+        best = tf.minimum(best, tf.where((share >= 0.5) & (value != 0), value, none))
+    out = tf.tensor_scatter_nd_update(values[0], mixed, tf.where(best == none, 0, best))
+    return tf.cast(tf.where(covered, out, 0), label.dtype)
 
 
 def spatial_crop(image, label, corner, patch_size, config: AugmentConfig, seed):

@@ -1,12 +1,15 @@
-"""Augmentation: deterministic per seed, labels binary and aligned, p = 0 is the identity."""
+"""Augmentation: deterministic per seed, label values kept and aligned, p = 0 is the identity."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
+from tests.tfversky import label_checks
 from tfversky import augmentation, data
 from tfversky.augmentation import TRANSFORMS, AugmentConfig
 
@@ -212,3 +215,71 @@ def test_label_sample_is_the_image_sampler_per_value_with_the_same_edge_rule():
     assert out.tolist() == [0, 0, 0, 1, 1, 255, 255, 0]
     ones = augmentation.trilinear_sample(tf.ones((1, 1, 4, 1)), tf.constant(points)).numpy()
     assert ones.ravel().tolist() == [0, 1, 1, 1, 1, 1, 1, 0]
+
+
+INTENSITY = tuple(n for n in TRANSFORMS if n not in SPATIAL)
+
+
+def _strong(names, rotation_degrees=60.0, zoom=(0.6, 1.6)):
+    """``names`` at probability 1, with rotations and zooms larger than nnU-Net's."""
+    return dataclasses.replace(AugmentConfig.only(*names), rotation_degrees=rotation_degrees,
+                               scaling_range=zoom)
+
+
+def _spatial_twin(config):
+    """The same config with the intensity transforms switched off: the same draws, so the
+    same spatial transform, and the image stays a coordinate probe."""
+    return dataclasses.replace(config, **{name: False for name in INTENSITY})
+
+
+@pytest.mark.parametrize("names", [(name,) for name in TRANSFORMS] + [TRANSFORMS])
+def test_each_transform_alone_and_all_together_keep_label_values(names):
+    image, label = label_checks.coded_volume((10, 9, 8), np.random.default_rng(len(names)))
+    config = _strong(names)
+    for index in range(2):
+        seed = augmentation.patch_seed(1, index)
+        _, y = augmentation.augment(image, label, config, seed)
+        probe, moved = augmentation.augment(image, label, _spatial_twin(config), seed)
+        np.testing.assert_array_equal(y, moved)  # intensity transforms never move the label
+        label_checks.check_moved(probe, moved, label)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), names=st.sets(st.sampled_from(TRANSFORMS), min_size=1),
+       shape=st.tuples(*[st.integers(5, 11)] * 3), degrees=st.floats(0, 180),
+       zoom=st.tuples(st.floats(0.5, 1), st.floats(1, 2)))
+def test_label_values_survive_random_transforms_eagerly(seed, names, shape, degrees, zoom):
+    """Random volumes, any set of transforms: values, ignored fraction and alignment."""
+    image, label = label_checks.coded_volume(shape, np.random.default_rng(seed))
+    config = _strong(names, degrees, zoom)
+    _, y = augmentation.augment(image, label, config, augmentation.patch_seed(seed, 0))
+    probe, moved = augmentation.augment(image, label, _spatial_twin(config),
+                                        augmentation.patch_seed(seed, 0))
+    np.testing.assert_array_equal(y, moved)
+    label_checks.check_moved(probe, moved, label)
+
+
+def test_label_values_survive_the_tf_data_pipeline():
+    """The same in graph mode, through patch_dataset (tf.data): crops from whole random
+    volumes, flips, then every transform at p = 0.6, several patches."""
+    rng = np.random.default_rng(5)
+    volumes = [label_checks.coded_volume((12, 11, 10), rng) for _ in range(3)]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {"image": np.stack([v[0] for v in volumes]), "label": np.stack([v[1] for v in volumes]),
+         "which": np.arange(3)})
+    config = dataclasses.replace(_strong(TRANSFORMS), **{f"{n}_p": 0.6 for n in TRANSFORMS})
+
+    def patches(augment):
+        # Each volume's number rides along as a fifth, constant image channel.
+        tagged = dataset.map(lambda v: {"label": v["label"], "image": tf.concat(
+            [v["image"], tf.cast(v["which"], tf.float32) * tf.ones_like(v["image"][..., :1])],
+            -1)})
+        ds = data.patch_dataset(tagged, patch_size=(6, 7, 8), batch_size=6, seed=3,
+                                augment=augment)
+        return [t.numpy() for t in next(iter(ds))]
+
+    (_, y), (probe, moved) = patches(config), patches(_spatial_twin(config))
+    np.testing.assert_array_equal(y, moved)
+    for k in range(len(moved)):
+        which = int(round(probe[k][..., 4].max()))
+        label_checks.check_moved(probe[k][..., :4], moved[k], volumes[which][1])
