@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.tfversky import label_checks
 from tfversky import preprocessing
 from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
@@ -215,3 +216,25 @@ def test_ignore_label_is_resampled_as_its_own_mask():
 def test_resample_label_refuses_values_outside_its_range(label):
     with pytest.raises(ValueError, match="`label`.*integers in \\[0, 255\\]"):
         preprocessing.resample_label(label, np.eye(4), np.eye(4), (4, 4, 4))
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), degrees=st.tuples(*[st.floats(-40, 40)] * 3),
+       spacing=st.tuples(*[st.floats(0.5, 1.8)] * 3), flip=st.booleans(),
+       shape=st.tuples(*[st.integers(5, 10)] * 3))
+def test_resampled_labels_keep_their_values_and_stay_aligned(seed, degrees, spacing, flip,
+                                                             shape):
+    """Random label maps (lesion classes 1, 2, ignore 255) onto random rotated, scaled,
+    flipped grids: probed by the image resampler on a coordinate-coded image."""
+    image, label = label_checks.coded_volume(shape, np.random.default_rng(seed))
+    grid = np.eye(4)
+    grid[:3, :3] = _rotation(degrees) @ np.diag(spacing) @ np.diag([-1 if flip else 1, 1, 1])
+    centre = (np.array(shape) - 1) / 2
+    grid_shape = tuple(int(np.ceil(n / s)) + 2 for n, s in zip(shape, spacing))
+    grid[:3, 3] = centre - grid[:3, :3] @ ((np.array(grid_shape) - 1) / 2)
+    out = preprocessing.resample_label(label, np.eye(4), grid, grid_shape)
+    probe = preprocessing.resample_to_grid(image, np.eye(4), grid, grid_shape, antialias=False)
+    # Anti-aliasing (a coarser grid) smooths each mask: widen the neighbourhood by its reach.
+    sigma = preprocessing._antialias_sigma(grid)  # grid voxels -> source voxels
+    reach = int(4 * sigma.max() + 0.5) if sigma.max() > 0.25 else 0
+    label_checks.check_moved(probe, out, label, spread=reach)
