@@ -283,3 +283,4 @@ def test_label_values_survive_the_tf_data_pipeline():
     for k in range(len(moved)):
         which = int(round(probe[k][..., 4].max()))
         label_checks.check_moved(probe[k][..., :4], moved[k], volumes[which][1])
+
