@@ -487,7 +487,10 @@ def to_native(volume: np.ndarray, grid_affine: np.ndarray, native_affine: np.nda
             ``grid_affine`` in the ``ms_lesions`` dataset).
         native_affine: The scan's affine (``affine`` in the dataset).
         native_shape: The scan's 3D shape (``shape`` in the dataset).
-        order: 0 (nearest) for label maps, 1 (linear) for probabilities. Defaults to 0.
+        order: 1 (linear) for probabilities (threshold after, as
+            ``tfversky.inference.back_to_scan`` does), 0 (nearest) for maps of ids. Defaults
+            to 0. A label map goes back with ``resample_label(label, grid_affine,
+            native_affine, native_shape)``, which keeps its values and volumes.
         antialias: Smooth first where the scan's voxels are coarser than the grid's (each
             scan voxel then gets about the mean of the grid voxels it covers: right for
             probabilities, never for labels). Defaults to False.
