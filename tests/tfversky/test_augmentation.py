@@ -115,15 +115,17 @@ def test_same_batches_whatever_the_parallelism_and_after_a_resume():
         np.testing.assert_array_equal(x0, x1)
 
 
-def test_trilinear_sample_matches_scipy():
+def test_trilinear_sample_matches_scipy_with_the_preprocessing_edge_rule():
+    """Linear inside, the edge voxel over its outer half, 0 beyond: as
+    tfversky.preprocessing resamples (SciPy "nearest" where covered)."""
     volume = np.random.default_rng(0).normal(size=(5, 6, 7, 2)).astype(np.float32)
-    coords = np.random.default_rng(1).uniform(-0.5, 6.5, (50, 3)).astype(np.float32)
+    coords = np.random.default_rng(1).uniform(-1.5, 7.5, (400, 3)).astype(np.float32)
     ours = augmentation.trilinear_sample(tf.constant(volume), tf.constant(coords)).numpy()
+    covered = np.all((coords >= -0.5) & (coords < np.array(volume.shape[:3]) - 0.5), axis=1)
+    assert 0 < covered.mean() < 1
     for c in range(2):
-        theirs = ndimage.map_coordinates(volume[..., c], coords.T, order=1, mode="constant",
-                                         cval=0.0)
-        inside = np.all((coords >= 0) & (coords <= np.array(volume.shape[:3]) - 1), axis=1)
-        np.testing.assert_allclose(ours[inside, c], theirs[inside], atol=1e-5)
+        theirs = ndimage.map_coordinates(volume[..., c], coords.T, order=1, mode="nearest")
+        np.testing.assert_allclose(ours[:, c], np.where(covered, theirs, 0), atol=1e-5)
 
 
 def test_intensity_transforms_stay_in_their_ranges():
