@@ -170,16 +170,12 @@ def make_example(scan: Scan, grid: preprocessing.ReferenceGrid, register: bool =
                                    f"{', '.join(scan.images)}. Add T1 or pass register=False.")
         grid_affine = registration.registered_grid_affine(
             loaded.image[..., list(scan.images).index("T1")], loaded.affine, grid)
-    lesion = (loaded.label == 1).astype(np.uint8)
     try:
+        # resample_label carries lesion and IGNORE_LABEL apart (a lesion keeps a shared voxel).
         image, label, grid_affine = preprocessing.prepare_volume(
-            loaded.image, loaded.affine, grid, lesion, grid_affine=grid_affine)
+            loaded.image, loaded.affine, grid, loaded.label, grid_affine=grid_affine)
     except ValueError as err:
         raise InvalidScanError(f"Case {scan.scan_id} ({first}): {err}") from err
-    if (loaded.label == IGNORE_LABEL).any():
-        ignored = preprocessing.resample_label(loaded.label == IGNORE_LABEL, loaded.affine,
-                                               grid_affine, grid.shape)
-        label[(ignored == 1) & (label == 0)] = IGNORE_LABEL
     outside, extent = preprocessing.brain_outside_grid(loaded.image, loaded.affine,
                                                        grid_affine, grid.shape)
     if outside > 0:

@@ -3,7 +3,7 @@
 nnU-Net's default set, plus a bias field (as TorchIO's ``RandomBiasField``), each transform
 with its own switch and probability in ``AugmentConfig``:
 
-* spatial, image trilinear and label kept binary: **rotation** about the three axes
+* spatial, image trilinear and the label's values kept: **rotation** about the three axes
   (+-15 degrees) and isotropic **scaling** (0.85-1.15);
 * intensity, image only: **gamma**, multiplicative **brightness**, **contrast**, Gaussian
   **noise**, Gaussian **blur**, a smooth multiplicative **bias field**, and simulated **low
@@ -11,8 +11,10 @@ with its own switch and probability in ``AugmentConfig``:
 
 The spatial transforms resample the *whole volume* around the patch's centre (as nnU-Net
 does), so a rotated patch is filled with real neighbouring tissue rather than with corners
-of zeros. The label is resampled with the same trilinear weights as the image and
-thresholded at 0.5: it stays binary and aligned with the image voxel for voxel.
+of zeros. The label is resampled with the same trilinear weights as the image, each of its
+values as its own mask (``label_sample``): a voxel takes the value whose mask reaches 0.5,
+so the label keeps its values (0, lesion, an ``ignore`` 255: no 255 becomes a 1) and stays
+aligned with the image voxel for voxel. Outside the volume both read 0 (background).
 
 Every random number of patch ``n`` comes from stateless RNG ops keyed by (seed, n)
 (``patch_seed``), like the patch positions in ``tfversky.data``, so the same seed gives the
@@ -223,37 +225,85 @@ def _rotation_matrix(angles):
     return rx @ ry @ rz
 
 
+def _neighbours(shape, coords):
+    """The 8 neighbours of each point of ``coords`` (N, 3) in a volume of ``shape`` (3,):
+    [(flat index (N,), trilinear weight (N,))], and which points the volume covers (N,).
+
+    The edge rule of ``tfversky.preprocessing.resample_to_grid``: the voxels fill the
+    volume's field of view, so a point up to half a voxel beyond an edge voxel's centre
+    reads that voxel (indices clamped), and a point further out is not covered.
+    """
+    base = tf.floor(coords)
+    frac = coords - base
+    base = tf.cast(base, tf.int32)
+    size = tf.cast(shape, tf.float32)
+    covered = tf.reduce_all((coords >= -0.5) & (coords < size - 0.5), axis=1)
+    axes = [[(tf.clip_by_value(index, 0, shape[axis] - 1), weight)
+             for index, weight in ((base[:, axis], 1 - frac[:, axis]),
+                                   (base[:, axis] + 1, frac[:, axis]))]
+            for axis in range(3)]
+    return [((z * shape[1] + y) * shape[2] + x, wz * wy * wx)
+            for (z, wz), (y, wy), (x, wx) in itertools.product(*axes)], covered
+
+
 def trilinear_sample(volume, coords):
     """Trilinear interpolation of ``volume`` (D, H, W, C) at ``coords`` (N, 3) -> (N, C).
 
-    Points outside the volume read 0 (the background of normalised scans). Any dtype is
-    read (a uint8 label is gathered as uint8, not cast as a whole volume); float32 comes out.
+    Points outside the volume's field of view read 0 (the background of normalised scans);
+    within half a voxel of an edge voxel's centre they read that voxel (the edge rule of
+    ``tfversky.preprocessing.resample_to_grid``). Any dtype is read (gathered in its own
+    dtype, not cast as a whole volume); float32 comes out.
 
     Example:
 
     >>> v = tf.reshape(tf.range(8, dtype=tf.float32), (2, 2, 2, 1))
-    >>> trilinear_sample(v, tf.constant([[0.5, 0.5, 0.5], [0.0, 0.0, 1.0]])).numpy().ravel()
-    array([3.5, 1. ], dtype=float32)
+    >>> points = tf.constant([[0.5, 0.5, 0.5], [0.0, 0.0, 1.0], [0.0, 0.0, 1.4], [0, 0, 1.6]])
+    >>> trilinear_sample(v, points).numpy().ravel()
+    array([3.5, 1. , 1. , 0. ], dtype=float32)
     """
-    shape = tf.shape(volume)[:3]
     flat = tf.reshape(volume, [-1, tf.shape(volume)[-1]])
-    base = tf.floor(coords)
-    frac = coords - base
-    base = tf.cast(base, tf.int32)
-    # Per axis: the two neighbours' clipped indices and weights (0 for a neighbour outside).
-    indices = []
-    for axis in range(3):
-        low, size = base[:, axis], shape[axis]
-        pair = []
-        for index, weight in ((low, 1 - frac[:, axis]), (low + 1, frac[:, axis])):
-            inside = tf.cast((index >= 0) & (index < size), tf.float32)
-            pair.append((tf.clip_by_value(index, 0, size - 1), weight * inside))
-        indices.append(pair)
+    neighbours, covered = _neighbours(tf.shape(volume)[:3], coords)
     out = 0.0
-    for (z, wz), (y, wy), (x, wx) in itertools.product(*indices):
-        values = tf.cast(tf.gather(flat, (z * shape[1] + y) * shape[2] + x), tf.float32)
-        out += values * (wz * wy * wx)[:, None]
-    return out
+    for index, weight in neighbours:
+        out += tf.cast(tf.gather(flat, index), tf.float32) * weight[:, None]
+    return out * tf.cast(covered, tf.float32)[:, None]
+
+
+def label_sample(label, coords):
+    """The label map ``label`` (D, H, W) at ``coords`` (N, 3) -> (N,), in its own dtype.
+
+    Each value is interpolated as its own 0/1 mask (the trilinear weights of the neighbours
+    that hold it), never as a number: a point takes the non-zero value whose mask reaches
+    0.5, else 0 (the smaller value on a tie, so a lesion keeps a voxel it shares with an
+    ``ignore`` 255). Only the label's own values and 0 come out. For a binary label this is
+    ``trilinear_sample(label) >= 0.5`` exactly, with the same weights as the image's.
+    Points outside the volume's field of view read 0 (background).
+
+    Example:
+
+    >>> label = tf.constant([0, 1, 255, 255], tf.uint8)[None, None, :]
+    >>> points = tf.constant([[0, 0, 0.6], [0, 0, 1.5], [0, 0, 2.2], [0, 0, 3.6]])
+    >>> label_sample(label, points).numpy().tolist()
+    [1, 1, 255, 0]
+    """
+    flat = tf.reshape(label, [-1])
+    neighbours, covered = _neighbours(tf.shape(label), coords)
+    values = [tf.cast(tf.gather(flat, index), tf.int32) for index, _ in neighbours]
+    # Most points read one value from all 8 neighbours (its mask is 1 there): only the
+    # others, at a border, are put to the vote.
+    mixed = tf.where(tf.reduce_any(tf.stack([v != values[0] for v in values[1:]]), 0))
+    votes = [(tf.gather_nd(v, mixed), tf.gather_nd(w, mixed))
+             for v, (_, w) in zip(values, neighbours)]
+    none = 256  # above every uint8 value: "no value reaches 0.5"
+    best = tf.fill(tf.shape(mixed)[:1], none)
+    for value, _ in votes:
+        # Summed in the order trilinear_sample sums, so a binary label matches the image.
+        share = 0.0
+        for other, weight in votes:
+            share += weight * tf.cast(other == value, tf.float32)
+        best = tf.minimum(best, tf.where((share >= 0.5) & (value != 0), value, none))
+    out = tf.tensor_scatter_nd_update(values[0], mixed, tf.where(best == none, 0, best))
+    return tf.cast(tf.where(covered, out, 0), label.dtype)
 
 
 def spatial_crop(image, label, corner, patch_size, config: AugmentConfig, seed):
@@ -292,9 +342,7 @@ def spatial_crop(image, label, corner, patch_size, config: AugmentConfig, seed):
         coords = centre + tf.constant(offsets) @ tf.transpose(matrix)
         image_patch = tf.reshape(trilinear_sample(image, coords),
                                  tf.concat([size, tf.shape(image)[-1:]], 0))
-        label_soft = trilinear_sample(label[..., None], coords)
-        label_patch = tf.cast(tf.reshape(label_soft, size) >= 0.5, tf.uint8)
-        return image_patch, label_patch
+        return image_patch, tf.reshape(label_sample(label, coords), size)
 
     return tf.cond(rotate | scale, resampled, plain)
 

@@ -64,6 +64,21 @@ def _pad_to(volume, patch_size):
     return tf.pad(volume, tf.concat([paddings, extra], axis=0))
 
 
+def _as_uint8_label(label):
+    """The label as uint8, or an InvalidArgumentError (when the volume is read) for a value
+    that uint8 would change: 256 would become background, -1 an ``ignore`` 255."""
+    if label.dtype in (tf.uint8, tf.bool):
+        return tf.cast(label, tf.uint8)
+    wide = tf.cast(label, tf.float64)
+    fits = tf.reduce_all((wide >= 0) & (wide <= 255) & (wide == tf.round(wide)))
+    check = tf.debugging.Assert(fits, [
+        "Invalid label values: expected integers in [0, 255] (0 = background, 1 = lesion, "
+        "e.g. 255 = ignore); map the classes to them first. Found values from",
+        tf.reduce_min(wide), "to", tf.reduce_max(wide)])
+    with tf.control_dependencies([check]):
+        return tf.cast(label, tf.uint8)
+
+
 def is_lesion_patch(index, lesion_fraction: float):
     """Whether patch number ``index`` must contain a lesion voxel.
 
@@ -102,9 +117,10 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
 
     Args:
         volumes: Dataset of whole volumes: dicts with ``image`` (D, H, W, C) float and
-            ``label`` (D, H, W) integer, 1 = lesion (e.g. a ``ms_lesions`` split), or
-            (image, label) tuples. Volumes may differ in shape. Lesion patches are centred
-            on label 1 only, so an ``ignore`` value (255) is never taken for a lesion.
+            ``label`` (D, H, W) integers in [0, 255], 1 = lesion (e.g. a ``ms_lesions``
+            split), or (image, label) tuples. Volumes may differ in shape. Lesion patches
+            are centred on label 1 only, so an ``ignore`` value (255) is never taken for a
+            lesion; every transform keeps the label's values (padding adds background 0).
         patch_size: Patch (D, H, W), or an int for a cube. Volumes smaller than it are
             zero-padded.
             Defaults to (64, 64, 64).
@@ -133,6 +149,8 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
 
     Raises:
         ValueError: for an invalid argument (named, with its value).
+        tf.errors.InvalidArgumentError: when a volume is read whose label holds a value
+            that is not an integer in [0, 255].
 
     Example:
 
@@ -155,7 +173,7 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
     def prepare(*element):
         element = _as_dict(*element)
         image = _pad_to(tf.cast(element["image"], tf.float32), patch_size)
-        label = _pad_to(tf.cast(element["label"], tf.uint8), patch_size)
+        label = _pad_to(_as_uint8_label(element["label"]), patch_size)
         return {"image": image, "label": label,
                 # 1 only: other values (an `ignore` label, 255) are not lesions.
                 "lesions": tf.cast(tf.where(label == 1), tf.int32)}

@@ -266,8 +266,9 @@ def load_modalities(paths: Mapping[str, str], resample_to_first: bool = False):
     Args:
         paths: Modality name -> file, in the model's channel order, e.g.
             ``{"T1": ..., "T2": ..., "FLAIR": ...}``. The first one is the reference.
-        resample_to_first: Resample every other modality onto the first one's grid (trilinear,
-            0 outside) instead of failing when shapes or affines differ. Defaults to False.
+        resample_to_first: Resample every other modality onto the first one's grid
+            (``preprocessing.resample_to_grid``: linear, 0 outside its field of view) instead
+            of failing when shapes or affines differ. Defaults to False.
 
     Returns:
         ``(image, reference)``: float32 (D, H, W, M) array and the first modality's nibabel
@@ -288,9 +289,6 @@ def load_modalities(paths: Mapping[str, str], resample_to_first: bool = False):
     >>> image.shape
     (4, 5, 6, 3)
     """
-    nib = require("nibabel")
-    processing = require("nibabel.processing")
-
     items = list(paths.items())
     first_name, first_path = items[0]
     first, reference = load_scan(first_path, first_name)
@@ -308,12 +306,13 @@ def load_modalities(paths: Mapping[str, str], resample_to_first: bool = False):
                 f"to resample {name} linearly onto {first_name}'s grid pass resample_to_first="
                 f"True (command line: --resample-to-first).")
         if not on_grid:
-            source = nib.Nifti1Image(data, image.affine)
-            # "grid-constant", not "constant": a voxel that maps onto the source's edge up to
-            # float32 rounding of the affines still interpolates instead of becoming 0.
-            data = processing.resample_from_to(
-                source, (first.shape, reference.affine), order=1, mode="grid-constant",
-                cval=0.0).get_fdata(dtype=np.float32)
+            # The images' one resampler, with its edge rule: the scan's voxels fill its field
+            # of view (a voxel on its edge up to float32 rounding of the affines keeps its
+            # value).
+            from tfversky import preprocessing  # SciPy is needed only to resample
+
+            data = preprocessing.resample_to_grid(data, image.affine, reference.affine,
+                                                  first.shape)
         channels.append(data)
     return np.stack(channels, axis=-1), reference
 

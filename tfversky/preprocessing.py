@@ -5,9 +5,10 @@ trained network is prepared exactly like the volumes it was trained on:
 
 1. ``ReferenceGrid``: the fixed voxel grid every subject is resampled onto (the paper's
    128x224x256), axis-aligned with the RAS+ world axes and centred on each subject's brain.
-2. ``resample_to_grid`` / ``resample_label``: linear interpolation for images, thresholded
-   linear interpolation for labels (the threshold keeps lesion volumes), with Gaussian
-   anti-aliasing where the grid is coarser than the scan.
+2. ``resample_to_grid`` / ``resample_label``: the one resampler of images (linear) and the
+   one of labels (each value's mask interpolated linearly and thresholded so that its volume
+   is kept; an ``ignore`` 255 stays 255), with Gaussian anti-aliasing where the grid is
+   coarser than the scan, and one edge rule: a volume's voxels fill its field of view.
 3. ``normalize_intensity``: per-modality z-score inside the brain.
 4. ``to_native``: a prediction on the grid back onto the scan's own voxels.
 5. ``check_skull_stripped``: the brain is "the non-zero voxels" (as in the public data's
@@ -21,6 +22,7 @@ model's plan (``tfversky.plan``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 
@@ -226,30 +228,60 @@ def _antialias_sigma(matrix: np.ndarray) -> np.ndarray:
     return np.maximum(0.0, (step - 1) / 2)
 
 
-def _resample(volume, matrix, shape, order, antialias):
+# The edge rule, one for every resampling of scans, labels and predictions: a volume's voxels
+# are boxes that fill its field of view. Inside the field of view, out to the outer faces of
+# the edge voxels, values are interpolated between voxel centres and hold the edge voxel's
+# value over its outer half; outside it, 0 (the background of skull-stripped scans and
+# labels). So a constant volume stays constant over its field of view on a grid of any
+# resolution: SciPy's "constant" mode zeroes the outer half voxel, and its "grid-constant"
+# fades it towards 0 (0.75 at a quarter voxel out) and leaks into the voxel beyond.
+
+
+def _covered(matrix, source_shape, shape) -> np.ndarray | None:
+    """Which grid voxels' centres fall inside the source's field of view (within half a
+    voxel of its edge voxels' centres), as float32 0/1; None when all of them do."""
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in shape])), float).T
+    source = matrix[:3, :3] @ corners + matrix[:3, 3:4]
+    upper = np.asarray(source_shape, float)[:, None] - 0.5
+    if np.all((source >= -0.5) & (source < upper)):
+        return None  # the grid is a convex box: its corners inside means all of it is
+    # Nearest sampling rounds each coordinate: it reads the 1s exactly inside [-0.5, n - 0.5).
+    return ndimage.affine_transform(np.ones(source_shape, np.float32), matrix[:3, :3],
+                                    matrix[:3, 3], output_shape=shape, order=0,
+                                    mode="grid-constant", cval=0.0, prefilter=False)
+
+
+def _resample(volume, matrix, shape, order, antialias, covered):
     volume = np.asarray(volume, np.float32)
     if antialias:
         sigma = _antialias_sigma(matrix)
         if sigma.max() > 0.25:
-            volume = ndimage.gaussian_filter(volume, sigma, mode="constant")
+            # "nearest": the edge voxels' values continue outward, as the edge rule says.
+            volume = ndimage.gaussian_filter(volume, sigma, mode="nearest")
     linear, offset = matrix[:3, :3], matrix[:3, 3]
     # A diagonal matrix (axis-aligned scan after canonical reorientation) takes scipy's faster path.
     if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-9):
         linear = np.diag(linear)
-    return ndimage.affine_transform(volume, linear, offset, output_shape=shape, order=order,
-                                    mode="constant", cval=0.0, prefilter=False)
+    out = ndimage.affine_transform(volume, linear, offset, output_shape=shape, order=order,
+                                   mode="nearest", prefilter=False)
+    return out if covered is None else out * covered
 
 
 def resample_to_grid(volume: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray,
                      grid_shape, *, order: int = 1, antialias: bool = True) -> np.ndarray:
-    """Resample a 3D or 4D (channels last) volume onto a grid; outside the scan is 0.
+    """Resample a 3D or 4D (channels last) volume onto a grid: the one resampler of images.
+
+    Edge rule: the volume's voxels fill its field of view, so values hold out to the outer
+    faces of its edge voxels; beyond them the grid reads 0. A constant volume resampled onto
+    any grid over the same field of view stays constant.
 
     Args:
         volume: (X, Y, Z) or (X, Y, Z, M) array.
         affine: The volume's 4x4 voxel-to-world affine.
         grid_affine: The grid's voxel-to-world affine (e.g. ``ReferenceGrid.affine(center)``).
         grid_shape: The grid's 3D shape.
-        order: Spline order: 1 (linear) for images, 0 (nearest) for label maps. Defaults to 1.
+        order: Spline order: 1 (linear) for images, 0 (nearest) for maps of ids. Defaults
+            to 1. Label maps take ``resample_label``.
         antialias: Smooth the volume first where the grid is coarser than it. Defaults to True.
 
     Returns:
@@ -261,30 +293,73 @@ def resample_to_grid(volume: np.ndarray, affine: np.ndarray, grid_affine: np.nda
     >>> out = resample_to_grid(vol, np.eye(4), np.eye(4), (4, 4, 4))
     >>> bool(np.allclose(out, vol))
     True
+    >>> half = np.diag([0.5, 0.5, 0.5, 1.0]); half[:3, 3] = -0.25  # same field of view
+    >>> float(resample_to_grid(np.ones((2, 2, 2)), np.eye(4), half, (4, 4, 4)).min())
+    1.0
     """
     matrix = _grid_to_source(grid_affine, affine)
     shape = tuple(int(n) for n in grid_shape)
+    covered = _covered(matrix, np.shape(volume)[:3], shape)
     if np.ndim(volume) == 3:
-        return _resample(volume, matrix, shape, order, antialias)
-    return np.stack([_resample(volume[..., c], matrix, shape, order, antialias)
+        return _resample(volume, matrix, shape, order, antialias, covered)
+    return np.stack([_resample(volume[..., c], matrix, shape, order, antialias, covered)
                      for c in range(volume.shape[-1])], axis=-1)
+
+
+def _label_values(label) -> np.ndarray:
+    """The label map as uint8 (0 = background; e.g. 1 = lesion, 255 = ignore), or a
+    ValueError naming a value that is not an integer in [0, 255]."""
+    label = np.asarray(label)
+    if label.dtype == np.uint8 or label.dtype == bool:
+        return label.astype(np.uint8, copy=False)
+    bad = (label < 0) | (label > 255) | (label != np.round(label))
+    if bad.any():
+        raise ValueError(f"Invalid value for argument `label`: expected a label map of integers "
+                         f"in [0, 255] (0 = background). Received a value "
+                         f"{label[bad].flat[0]!r}: map the classes to 0-255 first.")
+    return label.astype(np.uint8)
+
+
+def _volume_kept(soft: np.ndarray) -> np.ndarray:
+    """The mask of ``soft`` (a class's interpolated 0/1 mask) whose voxel count equals its
+    summed partial volume, with the threshold kept within [0.3, 0.7]."""
+    count = int(round(float(soft.sum(dtype=np.float64))))
+    if count == 0:
+        return np.zeros(soft.shape, bool)
+    threshold = np.partition(soft.ravel(), -count)[-count]
+    return soft >= np.clip(threshold, 0.3, 0.7)
 
 
 def resample_label(label: np.ndarray, affine: np.ndarray, grid_affine: np.ndarray,
                    grid_shape) -> np.ndarray:
-    """Resample a binary label map onto a grid, keeping the lesion volume.
+    """Resample a label map onto a grid, keeping each class's values and volume: the one
+    resampler of labels.
 
-    The mask is interpolated linearly (anti-aliased where the grid is coarser), which gives
-    each grid voxel its lesion fraction (partial volume), and then thresholded. A fixed 0.5
-    threshold shrinks convex lesions (2-3 % on the paper's grid, 5-7 % at half its
-    resolution), because a voxel on a curved edge is less than half inside. The threshold
-    is instead chosen so that the number of lesion voxels equals the summed partial
-    volume (which linear interpolation conserves), within [0.3, 0.7]: volumes then agree to
-    about 1 %. Nearest-neighbour resampling, by contrast, shifts boundaries by up to half a
-    voxel and grows or drops small lesions.
+    Each non-zero value (a lesion class, or an ``ignore`` value such as 255) is resampled as
+    its own 0/1 mask, never as a number: interpolating the values themselves would turn the
+    border of a 255 region into 1s. A mask is interpolated linearly (anti-aliased where the
+    grid is coarser, with ``resample_to_grid``'s edge rule), which gives each grid voxel its
+    fraction of the class (partial volume), and then thresholded. A fixed 0.5 threshold
+    shrinks convex lesions (2-3 % on the paper's grid, 5-7 % at half its resolution),
+    because a voxel on a curved edge is less than half inside. The threshold is instead
+    chosen so that the number of voxels equals the summed partial volume (which linear
+    interpolation conserves), within [0.3, 0.7]: volumes then agree to about 1 %.
+    Nearest-neighbour resampling, by contrast, shifts boundaries by up to half a voxel and
+    grows or drops small lesions. Where two classes reach one voxel, the smaller value keeps
+    it (a lesion is never overwritten by ``ignore``).
+
+    Args:
+        label: (X, Y, Z) label map: 0 = background, other integers in [1, 255] (bool for a
+            binary mask).
+        affine: Its 4x4 voxel-to-world affine.
+        grid_affine: The grid's voxel-to-world affine.
+        grid_shape: The grid's 3D shape.
 
     Returns:
-        uint8 array of shape ``grid_shape`` with values 0 and 1.
+        uint8 array of shape ``grid_shape`` holding 0 and the label's own values.
+
+    Raises:
+        ValueError: a label value that is not an integer in [0, 255].
 
     Example:
 
@@ -292,13 +367,18 @@ def resample_label(label: np.ndarray, affine: np.ndarray, grid_affine: np.ndarra
     >>> grid = np.diag([0.5, 0.5, 0.5, 1.0]); grid[:3, 3] = -0.25  # half-size voxels, same edges
     >>> int(resample_label(lab, np.eye(4), grid, (40, 40, 40)).sum()) / 8000  # volume ratio
     1.0
+    >>> lab[:, :, :4] = 255  # an nnU-Net `ignore` region stays 255, and no 255 becomes a 1
+    >>> np.unique(resample_label(lab, np.eye(4), grid, (40, 40, 40))).tolist()
+    [0, 1, 255]
     """
-    soft = resample_to_grid(np.asarray(label, np.float32), affine, grid_affine, grid_shape)
-    count = int(round(float(soft.sum(dtype=np.float64))))
-    if count == 0:
-        return np.zeros(soft.shape, np.uint8)
-    threshold = np.partition(soft.ravel(), -count)[-count]
-    return (soft >= np.clip(threshold, 0.3, 0.7)).astype(np.uint8)
+    label = _label_values(label)
+    out = np.zeros(tuple(int(n) for n in grid_shape), np.uint8)
+    present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    for value in present[present > 0]:
+        soft = resample_to_grid((label == value).astype(np.float32), affine, grid_affine,
+                                grid_shape)
+        out[_volume_kept(soft) & (out == 0)] = value
+    return out
 
 
 def check_image(image, name: str = "image") -> np.ndarray:
@@ -369,7 +449,8 @@ def prepare_volume(image: np.ndarray, affine: np.ndarray, grid: ReferenceGrid = 
             faster (``nibabel.as_closest_canonical``).
         affine: The scan's 4x4 voxel-to-world affine.
         grid: The reference grid. Defaults to ``PAPER_GRID`` (128x224x256).
-        label: Optional (X, Y, Z) binary lesion mask on the same voxels.
+        label: Optional (X, Y, Z) label map on the same voxels (0, 1 = lesion, and e.g.
+            255 = ignore), resampled by ``resample_label``.
         grid_affine: Where to place the grid (voxel-to-world), e.g. from a registration
             (``tfds_ms.registration``). Defaults to ``grid`` centred on the brain's bounding
             box, axis-aligned.
@@ -406,7 +487,10 @@ def to_native(volume: np.ndarray, grid_affine: np.ndarray, native_affine: np.nda
             ``grid_affine`` in the ``ms_lesions`` dataset).
         native_affine: The scan's affine (``affine`` in the dataset).
         native_shape: The scan's 3D shape (``shape`` in the dataset).
-        order: 0 (nearest) for label maps, 1 (linear) for probabilities. Defaults to 0.
+        order: 1 (linear) for probabilities (threshold after, as
+            ``tfversky.inference.back_to_scan`` does), 0 (nearest) for maps of ids. Defaults
+            to 0. A label map goes back with ``resample_label(label, grid_affine,
+            native_affine, native_shape)``, which keeps its values and volumes.
         antialias: Smooth first where the scan's voxels are coarser than the grid's (each
             scan voxel then gets about the mean of the grid voxels it covers: right for
             probabilities, never for labels). Defaults to False.

@@ -1,12 +1,15 @@
-"""Augmentation: deterministic per seed, labels binary and aligned, p = 0 is the identity."""
+"""Augmentation: deterministic per seed, label values kept and aligned, p = 0 is the identity."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
+from tests.tfversky import label_checks
 from tfversky import augmentation, data
 from tfversky.augmentation import TRANSFORMS, AugmentConfig
 
@@ -112,15 +115,17 @@ def test_same_batches_whatever_the_parallelism_and_after_a_resume():
         np.testing.assert_array_equal(x0, x1)
 
 
-def test_trilinear_sample_matches_scipy():
+def test_trilinear_sample_matches_scipy_with_the_preprocessing_edge_rule():
+    """Linear inside, the edge voxel over its outer half, 0 beyond: as
+    tfversky.preprocessing resamples (SciPy "nearest" where covered)."""
     volume = np.random.default_rng(0).normal(size=(5, 6, 7, 2)).astype(np.float32)
-    coords = np.random.default_rng(1).uniform(-0.5, 6.5, (50, 3)).astype(np.float32)
+    coords = np.random.default_rng(1).uniform(-1.5, 7.5, (400, 3)).astype(np.float32)
     ours = augmentation.trilinear_sample(tf.constant(volume), tf.constant(coords)).numpy()
+    covered = np.all((coords >= -0.5) & (coords < np.array(volume.shape[:3]) - 0.5), axis=1)
+    assert 0 < covered.mean() < 1
     for c in range(2):
-        theirs = ndimage.map_coordinates(volume[..., c], coords.T, order=1, mode="constant",
-                                         cval=0.0)
-        inside = np.all((coords >= 0) & (coords <= np.array(volume.shape[:3]) - 1), axis=1)
-        np.testing.assert_allclose(ours[inside, c], theirs[inside], atol=1e-5)
+        theirs = ndimage.map_coordinates(volume[..., c], coords.T, order=1, mode="nearest")
+        np.testing.assert_allclose(ours[:, c], np.where(covered, theirs, 0), atol=1e-5)
 
 
 def test_intensity_transforms_stay_in_their_ranges():
@@ -178,3 +183,106 @@ def test_bad_names_and_bad_hook_argument():
 def test_config_round_trips_through_a_dict():
     config = AugmentConfig.only("gamma", "blur", probability=0.5)
     assert AugmentConfig(**config.to_dict()) == config
+
+
+def test_rotation_keeps_ignore_voxels_apart_from_lesion():
+    """Issue 20's reproducer: a 16^3 patch half `ignore` (255), rotated once. Interpolating
+    the values themselves and thresholding at 0.5 gave {0: 1980, 1: 2116}: ignored voxels
+    became lesion. Each value is now its own mask."""
+    label = np.zeros((32, 32, 32), np.uint8)
+    label[:, :, :8] = 255
+    image = np.zeros((32, 32, 32, 1), np.float32)
+    corner, size = (8, 8, 0), (16, 16, 16)
+    assert dict(zip(*np.unique(label[8:24, 8:24, :16], return_counts=True))) == {0: 2048,
+                                                                                  255: 2048}
+    config = AugmentConfig.only("rotation")
+    for index in range(3):
+        _, patch = augmentation.spatial_crop(image, label, tf.constant(corner), size, config,
+                                             augmentation.patch_seed(0, index))
+        values, counts = np.unique(patch.numpy(), return_counts=True)
+        assert set(values) == {0, 255}, dict(zip(values, counts))
+        # Rotating a plane through the patch's middle moves voxels only near that plane.
+        assert abs(counts[1] - 2048) < 16 * 16 * 2
+
+
+def test_label_sample_is_the_image_sampler_per_value_with_the_same_edge_rule():
+    """Beyond half a voxel from the volume's edge voxels both read 0; within it, the edge
+    voxel (as tfversky.preprocessing does); a 1/255 border splits at the midpoint."""
+    label = np.zeros((1, 1, 4), np.uint8)
+    label[..., 1], label[..., 2:] = 1, 255
+    points = np.array([[0, 0, x] for x in (-0.6, -0.4, 0.4, 0.6, 1.4, 1.6, 3.4, 3.6)],
+                      np.float32)
+    out = augmentation.label_sample(tf.constant(label), tf.constant(points)).numpy()
+    assert out.dtype == np.uint8
+    assert out.tolist() == [0, 0, 0, 1, 1, 255, 255, 0]
+    ones = augmentation.trilinear_sample(tf.ones((1, 1, 4, 1)), tf.constant(points)).numpy()
+    assert ones.ravel().tolist() == [0, 1, 1, 1, 1, 1, 1, 0]
+
+
+INTENSITY = tuple(n for n in TRANSFORMS if n not in SPATIAL)
+
+
+def _strong(names, rotation_degrees=60.0, zoom=(0.6, 1.6)):
+    """``names`` at probability 1, with rotations and zooms larger than nnU-Net's."""
+    return dataclasses.replace(AugmentConfig.only(*names), rotation_degrees=rotation_degrees,
+                               scaling_range=zoom)
+
+
+def _spatial_twin(config):
+    """The same config with the intensity transforms switched off: the same draws, so the
+    same spatial transform, and the image stays a coordinate probe."""
+    return dataclasses.replace(config, **{name: False for name in INTENSITY})
+
+
+@pytest.mark.parametrize("names", [(name,) for name in TRANSFORMS] + [TRANSFORMS])
+def test_each_transform_alone_and_all_together_keep_label_values(names):
+    image, label = label_checks.coded_volume((10, 9, 8), np.random.default_rng(len(names)))
+    config = _strong(names)
+    for index in range(2):
+        seed = augmentation.patch_seed(1, index)
+        _, y = augmentation.augment(image, label, config, seed)
+        probe, moved = augmentation.augment(image, label, _spatial_twin(config), seed)
+        np.testing.assert_array_equal(y, moved)  # intensity transforms never move the label
+        label_checks.check_moved(probe, moved, label)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), names=st.sets(st.sampled_from(TRANSFORMS), min_size=1),
+       shape=st.tuples(*[st.integers(5, 11)] * 3), degrees=st.floats(0, 180),
+       zoom=st.tuples(st.floats(0.5, 1), st.floats(1, 2)))
+def test_label_values_survive_random_transforms_eagerly(seed, names, shape, degrees, zoom):
+    """Random volumes, any set of transforms: values, ignored fraction and alignment."""
+    image, label = label_checks.coded_volume(shape, np.random.default_rng(seed))
+    config = _strong(names, degrees, zoom)
+    _, y = augmentation.augment(image, label, config, augmentation.patch_seed(seed, 0))
+    probe, moved = augmentation.augment(image, label, _spatial_twin(config),
+                                        augmentation.patch_seed(seed, 0))
+    np.testing.assert_array_equal(y, moved)
+    label_checks.check_moved(probe, moved, label)
+
+
+def test_label_values_survive_the_tf_data_pipeline():
+    """The same in graph mode, through patch_dataset (tf.data): crops from whole random
+    volumes, flips, then every transform at p = 0.6, several patches."""
+    rng = np.random.default_rng(5)
+    volumes = [label_checks.coded_volume((12, 11, 10), rng) for _ in range(3)]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {"image": np.stack([v[0] for v in volumes]), "label": np.stack([v[1] for v in volumes]),
+         "which": np.arange(3)})
+    config = dataclasses.replace(_strong(TRANSFORMS), **{f"{n}_p": 0.6 for n in TRANSFORMS})
+
+    def patches(augment):
+        # Each volume's number rides along as a fifth, constant image channel.
+        tagged = dataset.map(lambda v: {"label": v["label"], "image": tf.concat(
+            [v["image"], tf.cast(v["which"], tf.float32) * tf.ones_like(v["image"][..., :1])],
+            -1)})
+        ds = data.patch_dataset(tagged, patch_size=(6, 7, 8), batch_size=6, seed=3,
+                                augment=augment)
+        return [t.numpy() for t in next(iter(ds))]
+
+    (_, y), (probe, moved) = patches(config), patches(_spatial_twin(config))
+    np.testing.assert_array_equal(y, moved)
+    for k in range(len(moved)):
+        which = int(round(probe[k][..., 4].max()))
+        label_checks.check_moved(probe[k][..., :4], moved[k], volumes[which][1])
+

@@ -239,3 +239,14 @@ def test_patches_centre_on_lesions_not_on_ignored_voxels():
                                  flip_axes=())
     for _, y in batches.take(4):
         assert (y.numpy() == 1).any(axis=(1, 2, 3)).all()
+
+
+@pytest.mark.parametrize("value", [256, -1, 0.5])
+def test_labels_that_uint8_would_change_are_refused(value):
+    """256 would become background and -1 an ignore 255: refused when the volume is read."""
+    label = np.zeros((8, 8, 8), np.float32 if value == 0.5 else np.int32)
+    label[2, 2, 2] = value
+    volumes = tf.data.Dataset.from_tensors({"image": tf.zeros((8, 8, 8, 1)), "label": label})
+    ds = data.patch_dataset(volumes, patch_size=(8, 8, 8), batch_size=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="integers in \\[0, 255\\]"):
+        next(iter(ds))

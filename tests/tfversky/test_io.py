@@ -250,3 +250,14 @@ def test_a_corrupt_mha_is_refused_naming_the_file(tmp_path):
     path.write_bytes(b"not an image" * 10)
     with pytest.raises(ScanError, match=r"bad\.mha.*cannot be read as an image by SimpleITK"):
         read_image(path)
+
+
+def test_resample_to_first_keeps_the_outer_half_voxel(tmp_path):
+    """Issue 20's reproducer: FLAIR, constant, on voxels twice as large over the T1's field
+    of view. "grid-constant" faded the T1 grid's outer voxels (half a FLAIR voxel from its
+    edge voxels' centres) to 0.75; the one image resampler keeps them."""
+    to_t1 = np.diag([2.0, 2.0, 2.0, 1.0])
+    to_t1[:3, 3] = 0.5  # FLAIR voxel i covers T1 voxels 2i and 2i + 1
+    paths, _ = _subject(tmp_path, np.full((3, 4, 4), 2.0), _affine() @ to_t1)
+    image, _ = load_modalities(paths, resample_to_first=True)
+    np.testing.assert_array_equal(image[..., 2], 2.0)

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.tfversky import label_checks
 from tfversky import preprocessing
 from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
@@ -158,3 +159,82 @@ def test_skull_check_refuses_heads_and_noise_and_passes_brains():
     with pytest.raises(ValueError, match="100% of the field of view's border"):
         preprocessing.check_skull_stripped(noisy, np.eye(4))
     preprocessing.check_skull_stripped(small, np.eye(4))
+
+
+def _half_voxels(shape):
+    """The grid over the same field of view as a unit-voxel volume of ``shape``, with voxels
+    half as large: its outer voxels' centres lie a quarter voxel beyond the volume's edge
+    voxels' centres."""
+    affine = np.diag([0.5, 0.5, 0.5, 1.0])
+    affine[:3, 3] = -0.25
+    return affine, tuple(2 * n for n in shape)
+
+
+def test_constant_volume_stays_constant_at_twice_the_resolution_on_every_path():
+    """Issue 20's reproducer: SciPy's "constant" mode zeroed the outer half voxel (and
+    "grid-constant" fades it to 0.75). The voxels fill the field of view: every path keeps
+    the value there, and reads 0 beyond it."""
+    volume = np.full((4, 5, 6), 3.0, np.float32)
+    grid, shape = _half_voxels(volume.shape)
+    np.testing.assert_array_equal(preprocessing.resample_to_grid(volume, np.eye(4), grid, shape),
+                                  3.0)
+    np.testing.assert_array_equal(preprocessing.resample_to_grid(volume, np.eye(4), grid, shape,
+                                                                 order=0), 3.0)
+    np.testing.assert_array_equal(preprocessing.to_native(volume, np.eye(4), grid, shape), 3.0)
+    np.testing.assert_array_equal(
+        preprocessing.resample_label(np.ones(volume.shape, np.uint8), np.eye(4), grid, shape), 1)
+    # And back onto the coarse grid (anti-aliased): still constant.
+    np.testing.assert_allclose(preprocessing.resample_to_grid(
+        np.full(shape, 3.0, np.float32), grid, np.eye(4), volume.shape), 3.0, rtol=1e-6)
+    # One voxel further out on every side: outside the field of view, 0.
+    wider = grid.copy()
+    wider[:3, 3] -= 0.5
+    out = preprocessing.resample_to_grid(volume, np.eye(4), wider, tuple(n + 2 for n in shape))
+    assert out[0].max() == out[-1].max() == out[:, :, -1].max() == 0
+    np.testing.assert_array_equal(out[1:-1, 1:-1, 1:-1], 3.0)
+
+
+def test_ignore_label_is_resampled_as_its_own_mask():
+    """A label half `ignore` (255), rotated: interpolating the values themselves made 1s of
+    the 255s. Each value is its own mask, and keeps its volume."""
+    label = np.zeros((32, 32, 32), np.uint8)
+    label[:, :, :8] = 255
+    label[10:20, 10:20, 12:22] = 1
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation((10, -7, 12))
+    affine[:3, 3] = -affine[:3, :3] @ np.full(3, 15.5)
+    grid = ReferenceGrid((40, 40, 40), (1.0, 1.0, 1.0))
+    out = preprocessing.resample_label(label, affine, grid.affine([0, 0, 0]), grid.shape)
+    values, counts = np.unique(out, return_counts=True)
+    assert values.tolist() == [0, 1, 255]
+    assert counts[1] == pytest.approx(1000, rel=0.03)
+    assert counts[2] == pytest.approx(32 * 32 * 8, rel=0.03)
+
+
+@pytest.mark.parametrize("label", [np.full((4, 4, 4), 1.5), np.full((4, 4, 4), -1),
+                                   np.full((4, 4, 4), 256)])
+def test_resample_label_refuses_values_outside_its_range(label):
+    with pytest.raises(ValueError, match="`label`.*integers in \\[0, 255\\]"):
+        preprocessing.resample_label(label, np.eye(4), np.eye(4), (4, 4, 4))
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), degrees=st.tuples(*[st.floats(-40, 40)] * 3),
+       spacing=st.tuples(*[st.floats(0.5, 1.8)] * 3), flip=st.booleans(),
+       shape=st.tuples(*[st.integers(5, 10)] * 3))
+def test_resampled_labels_keep_their_values_and_stay_aligned(seed, degrees, spacing, flip,
+                                                             shape):
+    """Random label maps (lesion classes 1, 2, ignore 255) onto random rotated, scaled,
+    flipped grids: probed by the image resampler on a coordinate-coded image."""
+    image, label = label_checks.coded_volume(shape, np.random.default_rng(seed))
+    grid = np.eye(4)
+    grid[:3, :3] = _rotation(degrees) @ np.diag(spacing) @ np.diag([-1 if flip else 1, 1, 1])
+    centre = (np.array(shape) - 1) / 2
+    grid_shape = tuple(int(np.ceil(n / s)) + 2 for n, s in zip(shape, spacing))
+    grid[:3, 3] = centre - grid[:3, :3] @ ((np.array(grid_shape) - 1) / 2)
+    out = preprocessing.resample_label(label, np.eye(4), grid, grid_shape)
+    probe = preprocessing.resample_to_grid(image, np.eye(4), grid, grid_shape, antialias=False)
+    # Anti-aliasing (a coarser grid) smooths each mask: widen the neighbourhood by its reach.
+    sigma = preprocessing._antialias_sigma(grid)  # grid voxels -> source voxels
+    reach = int(4 * sigma.max() + 0.5) if sigma.max() > 0.25 else 0
+    label_checks.check_moved(probe, out, label, spread=reach)
