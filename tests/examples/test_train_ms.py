@@ -124,7 +124,7 @@ def test_mirrored_strategy_on_two_cpu_replicas(data_dir, tmp_path):
     assert image.get_data_dtype() == np.uint8 and image.ndim == 3
     # The saved model carries the dataset's grid and the evaluation's settings.
     model_plan = plan.read_plan(out / "model.keras")
-    assert model_plan.grid == PAPER_GRID.scaled(4) and model_plan.patch_size == (32, 32, 32)
+    assert model_plan.grid == PAPER_GRID.scaled(4) and model_plan.window == (16, 16, 16)
     assert model_plan.modalities == ("T1", "T2", "FLAIR") and model_plan.loss["beta"] == 0.7
     assert "pooled" in stdout and str(out / "results.json") in stdout
 
