@@ -1,19 +1,9 @@
 // Host custom-call targets of the fused ops inside XLA: the CPU kernels, on threads of
-// their own. A custom call gets no thread pool from XLA, so each call starts its threads
-// (one per CPU this process may run on, at most one per task) and joins them before it
-// returns; the kernels split the volume into fixed tasks and reduce them in task order, so
-// the results do not depend on the thread count (the TF kernels' determinism, unchanged).
-#include <sched.h>
-
+// their own (host_parallel_for: a custom call gets no thread pool from XLA); the kernels
+// split the volume into fixed tasks and reduce them in task order, so the results do not
+// depend on the thread count (the TF kernels' determinism, unchanged).
 #include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <cstring>
-#include <functional>
 #include <limits>
-#include <system_error>
-#include <thread>
-#include <vector>
 
 #include "tversky_kernels.h"
 #include "tversky_xla_call.h"
@@ -21,43 +11,6 @@
 namespace tfversky {
 namespace xla_call {
 namespace {
-
-int HostThreads() {
-  static const int threads = [] {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
-    return std::max(1, int(std::thread::hardware_concurrency()));
-  }();
-  return threads;
-}
-
-// Tasks are claimed a few at a time from a shared counter: uneven tasks (ignored voxels,
-// cache misses) still balance.
-void HostParallelFor(int64_t tasks, const std::function<void(int64_t, int64_t)>& work) {
-  const int64_t threads = std::min<int64_t>(HostThreads(), tasks);
-  if (threads <= 1) {
-    if (tasks > 0) work(0, tasks);
-    return;
-  }
-  const int64_t chunk = std::max<int64_t>(1, tasks / (threads * 8));
-  std::atomic<int64_t> next{0};
-  auto loop = [&] {
-    for (int64_t begin; (begin = next.fetch_add(chunk)) < tasks;) {
-      work(begin, std::min(begin + chunk, tasks));
-    }
-  };
-  std::vector<std::thread> workers;
-  workers.reserve(size_t(threads - 1));
-  for (int64_t i = 1; i < threads; ++i) {
-    try {
-      workers.emplace_back(loop);
-    } catch (const std::system_error&) {
-      break;  // no more threads to be had: the ones started (and this one) do the rest
-    }
-  }
-  loop();
-  for (std::thread& worker : workers) worker.join();
-}
 
 template <class T>
 void FillNaN(T* data, int64_t count) {
@@ -75,7 +28,7 @@ struct Sums {
     if (p.batch == 0) return;
     const LabelError error = sums_cpu<T, L>(p, static_cast<const T*>(in[0]),
                                             static_cast<const L*>(in[1]), tp, fp, fn,
-                                            HostParallelFor);
+                                            host_parallel_for);
     if (error.found) {
       for (Acc<T>* sum : {tp, fp, fn}) FillNaN(sum, p.batch * p.classes);
     }
@@ -91,7 +44,7 @@ struct Grad {
     const LabelError error = sums_grad_cpu<T, L>(
         p, static_cast<const T*>(in[0]), static_cast<const L*>(in[1]),
         static_cast<const Acc<T>*>(in[2]), static_cast<const Acc<T>*>(in[3]),
-        static_cast<const Acc<T>*>(in[4]), grad, HostParallelFor);
+        static_cast<const Acc<T>*>(in[4]), grad, host_parallel_for);
     if (error.found) FillNaN(grad, p.batch * p.voxels * p.classes);
   }
 };
