@@ -140,6 +140,18 @@ def _unsupported(y_pred) -> str | None:
     return None
 
 
+def _refused(implementation, reason) -> bool:
+    """Whether ``reason`` (None: no objection) keeps the op out: ``"auto"`` warns once,
+    ``"fused"`` raises ValueError."""
+    if reason is None:
+        return False
+    if implementation == "fused":
+        raise ValueError(f"implementation='fused' cannot be used: {reason}. Use "
+                         f"implementation='tf' or 'auto'.")
+    _warn_once(reason, f"tfversky: {reason}; using the pure keras.ops sums.")
+    return True
+
+
 def should_use(implementation, labels, y_pred, *, sparse, options) -> bool:
     """Whether ``losses._confusion_sums`` should call the fused op (see the module doc).
 
@@ -150,12 +162,7 @@ def should_use(implementation, labels, y_pred, *, sparse, options) -> bool:
     del labels, sparse, options  # every label layout and option is supported
     if implementation == "tf":
         return False
-    reason = _unsupported(y_pred)
-    if reason is not None:
-        if implementation == "fused":
-            raise ValueError(f"implementation='fused' cannot be used: {reason}. Use "
-                             f"implementation='tf' or 'auto'.")
-        _warn_once(reason, f"tfversky: {reason}; using the pure keras.ops sums.")
+    if _refused(implementation, _unsupported(y_pred)):
         return False
     if implementation == "fused":
         _load()
@@ -166,12 +173,8 @@ def should_use(implementation, labels, y_pred, *, sparse, options) -> bool:
             _warn_once("missing", f"{error}\nUsing the pure keras.ops sums "
                                   f"(implementation='auto').")
             return False
-    reason = _binding().unsupported(y_pred)  # e.g. a GPU tensor, a binding without CUDA
-    if reason is not None:
-        if implementation == "fused":
-            raise ValueError(f"implementation='fused' cannot be used: {reason}. Use "
-                             f"implementation='tf' or 'auto'.")
-        _warn_once(reason, f"tfversky: {reason}; using the pure keras.ops sums.")
+    # e.g. a GPU tensor and a binding without CUDA kernels
+    if _refused(implementation, _binding().unsupported(y_pred)):
         return False
     if in_xla_context():
         reason = xla_unavailable_reason()

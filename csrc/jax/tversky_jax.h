@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tversky_kernels.h"
@@ -106,6 +107,16 @@ inline std::string CheckUpstreams(const ffi::AnyBuffer* upstream[3], const Call&
     if (!message.empty()) return message;
   }
   return "";
+}
+
+// A handler binding with the attributes of Attrs appended, in their order.
+template <class Binding>
+auto WithAttrs(Binding&& binding) {
+  return std::move(binding)
+      .template Attr<int32_t>("activation")
+      .template Attr<bool>("has_ignore_index")
+      .template Attr<int64_t>("ignore_index")
+      .template Attr<int64_t>("spatial_rank");
 }
 
 }  // namespace jax_ffi

@@ -8,27 +8,6 @@ namespace tfversky {
 namespace jax_ffi {
 namespace {
 
-struct Sums {
-  template <class T, class L>
-  static LabelError run(const Call& c, const void* y, const void* labels, void* tp, void* fp,
-                        void* fn) {
-    return sums_cpu<T, L>(c.problem, static_cast<const T*>(y), static_cast<const L*>(labels),
-                          static_cast<Acc<T>*>(tp), static_cast<Acc<T>*>(fp),
-                          static_cast<Acc<T>*>(fn), host_parallel_for);
-  }
-};
-
-struct Grad {
-  template <class T, class L>
-  static LabelError run(const Call& c, const void* y, const void* labels, const void* d_tp,
-                        const void* d_fp, const void* d_fn, void* grad) {
-    return sums_grad_cpu<T, L>(c.problem, static_cast<const T*>(y), static_cast<const L*>(labels),
-                               static_cast<const Acc<T>*>(d_tp), static_cast<const Acc<T>*>(d_fp),
-                               static_cast<const Acc<T>*>(d_fn), static_cast<T*>(grad),
-                               host_parallel_for);
-  }
-};
-
 ffi::Error SumsCpu(ffi::AnyBuffer y, ffi::AnyBuffer labels, ffi::Result<ffi::AnyBuffer> tp,
                    ffi::Result<ffi::AnyBuffer> fp, ffi::Result<ffi::AnyBuffer> fn,
                    int32_t activation, bool has_ignore_index, int64_t ignore_index,
@@ -39,9 +18,9 @@ ffi::Error SumsCpu(ffi::AnyBuffer y, ffi::AnyBuffer labels, ffi::Result<ffi::Any
     return ErrorOf(message);
   }
   if (c.problem.batch == 0) return ffi::Error::Success();
-  const LabelError error = xla_call::WithTypes<Sums>(c, y.untyped_data(), labels.untyped_data(),
-                                                     tp->untyped_data(), fp->untyped_data(),
-                                                     fn->untyped_data());
+  const LabelError error = xla_call::WithTypes<xla_call::CpuSums>(
+      c, ParallelFor(host_parallel_for), y.untyped_data(), labels.untyped_data(),
+      tp->untyped_data(), fp->untyped_data(), fn->untyped_data());
   return ErrorOf(label_error_message(kSumsOp, error, c.problem));
 }
 
@@ -56,9 +35,9 @@ ffi::Error GradCpu(ffi::AnyBuffer y, ffi::AnyBuffer labels, ffi::AnyBuffer d_tp,
   if (message.empty()) message = CheckUpstreams(upstream, c);
   if (!message.empty()) return ErrorOf(message);
   if (c.problem.batch == 0 || c.problem.voxels == 0) return ffi::Error::Success();
-  const LabelError error = xla_call::WithTypes<Grad>(
-      c, y.untyped_data(), labels.untyped_data(), d_tp.untyped_data(), d_fp.untyped_data(),
-      d_fn.untyped_data(), grad->untyped_data());
+  const LabelError error = xla_call::WithTypes<xla_call::CpuGrad>(
+      c, ParallelFor(host_parallel_for), y.untyped_data(), labels.untyped_data(),
+      d_tp.untyped_data(), d_fp.untyped_data(), d_fn.untyped_data(), grad->untyped_data());
   return ErrorOf(label_error_message(kGradOp, error, c.problem));
 }
 
@@ -69,28 +48,22 @@ ffi::Error GradCpu(ffi::AnyBuffer y, ffi::AnyBuffer labels, ffi::AnyBuffer d_tp,
 #pragma GCC visibility push(default)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TfverskySumsCpu, tfversky::jax_ffi::SumsCpu,
-                              xla::ffi::Ffi::Bind()
+                              tfversky::jax_ffi::WithAttrs(xla::ffi::Ffi::Bind()
                                   .Arg<xla::ffi::AnyBuffer>()  // y_pred
                                   .Arg<xla::ffi::AnyBuffer>()  // labels
                                   .Ret<xla::ffi::AnyBuffer>()  // tp
                                   .Ret<xla::ffi::AnyBuffer>()  // fp
                                   .Ret<xla::ffi::AnyBuffer>()  // fn
-                                  .Attr<int32_t>("activation")
-                                  .Attr<bool>("has_ignore_index")
-                                  .Attr<int64_t>("ignore_index")
-                                  .Attr<int64_t>("spatial_rank"));
+                                  ));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TfverskySumsGradCpu, tfversky::jax_ffi::GradCpu,
-                              xla::ffi::Ffi::Bind()
+                              tfversky::jax_ffi::WithAttrs(xla::ffi::Ffi::Bind()
                                   .Arg<xla::ffi::AnyBuffer>()  // y_pred
                                   .Arg<xla::ffi::AnyBuffer>()  // labels
                                   .Arg<xla::ffi::AnyBuffer>()  // dL/dTP
                                   .Arg<xla::ffi::AnyBuffer>()  // dL/dFP
                                   .Arg<xla::ffi::AnyBuffer>()  // dL/dFN
                                   .Ret<xla::ffi::AnyBuffer>()  // dL/dy_pred
-                                  .Attr<int32_t>("activation")
-                                  .Attr<bool>("has_ignore_index")
-                                  .Attr<int64_t>("ignore_index")
-                                  .Attr<int64_t>("spatial_rank"));
+                                  ));
 
 #pragma GCC visibility pop

@@ -94,7 +94,7 @@ ffi::Error GradCuda(cudaStream_t stream, ffi::AnyBuffer y, ffi::AnyBuffer labels
 #pragma GCC visibility push(default)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TfverskySumsCuda, tfversky::jax_ffi::SumsCuda,
-                              xla::ffi::Ffi::Bind()
+                              tfversky::jax_ffi::WithAttrs(xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
                                   .Ctx<xla::ffi::ScratchAllocator>()
                                   .Arg<xla::ffi::AnyBuffer>()  // y_pred
@@ -102,13 +102,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TfverskySumsCuda, tfversky::jax_ffi::SumsCuda,
                                   .Ret<xla::ffi::AnyBuffer>()  // tp
                                   .Ret<xla::ffi::AnyBuffer>()  // fp
                                   .Ret<xla::ffi::AnyBuffer>()  // fn
-                                  .Attr<int32_t>("activation")
-                                  .Attr<bool>("has_ignore_index")
-                                  .Attr<int64_t>("ignore_index")
-                                  .Attr<int64_t>("spatial_rank"));
+                                  ));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TfverskySumsGradCuda, tfversky::jax_ffi::GradCuda,
-                              xla::ffi::Ffi::Bind()
+                              tfversky::jax_ffi::WithAttrs(xla::ffi::Ffi::Bind()
                                   .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<xla::ffi::AnyBuffer>()  // y_pred
                                   .Arg<xla::ffi::AnyBuffer>()  // labels
@@ -116,9 +113,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TfverskySumsGradCuda, tfversky::jax_ffi::GradCuda,
                                   .Arg<xla::ffi::AnyBuffer>()  // dL/dFP
                                   .Arg<xla::ffi::AnyBuffer>()  // dL/dFN
                                   .Ret<xla::ffi::AnyBuffer>()  // dL/dy_pred
-                                  .Attr<int32_t>("activation")
-                                  .Attr<bool>("has_ignore_index")
-                                  .Attr<int64_t>("ignore_index")
-                                  .Attr<int64_t>("spatial_rank"));
+                                  ));
 
 #pragma GCC visibility pop

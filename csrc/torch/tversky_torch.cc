@@ -81,27 +81,6 @@ void TorchParallelFor(int64_t tasks, const std::function<void(int64_t, int64_t)>
   at::parallel_for(0, tasks, 1, work);
 }
 
-struct SumsCpu {
-  template <class T, class L>
-  static LabelError run(const Call& c, const void* y, const void* labels, void* tp, void* fp,
-                        void* fn) {
-    return sums_cpu<T, L>(c.problem, static_cast<const T*>(y), static_cast<const L*>(labels),
-                          static_cast<Acc<T>*>(tp), static_cast<Acc<T>*>(fp),
-                          static_cast<Acc<T>*>(fn), TorchParallelFor);
-  }
-};
-
-struct GradCpu {
-  template <class T, class L>
-  static LabelError run(const Call& c, const void* y, const void* labels, const void* d_tp,
-                        const void* d_fp, const void* d_fn, void* grad) {
-    return sums_grad_cpu<T, L>(c.problem, static_cast<const T*>(y), static_cast<const L*>(labels),
-                               static_cast<const Acc<T>*>(d_tp), static_cast<const Acc<T>*>(d_fp),
-                               static_cast<const Acc<T>*>(d_fn), static_cast<T*>(grad),
-                               TorchParallelFor);
-  }
-};
-
 std::vector<at::Tensor> Upstreams(const Call& c, const at::Tensor& y,
                                   std::initializer_list<at::Tensor> upstream) {
   std::vector<at::Tensor> out;
@@ -129,9 +108,10 @@ Sums SumsCpuOp(const at::Tensor& y_pred, const at::Tensor& labels, int64_t activ
   const at::Tensor y = y_pred.contiguous(), l = labels.contiguous();
   Sums sums = EmptySums(c, y);
   if (c.problem.batch == 0) return sums;
-  const LabelError error = xla_call::WithTypes<SumsCpu>(
-      c, y.const_data_ptr(), l.const_data_ptr(), std::get<0>(sums).mutable_data_ptr(),
-      std::get<1>(sums).mutable_data_ptr(), std::get<2>(sums).mutable_data_ptr());
+  const LabelError error = xla_call::WithTypes<xla_call::CpuSums>(
+      c, ParallelFor(TorchParallelFor), y.const_data_ptr(), l.const_data_ptr(),
+      std::get<0>(sums).mutable_data_ptr(), std::get<1>(sums).mutable_data_ptr(),
+      std::get<2>(sums).mutable_data_ptr());
   Check(label_error_message(kSumsOp, error, c.problem));
   return sums;
 }
@@ -144,9 +124,10 @@ at::Tensor GradCpuOp(const at::Tensor& y_pred, const at::Tensor& labels, const a
   const at::Tensor y = y_pred.contiguous(), l = labels.contiguous();
   at::Tensor grad = at::empty(y.sizes(), y.options());
   if (c.problem.batch == 0 || c.problem.voxels == 0) return grad;
-  const LabelError error = xla_call::WithTypes<GradCpu>(
-      c, y.const_data_ptr(), l.const_data_ptr(), up[0].const_data_ptr(), up[1].const_data_ptr(),
-      up[2].const_data_ptr(), grad.mutable_data_ptr());
+  const LabelError error = xla_call::WithTypes<xla_call::CpuGrad>(
+      c, ParallelFor(TorchParallelFor), y.const_data_ptr(), l.const_data_ptr(),
+      up[0].const_data_ptr(), up[1].const_data_ptr(), up[2].const_data_ptr(),
+      grad.mutable_data_ptr());
   Check(label_error_message(kGradOp, error, c.problem));
   return grad;
 }

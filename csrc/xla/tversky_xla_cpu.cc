@@ -22,15 +22,11 @@ struct Sums {
   static void run(const Call& c, void* out, const void** in) {
     const Problem& p = c.problem;
     void** sums = static_cast<void**>(out);
-    auto* tp = static_cast<Acc<T>*>(sums[0]);
-    auto* fp = static_cast<Acc<T>*>(sums[1]);
-    auto* fn = static_cast<Acc<T>*>(sums[2]);
     if (p.batch == 0) return;
-    const LabelError error = sums_cpu<T, L>(p, static_cast<const T*>(in[0]),
-                                            static_cast<const L*>(in[1]), tp, fp, fn,
-                                            host_parallel_for);
+    const LabelError error =
+        CpuSums::run<T, L>(c, host_parallel_for, in[0], in[1], sums[0], sums[1], sums[2]);
     if (error.found) {
-      for (Acc<T>* sum : {tp, fp, fn}) FillNaN(sum, p.batch * p.classes);
+      for (int i = 0; i < 3; ++i) FillNaN(static_cast<Acc<T>*>(sums[i]), p.batch * p.classes);
     }
   }
 };
@@ -39,13 +35,10 @@ struct Grad {
   template <class T, class L>
   static void run(const Call& c, void* out, const void** in) {
     const Problem& p = c.problem;
-    T* grad = static_cast<T*>(out);
     if (p.batch == 0 || p.voxels == 0) return;
-    const LabelError error = sums_grad_cpu<T, L>(
-        p, static_cast<const T*>(in[0]), static_cast<const L*>(in[1]),
-        static_cast<const Acc<T>*>(in[2]), static_cast<const Acc<T>*>(in[3]),
-        static_cast<const Acc<T>*>(in[4]), grad, host_parallel_for);
-    if (error.found) FillNaN(grad, p.batch * p.voxels * p.classes);
+    const LabelError error =
+        CpuGrad::run<T, L>(c, host_parallel_for, in[0], in[1], in[2], in[3], in[4], out);
+    if (error.found) FillNaN(static_cast<T*>(out), p.batch * p.voxels * p.classes);
   }
 };
 
