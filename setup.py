@@ -4,11 +4,13 @@
     pip install --no-build-isolation -e .           # or without -e
 
 The build_ext below configures, builds and installs the CMake project into the package
-directory: the TensorFlow op library ``tfversky/_lib/_tfversky_ops.so`` and the pybind11
-module ``tfversky/_tfversky_kernels``.
+directory: the TensorFlow op library ``tfversky/_lib/_tfversky_ops.so`` (and its XLA
+lowering), the JAX and PyTorch bindings ``tfversky/_lib/_tfversky_jax.so`` and
+``_tfversky_torch.so`` (each only where its framework is importable by the build) and the
+pybind11 module ``tfversky/_tfversky_kernels``.
 
-Installing always succeeds: the pure TensorFlow loss needs no compiled code. Where the op
-cannot be built (TensorFlow absent from the build environment, as under pip's build isolation
+Installing always succeeds: the pure keras.ops loss needs no compiled code. Where the op
+cannot be built (no framework in the build environment, as under pip's build isolation
 or an sdist install; no C++ compiler; a failed build) the package installs without it, and
 ``tfversky/_lib/NOT_BUILT.txt`` records why; the loader then names that reason and the
 command that builds the op. Environment:
@@ -73,10 +75,13 @@ class CMakeBuild(build_ext):
 
     def _cmake(self, package_parent):
         """Configures, builds and installs; the installed files as (prefix, path) pairs."""
-        if importlib.util.find_spec("tensorflow") is None:
-            raise OpNotBuilt(f"TensorFlow was not importable by the build's Python "
-                             f"({sys.executable}; pip's build isolation, and installs from an "
-                             f"sdist, build without it)")
+        # One binding per framework the build's Python has: each is built only there.
+        frameworks = {name: importlib.util.find_spec(name) is not None
+                      for name in ("tensorflow", "jax", "torch")}
+        if not any(frameworks.values()):
+            raise OpNotBuilt(f"none of TensorFlow, JAX and PyTorch was importable by the "
+                             f"build's Python ({sys.executable}; pip's build isolation, and "
+                             f"installs from an sdist, build without them)")
         cmake = _tool("cmake")
         if cmake is None:
             raise OpNotBuilt("CMake was not found (pip install cmake)")
@@ -85,8 +90,10 @@ class CMakeBuild(build_ext):
         configure = [cmake, "-S", str(ROOT), "-B", str(build_temp),
                      f"-DPython_EXECUTABLE={sys.executable}",
                      f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
-                     # TensorFlow is importable (checked above): fail loudly if CMake disagrees.
-                     "-DTFVERSKY_TF_OP=ON",
+                     # Importable frameworks (checked above): fail loudly if CMake disagrees.
+                     f"-DTFVERSKY_TF_OP={'ON' if frameworks['tensorflow'] else 'OFF'}",
+                     f"-DTFVERSKY_JAX={'ON' if frameworks['jax'] else 'OFF'}",
+                     f"-DTFVERSKY_TORCH={'ON' if frameworks['torch'] else 'OFF'}",
                      f"-DTFVERSKY_PORTABLE={'ON' if _flag('TFVERSKY_PORTABLE') else 'OFF'}"]
         ninja = _tool("ninja")
         if ninja and "CMAKE_GENERATOR" not in os.environ and not (build_temp / "CMakeCache.txt").exists():

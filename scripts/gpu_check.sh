@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the fused Tversky CUDA kernels, in one call of under 5 minutes, on a Linux
 # machine with an NVIDIA GPU, nvcc, CMake, Python, NumPy, pybind11, pytest and CuPy or PyTorch
-# (no TensorFlow needed):
+# (no TensorFlow needed; JAX, PyTorch, Keras and MONAI for stage 5):
 #
 #   scripts/gpu_check.sh              # driver check, build, tests, CUDA checks, benchmark
 #   scripts/gpu_check.sh --dry-run    # the same script on the CPU (no GPU, no nvcc needed)
@@ -15,6 +15,13 @@
 #    checks of tests/csrc/cuda_checks.py and the benchmark; its table is printed last.
 # 4. Calls the XLA lowering's CUDA custom-call targets as XLA's CUDA runtime would
 #    (build-gpu/tfversky_xla_cuda_check, csrc/xla/xla_cuda_check.cc; no TensorFlow needed).
+# 5. The JAX and PyTorch bindings (built in step 2 where JAX / PyTorch are installed: XLA FFI
+#    CUDA handlers; torch.library CUDA kernels for a CUDA PyTorch), each on its Keras backend:
+#    tests/tfversky/fused_backend_cases.py (values and gradients against the pure loss on the
+#    GPU, jit/vmap, torch.compile, Keras fit) and benchmarks/bench_loss.py --backend at
+#    2x64x64x64 and 1x128x224x256 (fused vs jax.jit / torch.compile of the pure loss and
+#    MONAI; on JAX also one U-Net training step with each loss). A framework that is not
+#    installed is skipped with a line saying so.
 # Writes what ran (driver, nvcc, the machine code in the module, timings, results) to
 # $OUT/gpu_check.json when $OUT is set (the device tool's folder), else build-gpu/.
 set -euo pipefail
@@ -96,8 +103,34 @@ if [[ -x "$BUILD_DIR/tfversky_xla_cuda_check" ]]; then
 else
   echo "xla cuda targets: not built (no CUDA in this build)"
 fi
+
+stage "JAX and PyTorch bindings (fused_backend_cases.py, bench_loss.py --backend)"
+BINDINGS_STATUS=0
+BENCH_ARGS=(--repeats 10)
+[[ $DRY_RUN == 1 ]] && BENCH_ARGS=(--repeats 3 --quick)
+for backend in jax torch; do
+  if ! "$PYTHON" -c "import $backend" 2>/dev/null; then
+    echo "$backend: not installed, skipped"
+    continue
+  fi
+  if [[ ! -f "$BUILD_DIR/_tfversky_$backend.so" ]]; then
+    echo "$backend: installed but its binding was not built (see the CMake output)"
+    BINDINGS_STATUS=1
+    continue
+  fi
+  # The loader looks for the bindings beside $TFVERSKY_OPS_LIBRARY (no op library needed).
+  export KERAS_BACKEND=$backend TFVERSKY_OPS_LIBRARY="$PWD/$BUILD_DIR/_tfversky_ops.so"
+  "$PYTHON" -m pytest -q -p no:cacheprovider tests/tfversky/fused_backend_cases.py \
+    | tail -3 | tee "$REPORT_DIR/pytest_$backend.txt"
+  (( PIPESTATUS[0] == 0 )) || BINDINGS_STATUS=1
+  unet=()
+  [[ $backend == jax && $DRY_RUN == 0 ]] && unet=(--unet)
+  "$PYTHON" benchmarks/bench_loss.py --backend "$backend" "${BENCH_ARGS[@]}" "${unet[@]}" \
+    --json "$REPORT_DIR/bench_loss_$backend.json" || BINDINGS_STATUS=1
+  unset KERAS_BACKEND TFVERSKY_OPS_LIBRARY
+done
 set -e
 echo
-echo "gpu_check: $((SECONDS - START)) s in all; pytest exit $TESTS_STATUS, checks exit $CHECKS_STATUS, xla exit $XLA_STATUS;" \
-     "report $REPORT_DIR/gpu_check.json"
-exit $(( TESTS_STATUS != 0 || CHECKS_STATUS != 0 || XLA_STATUS != 0 ))
+echo "gpu_check: $((SECONDS - START)) s in all; pytest exit $TESTS_STATUS, checks exit $CHECKS_STATUS, xla exit $XLA_STATUS," \
+     "bindings exit $BINDINGS_STATUS; report $REPORT_DIR/gpu_check.json (bench_loss_*.json beside it)"
+exit $(( TESTS_STATUS != 0 || CHECKS_STATUS != 0 || XLA_STATUS != 0 || BINDINGS_STATUS != 0 ))

@@ -7,8 +7,9 @@
 
 The wheel is built from a copy of the checkout's files (git ls-files: tracked and untracked
 but not ignored) with --no-build-isolation, against this Python's TensorFlow, with
-CMAKE_ARGS="-DTFVERSKY_CUDA=OFF -DTFVERSKY_PYBIND=OFF -DTFVERSKY_XLA=OFF" unless CMAKE_ARGS
-is set (the op's CPU kernels only, no XLA lowering: about 5 minutes on a busy 2-core machine,
+CMAKE_ARGS="-DTFVERSKY_CUDA=OFF -DTFVERSKY_PYBIND=OFF -DTFVERSKY_XLA=OFF -DTFVERSKY_JAX=OFF
+-DTFVERSKY_TORCH=OFF" unless CMAKE_ARGS is set (the op's CPU kernels only, no XLA lowering
+and no JAX/PyTorch bindings: about 5 minutes on a busy 2-core machine,
 most of it compiling). It is installed with --no-deps into a
 venv whose .pth file adds this Python's site-packages, so TensorFlow is reused, not
 downloaded: nothing touches the network. The check runs outside the checkout, so it imports
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
         copy_checkout(source)
         env = dict(os.environ)
         env.pop("TFVERSKY_REQUIRE_OP", None)
-        env.setdefault("CMAKE_ARGS", "-DTFVERSKY_CUDA=OFF -DTFVERSKY_PYBIND=OFF -DTFVERSKY_XLA=OFF")
+        env.setdefault("CMAKE_ARGS", "-DTFVERSKY_CUDA=OFF -DTFVERSKY_PYBIND=OFF -DTFVERSKY_XLA=OFF "
+                                     "-DTFVERSKY_JAX=OFF -DTFVERSKY_TORCH=OFF")
         if args.no_compiler:
             env.update(CXX="/bin/false", CC="/bin/false")
         _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",

@@ -3,7 +3,8 @@
 Eager tensors are checked on their values and raise ``ValueError``. Inside a ``tf.function``
 the same checks become graph assertions (``tf.errors.InvalidArgumentError``) where they are
 cheap: label range on the labels, NaN/Inf on the (batch, classes) sums instead of on the
-volume. Under XLA TensorFlow drops assertions, so there only the static checks remain.
+volume. Under XLA TensorFlow drops assertions, so there only the static checks remain; the
+same holds inside ``jax.jit`` and ``torch.compile`` (values unknown when tracing).
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def concrete_value(x):
         import tensorflow as tf
 
         return x.numpy() if tf.executing_eagerly() and hasattr(x, "numpy") else None
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():  # reading values would break torch.compile's graph
+            return None
     try:
         return np.asarray(ops.convert_to_numpy(x))
     except Exception:  # a tracer of another backend: no value yet

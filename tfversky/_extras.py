@@ -2,8 +2,9 @@
 
 The loss needs only TensorFlow and NumPy (``pip install tfversky``). The rest comes in
 extras: ``tfversky[data]`` (TFDS, NIfTI I/O, resampling, the phantom, progress bars),
-``tfversky[viz]`` (figures), ``tfversky[registration]`` (rigid registration) and
-``tfversky[all]`` (every one of them). Code that needs one imports it through ``require``.
+``tfversky[viz]`` (figures), ``tfversky[registration]`` (rigid registration),
+``tfversky[jax]`` and ``tfversky[torch]`` (Keras's other backends) and ``tfversky[all]``
+(data, viz and registration). Code that needs one imports it through ``require``.
 
 Example:
 
@@ -27,6 +28,9 @@ EXTRAS = {
     "tqdm": "data",
     "matplotlib": "viz",
     "SimpleITK": "registration",
+    # Keras backends besides TensorFlow (the fused loss has a binding for each).
+    "jax": "jax",
+    "torch": "torch",
 }
 CORE = {"numpy", "tensorflow", "keras"}
 

@@ -21,6 +21,12 @@ A library that passes but has no CUDA kernels while a GPU is visible loads with 
 
 The op's XLA lowering (``_tfversky_xla.so``, csrc/xla) is a second library, loaded by
 ``load_xla`` from the folder of the op library that loaded, with the same checks.
+
+The bindings of the same kernels for the other Keras backends, ``_tfversky_jax.so`` (XLA FFI
+handlers, csrc/jax) and ``_tfversky_torch.so`` (``torch.library`` ops, csrc/torch), are
+found the same way (beside ``$TFVERSKY_OPS_LIBRARY`` if set, else in ``_lib/``, then
+``build/``) and checked the same way, against the running jaxlib or PyTorch instead of
+TensorFlow: ``load_jax`` and ``load_torch``. Nothing of TensorFlow is imported for them.
 """
 
 from __future__ import annotations
@@ -47,13 +53,13 @@ class FusedOpUnavailableError(RuntimeError):
     """The fused op library is missing, was built for another TensorFlow, or failed to load."""
 
 
-def search_paths() -> list[Path]:
-    """Where the library is looked for, in order (see the module docstring)."""
+def search_paths(name: str = LIBRARY_NAME) -> list[Path]:
+    """Where the library ``name`` is looked for, in order (see the module docstring)."""
     explicit = os.environ.get(ENV_LIBRARY)
-    if explicit:
-        return [Path(explicit)]
+    if explicit:  # the op library itself, or beside it the binding `name`
+        return [Path(explicit) if name == LIBRARY_NAME else Path(explicit).with_name(name)]
     package_dir = Path(__file__).resolve().parent
-    return [package_dir / "_lib" / LIBRARY_NAME, package_dir.parent / "build" / LIBRARY_NAME]
+    return [package_dir / "_lib" / name, package_dir.parent / "build" / name]
 
 
 def read_build_info(path) -> dict | None:
@@ -75,6 +81,27 @@ def _tensorflow_version() -> str:
     import tensorflow as tf
 
     return tf.__version__
+
+
+def _jaxlib_version() -> str:
+    import jaxlib
+
+    return jaxlib.__version__
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+# Per framework: the build-info key of the version a binding was built against, the name
+# users know it by, and the running version.
+FRAMEWORKS = {
+    "tensorflow": ("tensorflow", "TensorFlow", lambda: _tensorflow_version()),
+    "jax": ("jaxlib", "jaxlib", lambda: _jaxlib_version()),
+    "torch": ("torch", "PyTorch", lambda: _torch_version()),
+}
 
 
 # ---- this machine: CPU features and CUDA driver ----
@@ -155,6 +182,18 @@ def cuda_driver_problem(info: dict, driver_version: int | None) -> str | None:
 
 
 def _visible_gpus() -> list:
+    """GPUs the running Keras backend sees (TensorFlow is not imported for another backend)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return [d for d in jax.devices() if d.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return list(range(torch.cuda.device_count()))
     import tensorflow as tf
 
     return tf.config.list_physical_devices("GPU")
@@ -162,12 +201,15 @@ def _visible_gpus() -> list:
 
 # ---- finding and loading ----
 
-def _rejection(info: dict | None, running: str) -> str | None:
+def _rejection(info: dict | None, running: str, framework: str = "tensorflow") -> str | None:
     """Why a library with build info ``info`` cannot be loaded here, or None."""
     if info is None:
         return "not a tfversky op library (no build info)"
-    if info.get("tensorflow") != running:
-        return f"built for TensorFlow {info.get('tensorflow')}, running {running}"
+    key, label, _ = FRAMEWORKS[framework]
+    if info.get(key) != running:
+        built = info.get(key)
+        return (f"built for {label} {built}, running {running}" if built else
+                f"not built for {label}")
     if info.get("version") != __version__:
         return f"built from tfversky {info.get('version')}, this is {__version__}"
     missing = missing_cpu_features(info, cpu_flags())
@@ -178,26 +220,27 @@ def _rejection(info: dict | None, running: str) -> str | None:
     return cuda_driver_problem(info, cuda_driver_version())
 
 
-def find_library(paths=None, *, what="fused Tversky op library") -> tuple[Path, dict]:
+def find_library(paths=None, *, what="fused Tversky op library",
+                 framework="tensorflow") -> tuple[Path, dict]:
     """The first usable library among ``paths`` (default: ``search_paths()``) and its info.
 
     Raises:
         FusedOpUnavailableError: naming every path tried and why it was rejected (another
-            TensorFlow or tfversky, CPU features this CPU lacks, a CUDA runtime the driver
-            cannot run), and the command that rebuilds the library.
+            TensorFlow, jaxlib or PyTorch, another tfversky, CPU features this CPU lacks, a
+            CUDA runtime the driver cannot run), and the command that rebuilds the library.
     """
-    running = _tensorflow_version()
+    running = FRAMEWORKS[framework][2]()
     tried = []
     for path in map(Path, search_paths() if paths is None else paths):
         if not path.is_file():
             tried.append(f"{path}: not found")
             continue
         info = read_build_info(path)
-        reason = _rejection(info, running)
+        reason = _rejection(info, running, framework)
         if reason is None:
             return path, info
         tried.append(f"{path}: {reason}")
-    raise FusedOpUnavailableError(_message(tried, running, what))
+    raise FusedOpUnavailableError(_message(tried, f"{FRAMEWORKS[framework][1]} {running}", what))
 
 
 def not_built_reason() -> str | None:
@@ -207,15 +250,17 @@ def not_built_reason() -> str | None:
 
 
 def _message(tried, running, what) -> str:
+    """``running``: the framework and its version, e.g. "TensorFlow 2.21.0"."""
     lines = "\n".join(f"  {entry}" for entry in tried) or "  (no paths)"
     skipped = not_built_reason()
     skipped = f"This installation was made without the op: {skipped}\n" if skipped else ""
+    framework = running.rsplit(" ", 1)[0]
     return (
         f"The {what} is not available for tfversky {__version__} with "
-        f"TensorFlow {running}. Looked for:\n{lines}\n{skipped}"
-        f"Build it against the running TensorFlow with:\n  {REBUILD_COMMAND}\n"
-        f"or set {ENV_LIBRARY} to a built {LIBRARY_NAME}. implementation='tf' computes the "
-        f"same loss in pure TensorFlow.")
+        f"{running}. Looked for:\n{lines}\n{skipped}"
+        f"Build it against the running {framework} with:\n  {REBUILD_COMMAND}\n"
+        f"or set {ENV_LIBRARY} to a built {LIBRARY_NAME} (the other bindings are looked for "
+        f"beside it). implementation='tf' computes the same loss with keras.ops.")
 
 
 def _warn_if_gpu_without_cuda(path: Path, info: dict) -> None:
@@ -226,6 +271,26 @@ def _warn_if_gpu_without_cuda(path: Path, info: dict) -> None:
             f"CUDA kernels, so the op runs on the CPU (tensors are copied off the GPU). Rebuild "
             f"it with nvcc on PATH: CMAKE_ARGS=-DTFVERSKY_CUDA=ON {REBUILD_COMMAND}; or use "
             f"implementation='tf'.", RuntimeWarning, stacklevel=3)
+
+
+def _load_cached(cache, name, what, framework, open_library):
+    """Finds the binding ``name`` for ``framework``, opens it once with ``open_library(path)``
+    and caches the outcome (the opened library and its info, or the error)."""
+    if cache.library is None and cache.error is None:
+        try:
+            path, info = find_library(search_paths(name), what=what, framework=framework)
+            try:
+                library = open_library(path)
+            except (OSError, RuntimeError) as error:
+                raise FusedOpUnavailableError(
+                    f"{FRAMEWORKS[framework][1]} could not load {path}: {error}\nRebuild it "
+                    f"with:\n  {REBUILD_COMMAND}") from error
+            cache.library, cache.info = library, dict(info, path=str(path))
+        except FusedOpUnavailableError as error:
+            cache.error = error
+    if cache.error is not None:
+        raise cache.error
+    return cache.library
 
 
 class _Cache:
@@ -307,3 +372,42 @@ def load_xla() -> dict:
     if _xla_cache.error is not None:
         raise _xla_cache.error
     return dict(_xla_cache.info)
+
+
+# ---- the JAX and PyTorch bindings (csrc/jax, csrc/torch) ----
+
+JAX_LIBRARY_NAME = "_tfversky_jax.so"
+TORCH_LIBRARY_NAME = "_tfversky_torch.so"
+_jax_cache = _Cache()
+_torch_cache = _Cache()
+
+
+def load_jax() -> tuple[ctypes.CDLL, dict]:
+    """The JAX binding (XLA FFI handlers, opened with ctypes) and its build info, loaded once.
+
+    Registering its handlers with JAX is ``tfversky._fused_jax``'s job.
+
+    Raises:
+        FusedOpUnavailableError: not built, or built for another jaxlib or tfversky.
+    """
+    library = _load_cached(_jax_cache, JAX_LIBRARY_NAME, "fused Tversky JAX binding", "jax",
+                           lambda path: ctypes.CDLL(str(path)))
+    return library, dict(_jax_cache.info)
+
+
+def load_torch() -> dict:
+    """Loads the PyTorch binding once (``torch.ops.load_library``: it registers the ops
+    ``torch.ops.tfversky.*``); returns its build info.
+
+    Raises:
+        FusedOpUnavailableError: not built, or built for another PyTorch or tfversky.
+    """
+    def open_library(path):
+        import torch
+
+        torch.ops.load_library(str(path))
+        return path
+
+    _load_cached(_torch_cache, TORCH_LIBRARY_NAME, "fused Tversky PyTorch binding", "torch",
+                 open_library)
+    return dict(_torch_cache.info)

@@ -1,4 +1,4 @@
-"""The fused C++/CUDA Tversky op: activation and confusion sums in one pass.
+"""The fused C++/CUDA Tversky op: activation and confusion sums in one pass, on every backend.
 
 ``tversky_loss(..., implementation=...)`` reaches this module through one dispatch point
 (``losses._confusion_sums``): the fused op replaces only the heavy part, the per-(sample,
@@ -12,9 +12,14 @@ writes dL/dy_pred, from dL/dTP, dL/dFP, dL/dFN given by TensorFlow's autodiff of
 ``loss_from_sums``. That is the closed form of docs/losses.md, "The gradient" (the paper's Eq. 5
 without its stray factor 2), chained through the softmax or sigmoid.
 
-``implementation="auto"`` uses the op when its library loads and the class count is
-supported (1 to 64); otherwise the pure TensorFlow sums, with one warning if the library is
-missing. ``"fused"`` raises instead of falling back. Inside XLA (``jit_compile=True``,
+The kernels (csrc/kernels) have one binding per Keras backend, each built where its
+framework is installed and loaded on first use: the TensorFlow op (``_fused_tf``), XLA FFI
+handlers in a ``jax.custom_vjp`` (``_fused_jax``) and ``torch.library`` ops with an autograd
+formula (``_fused_torch``). The same gradient kernel is the backward on all three.
+
+``implementation="auto"`` uses the running backend's binding when it loads and the class
+count is supported (1 to 64); otherwise the pure ``keras.ops`` sums, with one warning naming
+the reason. ``"fused"`` raises instead of falling back. Inside XLA (``jit_compile=True``,
 Keras's default on GPUs) both ops lower to XLA custom calls of the same kernels (csrc/xla,
 loaded by ``_loader.load_xla``); where that lowering cannot load, both use the pure sums
 there, with one warning (under ``"auto"`` only when a GPU is visible, where Keras turns XLA
@@ -33,19 +38,21 @@ True
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import keras
-import tensorflow as tf
 
 from tfversky import _loader
-from tfversky._loader import FusedOpUnavailableError, build_info
+from tfversky._loader import FusedOpUnavailableError
 
 __all__ = ["FusedOpUnavailableError", "build_info", "confusion_sums", "in_xla_context",
            "is_available", "should_use", "xla_unavailable_reason"]
 
 MAX_CLASSES = 64  # kMaxClasses in csrc/kernels/tversky_math.h
-_OP_TYPE = "Tfversky>FusedTverskySums"
+# Keras backend -> the module of its binding.
+_BINDINGS = {"tensorflow": "tfversky._fused_tf", "jax": "tfversky._fused_jax",
+             "torch": "tfversky._fused_torch"}
 _warned: set[str] = set()
 
 
@@ -55,18 +62,49 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+# The running backend's binding module, imported with this module (its framework is already
+# imported by Keras; no library is loaded before the first use): importing it while
+# torch.compile traces the loss would break the graph.
+_BINDING = (importlib.import_module(_BINDINGS[keras.backend.backend()])
+            if keras.backend.backend() in _BINDINGS else None)
+
+
+def _binding():
+    """The running Keras backend's binding module, or None."""
+    return _BINDING
+
+
+def _load():
+    """Loads the running backend's binding; raises FusedOpUnavailableError."""
+    binding = _binding()
+    if binding is None:
+        raise FusedOpUnavailableError(
+            f"the fused op has no binding for the Keras backend "
+            f"{keras.backend.backend()!r} (it has tensorflow, jax and torch)")
+    return binding.load()
+
+
 def is_available() -> bool:
-    """Whether the op library loads (loading it if needed). Never raises.
+    """Whether the running backend's binding loads (loading it if needed). Never raises.
 
     >>> import tfversky.fused
     >>> tfversky.fused.is_available()
     True
     """
     try:
-        _loader.load()
+        _load()
     except FusedOpUnavailableError:
         return False
     return True
+
+
+def build_info() -> dict:
+    """Build info of the running backend's binding, plus its ``path``. Loads it if needed.
+
+    Raises:
+        FusedOpUnavailableError: the binding cannot be loaded.
+    """
+    return dict(_load())
 
 
 def in_xla_context() -> bool:
@@ -81,6 +119,8 @@ def in_xla_context() -> bool:
     >>> tfversky.fused.in_xla_context()   # eager
     False
     """
+    if keras.backend.backend() != "tensorflow":
+        return False
     from tensorflow.python.framework import ops as tf_ops
     from tensorflow.python.ops import control_flow_util
 
@@ -88,15 +128,28 @@ def in_xla_context() -> bool:
 
 
 def _unsupported(y_pred) -> str | None:
-    """Why the op cannot take this y_pred, or None."""
-    if keras.backend.backend() != "tensorflow":
-        return f"the fused op needs the TensorFlow backend, not {keras.backend.backend()!r}"
+    """Why the op cannot take this y_pred (before loading anything), or None."""
+    if keras.backend.backend() not in _BINDINGS:
+        return (f"the fused op has no binding for the Keras backend "
+                f"{keras.backend.backend()!r} (it has {', '.join(_BINDINGS)})")
     classes = y_pred.shape[-1]
     if classes is None:
         return "y_pred's number of classes (last dim) is not known when tracing"
     if classes > MAX_CLASSES:
         return f"y_pred has {classes} classes; the fused op takes at most {MAX_CLASSES}"
     return None
+
+
+def _refused(implementation, reason) -> bool:
+    """Whether ``reason`` (None: no objection) keeps the op out: ``"auto"`` warns once,
+    ``"fused"`` raises ValueError."""
+    if reason is None:
+        return False
+    if implementation == "fused":
+        raise ValueError(f"implementation='fused' cannot be used: {reason}. Use "
+                         f"implementation='tf' or 'auto'.")
+    _warn_once(reason, f"tfversky: {reason}; using the pure keras.ops sums.")
+    return True
 
 
 def should_use(implementation, labels, y_pred, *, sparse, options) -> bool:
@@ -109,26 +162,24 @@ def should_use(implementation, labels, y_pred, *, sparse, options) -> bool:
     del labels, sparse, options  # every label layout and option is supported
     if implementation == "tf":
         return False
-    reason = _unsupported(y_pred)
-    if reason is not None:
-        if implementation == "fused":
-            raise ValueError(f"implementation='fused' cannot be used: {reason}. Use "
-                             f"implementation='tf' or 'auto'.")
-        _warn_once(reason, f"tfversky: {reason}; using the pure TensorFlow sums.")
+    if _refused(implementation, _unsupported(y_pred)):
         return False
     if implementation == "fused":
-        _loader.load()
+        _load()
     else:
         try:
-            _loader.load()
+            _load()
         except FusedOpUnavailableError as error:
-            _warn_once("missing", f"{error}\nUsing the pure TensorFlow sums "
+            _warn_once("missing", f"{error}\nUsing the pure keras.ops sums "
                                   f"(implementation='auto').")
             return False
+    # e.g. a GPU tensor and a binding without CUDA kernels
+    if _refused(implementation, _binding().unsupported(y_pred)):
+        return False
     if in_xla_context():
         reason = xla_unavailable_reason()
         if reason is not None:
-            if implementation == "fused" or tf.config.list_physical_devices("GPU"):
+            if implementation == "fused" or _loader._visible_gpus():
                 _warn_once("xla", f"tfversky: the fused op cannot be compiled by XLA here "
                                   f"(jit_compile=True): {reason}\nThe pure TensorFlow sums are "
                                   f"used inside XLA; jit_compile=False runs the fused op.")
@@ -150,17 +201,18 @@ def xla_unavailable_reason() -> str | None:
         info = _loader.load_xla()
     except FusedOpUnavailableError as error:
         return str(error)
-    if not info.get("cuda") and tf.config.list_physical_devices("GPU"):
+    if not info.get("cuda") and _loader._visible_gpus():
         return (f"{info['path']} was built without CUDA and a GPU is visible. Rebuild it with "
                 f"CUDA ({_loader.REBUILD_COMMAND}).")
     return None
 
 
 def confusion_sums(labels, y_pred, *, sparse, from_logits, activation, ignore_index):
-    """TP, FP, FN per sample and class from the fused op: three (batch, classes) tensors.
+    """TP, FP, FN per sample and class from the running backend's fused op: three
+    (batch, classes) tensors of that backend.
 
     Same contract as ``losses.pure_confusion_sums``: float32 sums (float64 for float64
-    y_pred), differentiable w.r.t. y_pred (not the labels).
+    y_pred), differentiable w.r.t. y_pred (not the labels), by the fused gradient kernel.
 
     Args:
         labels: Standardised labels (``_checks.standardize_labels``): class ids
@@ -172,33 +224,8 @@ def confusion_sums(labels, y_pred, *, sparse, from_logits, activation, ignore_in
         ignore_index: Class-id value whose voxels are left out, or None.
 
     Raises:
-        FusedOpUnavailableError: the op library cannot be loaded.
+        FusedOpUnavailableError: the binding cannot be loaded.
     """
-    library = _loader.load()
-    y_pred = tf.convert_to_tensor(y_pred)
-    labels = tf.convert_to_tensor(labels)
-    sum_dtype = tf.float64 if y_pred.dtype == tf.float64 else tf.float32
-    if not sparse:
-        labels = tf.cast(labels, sum_dtype)
-    elif labels.dtype not in (tf.uint8, tf.int32, tf.int64):
-        labels = tf.cast(labels, tf.int64 if labels.dtype in (tf.uint32, tf.uint64) else tf.int32)
-    tp, fp, fn = library.tfversky_fused_tversky_sums(
-        y_pred, labels, Tsum=sum_dtype, from_logits=bool(from_logits), activation=activation,
-        has_ignore_index=ignore_index is not None,
-        ignore_index=0 if ignore_index is None else int(ignore_index))
-    return tp, fp, fn
-
-
-@tf.RegisterGradient(_OP_TYPE)
-def _sums_gradient(op, grad_tp, grad_fp, grad_fn):
-    """dL/dy_pred from dL/dTP, dL/dFP, dL/dFN, by the fused gradient op; none for labels."""
-    y_pred, labels = op.inputs
-    upstream = [tf.zeros_like(op.outputs[0]) if g is None else g
-                for g in (grad_tp, grad_fp, grad_fn)]
-    attrs = {name: op.get_attr(name)
-             for name in ("from_logits", "activation", "has_ignore_index", "ignore_index")}
-    grad = _loader.load().tfversky_fused_tversky_sums_grad(y_pred, labels, *upstream, **attrs)
-    return [grad, None]
-
-
-tf.no_gradient("Tfversky>FusedTverskySumsGrad")
+    _load()
+    return _binding().confusion_sums(labels, y_pred, sparse=sparse, from_logits=from_logits,
+                                     activation=activation, ignore_index=ignore_index)

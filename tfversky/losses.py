@@ -28,11 +28,13 @@ both implementations), as nnU-Net's Dice + CE and MONAI's ``DiceCELoss`` do:
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
 
-from tfversky import _checks, arguments
+from tfversky import _checks, arguments, fused
 
 _ACTIVATIONS = ("softmax", "sigmoid")
 _IMPLEMENTATIONS = ("auto", "tf", "fused")
@@ -74,8 +76,12 @@ _DOC_OPTIONS = """
 
 def _validate_options(alpha, beta, gamma, activation, smooth_nr, smooth_dr, ignore_index,
                       implementation, ce_weight=0.0, class_weights=None):
-    """Raises ValueError naming the argument, the value and the fix."""
-    if not isinstance(ce_weight, (int, float, np.number)) or not np.isfinite(ce_weight) \
+    """Raises ValueError naming the argument, the value and the fix.
+
+    Scalars are checked with ``math``, not NumPy: under ``torch.compile`` Dynamo would turn
+    NumPy calls on Python numbers into tensor ops, and the checks into a graph break.
+    """
+    if not isinstance(ce_weight, (int, float, np.number)) or not math.isfinite(ce_weight) \
             or ce_weight < 0:
         raise ValueError(
             f"Invalid value for argument `ce_weight`: expected a finite number >= 0 (0 turns "
@@ -84,7 +90,7 @@ def _validate_options(alpha, beta, gamma, activation, smooth_nr, smooth_dr, igno
     if class_weights is not None:
         weights = np.asarray(class_weights, dtype=object)
         numeric = weights.ndim == 1 and weights.size > 0 and all(
-            isinstance(w, (int, float, np.number)) and np.isfinite(w) and w >= 0
+            isinstance(w, (int, float, np.number)) and math.isfinite(w) and w >= 0
             for w in weights)
         if not numeric or not sum(float(w) for w in weights) > 0:
             raise ValueError(
@@ -97,11 +103,11 @@ def _validate_options(alpha, beta, gamma, activation, smooth_nr, smooth_dr, igno
         raise ValueError(
             f"Invalid value for argument `activation`: expected one of {_ACTIVATIONS}. "
             f"Received: activation={activation!r}")
-    if not np.isfinite(smooth_nr) or smooth_nr < 0:
+    if not math.isfinite(smooth_nr) or smooth_nr < 0:
         raise ValueError(
             f"Invalid value for argument `smooth_nr`: expected a finite number >= 0. "
             f"Received: smooth_nr={smooth_nr!r}")
-    if not np.isfinite(smooth_dr) or smooth_dr <= 0:
+    if not math.isfinite(smooth_dr) or smooth_dr <= 0:
         raise ValueError(
             f"Invalid value for argument `smooth_dr`: expected a finite number > 0 (with 0, a "
             f"class absent from both label and prediction gives 0/0 = NaN). "
@@ -278,8 +284,6 @@ def _scored_classes(activation: str, include_background: bool) -> slice:
 
 def _confusion_sums(labels, y_pred, *, sparse, implementation, options):
     """The one dispatch point between the pure sums and the fused op."""
-    from tfversky import fused  # local: fused imports this module
-
     use_fused = fused.should_use(implementation, labels, y_pred, sparse=sparse, options=options)
     compute = fused.confusion_sums if use_fused else pure_confusion_sums
     return compute(labels, y_pred, sparse=sparse, **options)

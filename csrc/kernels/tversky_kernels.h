@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <vector>
 
 #include "tversky_math.h"
 
@@ -33,12 +35,28 @@ struct Problem {
 // Why a problem cannot run: nullptr when it can. (Shapes and dtypes are the caller's job.)
 const char* validate(const Problem& problem);  // problem.cc
 
+// The checks and messages every framework binding shares (problem.cc), so that the
+// TensorFlow op, the XLA FFI handlers and the PyTorch ops fail with the same words. Each
+// returns "" when all is well, else the message, prefixed with `op`.
+//
+// The problem's sizes from y_pred's dims (batch, *spatial, classes) and the labels' (class
+// ids if `sparse`: y_pred's without the class dim; else y_pred's), then validate().
+std::string set_sizes(const char* op, const std::vector<int64_t>& y_pred,
+                      const std::vector<int64_t>& labels, bool sparse, Problem* problem);
+// An upstream gradient (dL/dTP, dL/dFP or dL/dFN; `input` is its input number) must be
+// (batch, classes).
+std::string check_upstream(const char* op, const std::vector<int64_t>& upstream, int input,
+                           const Problem& problem);
+
 // First out-of-range sparse label in flat (sample-major) order, found by the CPU kernels.
 struct LabelError {
   bool found = false;
   int64_t index = 0;  // flat index into labels
   int64_t value = 0;
 };
+
+// What the CPU kernels' LabelError means, naming the value, sample and voxel ("" if none).
+std::string label_error_message(const char* op, const LabelError& error, const Problem& problem);
 
 // Runs work(begin, end) over task ranges covering [0, num_tasks) exactly once, possibly
 // concurrently. The CPU kernels split the volume into tasks of a fixed size and reduce
@@ -50,6 +68,11 @@ using ParallelFor =
 // Voxels per CPU task: fixed (determinism), small enough to balance threads, large enough
 // to amortise the scheduling.
 constexpr int64_t kCpuTaskVoxels = 8192;
+
+// A ParallelFor on threads started per call and joined before it returns, one per CPU this
+// process may run on (host_threads.cc): for callers that get no thread pool (XLA custom
+// calls, XLA FFI handlers).
+void host_parallel_for(int64_t num_tasks, const std::function<void(int64_t, int64_t)>& work);
 
 template <class T, class L>
 LabelError sums_cpu(const Problem& problem, const T* y_pred, const L* labels, Acc<T>* tp,

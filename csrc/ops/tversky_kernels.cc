@@ -58,14 +58,7 @@ typename KernelType<T>::type* kernel_data(Tensor* t) {
 }
 
 absl::Status LabelStatus(const char* op, const LabelError& e, const Problem& p) {
-  if (!e.found) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      op, ": labels holds ", e.value, " at sample ", e.index / std::max<int64_t>(p.voxels, 1),
-      ", voxel ", e.index % std::max<int64_t>(p.voxels, 1), ", outside [0, ",
-      num_label_values(p.classes), ") (the class ids for y_pred's ", p.classes,
-      " channel(s)) and not ignore_index",
-      p.has_ignore_index ? absl::StrCat(" (", p.ignore_index, ")") : std::string(" (unset)"),
-      ". Fix the labels, or pass the value to skip as ignore_index."));
+  return StatusOf(label_error_message(op, e, p));
 }
 
 // Runs CPU work on the op's intra-op thread pool. Results do not depend on the split.

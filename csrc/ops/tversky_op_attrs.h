@@ -4,12 +4,11 @@
 #ifndef TFVERSKY_CSRC_OPS_TVERSKY_OP_ATTRS_H_
 #define TFVERSKY_CSRC_OPS_TVERSKY_OP_ATTRS_H_
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tversky_kernels.h"
@@ -30,44 +29,28 @@ inline absl::Status ReadAttrs(tensorflow::OpKernelConstruction* ctx, Problem* p)
   return absl::OkStatus();
 }
 
+inline std::vector<int64_t> Dims(const tensorflow::TensorShape& shape) {
+  std::vector<int64_t> dims;
+  for (int i = 0; i < shape.dims(); ++i) dims.push_back(shape.dim_size(i));
+  return dims;
+}
+
+inline absl::Status StatusOf(const std::string& message) {
+  return message.empty() ? absl::OkStatus() : absl::InvalidArgumentError(message);
+}
+
 // The problem's sizes, from the shapes of y_pred and the labels (class ids if `sparse`),
-// checked: at run time for the TF kernels (the shape functions only see what is static), at
-// compile time for XLA.
+// checked (csrc/kernels/problem.cc): at run time for the TF kernels (the shape functions
+// only see what is static), at compile time for XLA.
 inline absl::Status SetSizes(const char* op, const tensorflow::TensorShape& y,
                              const tensorflow::TensorShape& labels, bool sparse, Problem* p) {
-  if (y.dims() < 3) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": y_pred must have shape (batch, *spatial, classes) with at least one spatial dim. "
-            "Received shape ",
-        y.DebugString()));
-  }
-  tensorflow::TensorShape expected = y;
-  if (sparse) expected.RemoveLastDims(1);
-  if (labels != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": labels shape ", labels.DebugString(), " does not match y_pred shape ",
-        y.DebugString(), ". Expected ", expected.DebugString(),
-        sparse ? " (class ids: y_pred's shape without the class dim)." : " (one-hot/soft)."));
-  }
-  p->batch = y.dim_size(0);
-  p->classes = y.dim_size(y.dims() - 1);
-  p->voxels = p->batch == 0 ? 0 : y.num_elements() / (p->batch * std::max<int64_t>(p->classes, 1));
-  if (const char* invalid = validate(*p)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", invalid, ". Received y_pred shape ", y.DebugString(), ".",
-        p->classes > kMaxClasses ? " Use implementation='tf' for more classes." : ""));
-  }
-  return absl::OkStatus();
+  return StatusOf(set_sizes(op, Dims(y), Dims(labels), sparse, p));
 }
 
 // The gradient op's upstream input `input` (dL/dTP, dL/dFP or dL/dFN) must be (batch, classes).
 inline absl::Status CheckUpstream(const char* op, const tensorflow::TensorShape& upstream,
                                   int input, const Problem& p) {
-  const tensorflow::TensorShape sums({p.batch, p.classes});
-  if (upstream == sums) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      op, ": the upstream gradients must have shape (batch, classes) = ", sums.DebugString(),
-      ". Received ", upstream.DebugString(), " for input ", input));
+  return StatusOf(check_upstream(op, Dims(upstream), input, p));
 }
 
 }  // namespace tfversky

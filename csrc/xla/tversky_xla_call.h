@@ -113,6 +113,30 @@ auto WithTypes(const Call& c, Args&&... args) {
   return WithLabels<Op, float>(c, args...);
 }
 
+// The CPU kernels behind untyped buffers, for WithTypes: what every binding's CPU path calls
+// (the XLA host targets, the JAX FFI handlers, the PyTorch ops), each with its own threads.
+struct CpuSums {
+  template <class T, class L>
+  static LabelError run(const Call& c, const ParallelFor& parallel_for, const void* y,
+                        const void* labels, void* tp, void* fp, void* fn) {
+    return sums_cpu<T, L>(c.problem, static_cast<const T*>(y), static_cast<const L*>(labels),
+                          static_cast<Acc<T>*>(tp), static_cast<Acc<T>*>(fp),
+                          static_cast<Acc<T>*>(fn), parallel_for);
+  }
+};
+
+struct CpuGrad {
+  template <class T, class L>
+  static LabelError run(const Call& c, const ParallelFor& parallel_for, const void* y,
+                        const void* labels, const void* d_tp, const void* d_fp, const void* d_fn,
+                        void* grad) {
+    return sums_grad_cpu<T, L>(c.problem, static_cast<const T*>(y), static_cast<const L*>(labels),
+                               static_cast<const Acc<T>*>(d_tp), static_cast<const Acc<T>*>(d_fp),
+                               static_cast<const Acc<T>*>(d_fn), static_cast<T*>(grad),
+                               parallel_for);
+  }
+};
+
 // The targets, registered by tversky_xla_ops.cc. Host: tversky_xla_cpu.cc.
 void SumsHost(void* out, const void** in, const char* opaque, size_t size, XlaCustomCallStatus*);
 void GradHost(void* out, const void** in, const char* opaque, size_t size, XlaCustomCallStatus*);
