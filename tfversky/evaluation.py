@@ -28,6 +28,7 @@ import pathlib
 import numpy as np
 
 from tfversky import inference, io, metrics, plan as plan_lib, plotting
+from tfversky._files import atomic_path, atomic_write_text
 
 RESULT_FILE = "evaluation.json"
 COUNTS = ("tp", "fp", "fn", "tn")
@@ -119,9 +120,10 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
         raise ValueError("Invalid value for argument `volumes`: no test volumes to evaluate. "
                          "Check the split (e.g. --fold) holds subjects.")
     evaluator.save(out / "evaluator.npz")
-    np.savez_compressed(out / "subject_curves.npz", **{
-        f"{name}/{part}": values for name, (precision, recall, _) in curves.items()
-        for part, values in (("precision", precision), ("recall", recall))})
+    with atomic_path(out / "subject_curves.npz") as partial:
+        np.savez_compressed(partial, **{
+            f"{name}/{part}": values for name, (precision, recall, _) in curves.items()
+            for part, values in (("precision", precision), ("recall", recall))})
     pooled = evaluator.result()
     precision, recall, _ = evaluator.precision_recall_curve()
     by_load = sorted(subjects, key=lambda s: s["lesion_voxels"])
@@ -135,7 +137,7 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     result = {"pooled": {**{k: pooled[k] for k in metrics.PAPER_METRICS + COUNTS},
                          **metrics.pool_lesion_counts(lesion_counts)},
               "subjects": subjects}
-    (out / RESULT_FILE).write_text(json.dumps(result, indent=2, default=float))
+    atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2, default=float))
     return result
 
 

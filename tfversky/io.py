@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from tfversky._extras import require
+from tfversky._files import atomic_path
 
 # Two volumes share a voxel grid when their shapes match and no corner of the grid moves by
 # more than this many mm between their affines. Registered scans of one subject agree to
@@ -234,17 +235,8 @@ def save_like(data, reference, path) -> None:
     header.set_data_dtype(data.dtype)
     header.set_slope_inter(1.0, 0.0)  # stored values are the values: no rescaling on read
     header["descrip"] = b"tfversky"
-    # Written beside the target and renamed: a failed or interrupted write leaves no
-    # half-written file under the target's name.
-    folder, name = os.path.split(os.path.abspath(path))
-    partial = os.path.join(folder, f".{name}.partial-{os.getpid()}" + (
-        ".nii.gz" if name.endswith(".gz") else ".nii"))
-    try:
+    with atomic_path(path) as partial:  # never a half-written mask under its name
         nib.save(image, partial)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
 
 
 def to_ras(data: np.ndarray, affine) -> tuple[np.ndarray, np.ndarray]:
