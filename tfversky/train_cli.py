@@ -476,8 +476,10 @@ def training_plan(args, modalities, grid, placement: str = "brain_bbox"):
 
 # --- 4. the run folder and training ----------------------------------------------------------
 
-# What makes a folder a run's (a run.json-less one comes from an older tfversky).
-_RUN_FILES = (RUN_RECORD, "results.json", "backup", "training_log.csv", "model.keras")
+# What makes a folder a run's (a run.json-less one comes from an older tfversky; a
+# worker-N folder alone, from a multi-worker run whose chief has not written yet).
+_RUN_FILES = (RUN_RECORD, "results.json", "backup", "training_log.csv", "model.keras",
+              "worker-*")
 
 
 def run_record(args) -> dict:
@@ -508,7 +510,7 @@ def check_run_folder(args) -> dict | None:
         raise cli.UsageError(f"--out {args.out!r} is a file: give a folder for the run")
     if not out.is_dir() or not any(out.iterdir()):
         return None
-    if not any((out / name).exists() for name in _RUN_FILES):
+    if not any(any(out.glob(name)) for name in _RUN_FILES):
         raise cli.UsageError(f"--out {args.out!r} is not empty and holds no tfversky run: "
                              f"choose a new or empty folder (--overwrite replaces runs only)")
     if args.overwrite:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 @pytest.mark.parametrize("command, flags", [
     ("train", ("--val-subjects", "--val-every", "--monitor", "--patience", "--augment",
                "--augment-prob", "--augment-rotation", "--dataset", "--alpha", "--beta",
-               "--strategy", "--out")),
+               "--strategy", "--out", "--overwrite")),
     ("evaluate", ("--model", "--dataset", "--split", "--out", "--data-dir", "--modalities")),
 ])
 def test_help(command, flags, capsys):
