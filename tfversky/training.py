@@ -29,7 +29,9 @@ Wiring (what ``tfversky train`` / ``examples/train_ms.py`` do)::
 Resume: ``BackupAndRestore`` restores the weights and the epoch, not a checkpoint
 callback's best value. ``ValidationCallback`` writes its history and best value to
 ``validation.json`` after every validation and reads it back when training starts, keeping
-the entries of the epochs before the one training resumes at. With the backup last among
+the entries of the epochs before the one training resumes at (if the best model was saved
+by an epoch trained again, the selection restarts at that epoch, so that the saved model is
+always the selected epoch). With the backup last among
 the callbacks, an epoch's log row and validation are on disk before its backup: a killed
 run trains again only epochs whose records ``keep_epochs`` (the CSV log) and the callback
 (``validation.json``) then drop. These two files, not Keras's in-process ``History``
@@ -384,6 +386,10 @@ class ValidationCallback(keras.callbacks.Callback):
         kept = [{k: math.nan if v is None else v for k, v in e.items()}
                 for e in state["history"] if e["epoch"] <= start_epoch]
         self._replay(kept)
+        if (state.get("selected_epoch") or 0) > start_epoch:
+            # best_path holds an epoch trained again, no kept one: the selection restarts
+            # there, so the saved model is always the selected epoch.
+            self.best = self.selected_epoch = None
 
     # -- Keras hooks ---------------------------------------------------------------------
 
