@@ -103,7 +103,7 @@ def run_setting(args, alpha: float, beta: float, out: pathlib.Path) -> list[path
 
 # Flags that differ between the runs of one reproduction, and those that cannot change a run.
 PER_RUN_FLAGS = ("alpha", "beta", "fold", "seed", "settings", "seeds") + \
-    train_cli.NON_RECIPE_FLAGS
+    train_cli.OUTPUT_ONLY_FLAGS
 
 
 def check_reproduction(args) -> None:
@@ -135,21 +135,23 @@ def run_all(args, out: pathlib.Path) -> dict:
     return runs
 
 
-def summarize(runs: dict) -> tuple[dict, dict, dict]:
-    """Pools folds per seed; returns per-seed pooled metrics, subject means and Fig. 2 data.
+def summarize(runs: dict) -> tuple[dict, dict, dict, str]:
+    """Pools folds per seed; returns per-seed pooled metrics, subject means, Fig. 2 data and
+    the sample the tests pair over.
 
     Returns:
         ``pooled[(alpha, beta)][metric]``: list over seeds; ``subjects[(alpha, beta)][metric]``:
-        ``{subject: mean over seeds}``; ``first[(alpha, beta)]``: the first seed's
-        (evaluator, subjects, curves) for the figure.
+        ``{subject: mean over its scans and the seeds}``; ``first[(alpha, beta)]``: the first
+        seed's (evaluator, rows, curves) for the figure; ``"n subjects (m scans)"``.
     """
     from tfversky import evaluation, statistics
     from tfversky.metrics import PAPER_METRICS
 
-    pooled, subjects, first = {}, {}, {}
+    pooled, subjects, first, rows = {}, {}, {}, []
     for setting, by_seed in runs.items():
         results = {seed: evaluation.pool_folds(folders)
                    for seed, folders in sorted(by_seed.items())}
+        rows += [row for _, scans, _ in results.values() for row in scans]
         first[setting] = results[min(results)]
         pooled[setting] = {m: [r[0].result()[m] for r in results.values()]
                            for m in PAPER_METRICS}
@@ -157,7 +159,7 @@ def summarize(runs: dict) -> tuple[dict, dict, dict]:
             m: statistics.subject_means((s["subject"], s[m]) for _, per_subject, _ in
                                         results.values() for s in per_subject)
             for m in PAPER_METRICS}
-    return pooled, subjects, first
+    return pooled, subjects, first, statistics.units(rows)
 
 
 def write_table(pooled: dict, out: pathlib.Path) -> list[str]:
@@ -188,18 +190,21 @@ def write_table(pooled: dict, out: pathlib.Path) -> list[str]:
     return lines
 
 
-def write_statistics(subjects: dict, out: pathlib.Path) -> list[str]:
-    """The paired comparison against Dice, the trend tests and the claims (Markdown lines)."""
+def write_statistics(subjects: dict, out: pathlib.Path, sample: str = "subjects") -> list[str]:
+    """The paired comparison against Dice, the trend tests and the claims (Markdown lines),
+    over ``sample`` (``"n subjects (m scans)"``)."""
     import dataclasses
 
     from tfversky import statistics
 
-    lines, report = [], {"unit": "subject (each subject's metric averaged over seeds first)"}
+    lines, report = [], {"unit": "subject (each subject's metric averaged over its scans and "
+                                 "the seeds first)", "sample": sample}
     if statistics.DICE in subjects and len(subjects) > 1:
         comparisons = statistics.compare_settings(subjects)
-        lines += ["", "Each setting against Dice (0.5, 0.5), paired over subjects: mean "
-                      "difference in points, 95 % bootstrap CI over subjects, Wilcoxon "
-                      "signed-rank p, Holm-adjusted over the whole table.", "",
+        lines += ["", f"Each setting against Dice (0.5, 0.5), paired over {sample} (a "
+                      f"subject's scans and seeds averaged first): mean difference in points, "
+                      f"95 % bootstrap CI over subjects, Wilcoxon signed-rank p, Holm-adjusted "
+                      f"over the whole table.", "",
                   "| alpha, beta | metric | difference | 95 % CI | Wilcoxon p | Holm p | "
                   "subjects |", "|---|---|---|---|---|---|---|"]
         for ((alpha, beta), metric), c in comparisons.items():
@@ -215,6 +220,10 @@ def write_statistics(subjects: dict, out: pathlib.Path) -> list[str]:
     return lines
 
 
+def _scan(row: dict) -> str:
+    return row.get("scan_id") or row["subject"]  # rows of runs saved before scan ids
+
+
 def figure_panels(pooled_first: dict) -> dict:
     """Fig. 2's three panels from each setting's first seed: all data, highest, lowest load."""
     panels, loads = {"(a) all test data": {}}, None
@@ -224,10 +233,10 @@ def figure_panels(pooled_first: dict) -> dict:
         panels["(a) all test data"][label] = (precision, recall, evaluator.result()["apr"])
         if loads is None:  # the same subjects in every setting: pick them once
             by_load = sorted(subjects, key=lambda s: s["lesion_voxels"])
-            loads = {"(b) highest lesion load": by_load[-1]["subject"],
-                     "(c) lowest lesion load": by_load[0]["subject"]}
+            loads = {"(b) highest lesion load": _scan(by_load[-1]),
+                     "(c) lowest lesion load": _scan(by_load[0])}
         for panel, name in loads.items():
-            apr = next(s["apr"] for s in subjects if s["subject"] == name)
+            apr = next(s["apr"] for s in subjects if _scan(s) == name)
             panels.setdefault(f"{panel}: {name}", {})[label] = (
                 curves[name]["precision"], curves[name]["recall"], apr)
     return panels
@@ -243,11 +252,11 @@ def main(argv=None) -> int:
         if args.num_folds is None:  # check_args left a user dataset's folds to the dataset
             train_cli.resolve_folds(args, train_cli.dataset_adapter(args).open_dataset(args))
         check_reproduction(args)
-        pooled, subjects, first = summarize(run_all(args, out))
+        pooled, subjects, first, sample = summarize(run_all(args, out))
     except cli.UsageError as error:
         print(f"reproduce_table1.py: error: {error}", file=sys.stderr)
         return 2
-    lines = write_table(pooled, out) + write_statistics(subjects, out)
+    lines = write_table(pooled, out) + write_statistics(subjects, out, sample)
     (out / "table1.md").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
     plotting.plot_pr_panels(figure_panels(first), out / "fig2.png")

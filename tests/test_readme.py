@@ -13,6 +13,7 @@ def test_quick_start_runs(tiny_data_dir, capsys):
         '"ms_lesions/synthetic", "fold0")': f'"ms_lesions/synthetic_tiny", "fold0", data_dir=r"{tiny_data_dir}")',
         '"ms_lesions/synthetic", "fold1")': f'"ms_lesions/synthetic_tiny", "fold1", data_dir=r"{tiny_data_dir}")',
         "patch_size=(48, 48, 48)": "patch_size=(16, 16, 16)",
+        "patch_size=48)": "patch_size=16)",
         "steps_per_epoch=100, epochs=10": "steps_per_epoch=2, epochs=1, verbose=0",
     }
     for text, replacement in shrunk.items():

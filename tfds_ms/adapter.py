@@ -14,8 +14,10 @@ USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", 
                 "grid_spacing")
 
 
-def open_dataset(args):
-    """The ``ms_lesions`` builder of ``--dataset`` and its options; ``UsageError`` if wrong."""
+def open_dataset(args, prepare: bool = True):
+    """The ``ms_lesions`` builder of ``--dataset`` and its options; ``UsageError`` if wrong.
+    With ``prepare=False`` nothing is built: its description (``describe``) is known, its
+    splits are not."""
     UsageError = cli.UsageError
     try:  # the builder is an adapter: only this step needs it
         import tensorflow_datasets as tfds
@@ -48,7 +50,7 @@ def open_dataset(args):
                        num_folds=args.num_folds)
     try:
         builder = tfds_ms.builder(args.dataset, data_dir=args.data_dir,
-                                  manual_dir=args.manual_dir, **options)
+                                  manual_dir=args.manual_dir, prepare=prepare, **options)
     except _dataset_errors(tfds) as error:
         raise UsageError(f"--dataset {args.dataset}: {error}".splitlines()[0]) from None
     return builder

@@ -8,8 +8,7 @@ one-line message on stderr and exit code 2, without a traceback.
         --image FLAIR=FLAIR.nii.gz --out seg.nii.gz --probabilities lesion_prob.nii.gz
     tfversky predict --model model.keras -i imagesTs -o predictions   # CASE_0000.nii.gz, ...
     tfversky train --out runs/demo                 # tfversky.train_cli: validated, augmented
-    tfversky evaluate --model runs/demo/model.keras --dataset ms_lesions/synthetic --split fold1 \\
-        --out runs/demo/test
+    tfversky evaluate --model runs/demo/model.keras --out runs/demo/test   # its own test split
 """
 
 from __future__ import annotations
@@ -130,8 +129,9 @@ def _add_predict(subparsers) -> None:
                              "scan's voxel size; default: 0, keep all)")
     parser.add_argument("--patch-size", type=_patch_size, default=None, metavar="N|D,H,W",
                         help="sliding-window patch, an int or D,H,W; multiples of the model's "
-                             "downsampling (default: the plan's, else the model's input size, "
-                             "else 128)")
+                             "downsampling (default: the plan's training patch; a model whose "
+                             "plan records it runs on no other; a plan-less model: its input "
+                             "size, else 128)")
     parser.add_argument("--overlap", type=_fraction(low_open=False), default=None,
                         metavar="F", help="fraction of a patch shared by neighbouring windows "
                                           "(default: the plan's, 0.5)")
@@ -307,6 +307,10 @@ def _predict(args) -> int:
     cases, masks = _cases(args, plan, folder_mode)
 
     model = _load_model(args.model)
+    try:  # before any case: a window the model was not trained on is refused
+        inference.check_window(model, plan, args.patch_size)
+    except ValueError as err:
+        raise UsageError(f"--patch-size: {err}") from None
     grid_affine = _registration(plan) if plan.placement == "registration" else None
     options = dict(plan=plan, resample_to_first=args.resample_to_first, grid_affine=grid_affine,
                    threshold=args.threshold, min_lesion_mm3=args.min_lesion_size,

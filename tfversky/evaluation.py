@@ -62,8 +62,8 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
 
     Returns:
         ``{"pooled": {metric: value, tp, fp, fn, tn, ltpr, lfpr, lesion_f1, ...},
-        "subjects": [{"subject", "lesion_voxels", metrics...}]}``, also written to
-        ``out/evaluation.json``.
+        "subjects": [{"subject", "scan_id", "lesion_voxels", metrics...}]}`` (one row per
+        scan, naming its subject), also written to ``out/evaluation.json``.
 
     Raises:
         ValueError: no volumes, or a model that does not fit its plan.
@@ -77,8 +77,10 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     >>> image = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
     >>> result = evaluate_fold(model, [{"image": image, "label": label, "subject": "s1"}],
     ...                        tempfile.mkdtemp(), ignore_index=255, progress=False)
-    >>> [s["subject"] for s in result["subjects"]], sum(result["pooled"][k] for k in COUNTS)
-    (['s1'], 448)
+    >>> [(s["subject"], s["scan_id"]) for s in result["subjects"]]
+    [('s1', 's1')]
+    >>> sum(result["pooled"][k] for k in COUNTS)
+    448
     """
     import tqdm
 
@@ -91,7 +93,10 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     overlay = modalities.index("FLAIR") if "FLAIR" in modalities else 0
     for volume in tqdm.tqdm(volumes, desc="test", unit="subject", total=total,
                             disable=not progress):
-        name = str(volume.get("scan_id") or volume["subject"])
+        # A subject may have several scans (time points): rows are scans, each naming its
+        # subject, the statistical unit (tfversky.statistics averages a subject's scans).
+        subject = str(volume["subject"])
+        name = str(volume.get("scan_id") or subject)
         lesion_prob = inference.segment_on_grid(model, volume["image"], model_plan)
         truth, keep = _scored(volume, ignore_index)
         subject_evaluator = metrics.Evaluator(threshold)
@@ -100,7 +105,7 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
         predicted = (lesion_prob >= threshold) & keep
         lesions = metrics.lesion_metrics(truth, predicted)
         lesion_counts.append(lesions)
-        subjects.append({"subject": name, "lesion_voxels": int(truth.sum()),
+        subjects.append({"subject": subject, "scan_id": name, "lesion_voxels": int(truth.sum()),
                          **{k: scores[k] for k in metrics.PAPER_METRICS},
                          **{k: lesions[k] for k in ("ltpr", "lfpr", "lesion_f1")}})
         if all(k in volume for k in ("grid_affine", "affine", "shape")):
@@ -128,8 +133,8 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     precision, recall, _ = evaluator.precision_recall_curve()
     by_load = sorted(subjects, key=lambda s: s["lesion_voxels"])
     figure = {"all test data": (precision, recall, pooled["apr"])}
-    for label, subject in (("highest load", by_load[-1]), ("lowest load", by_load[0])):
-        figure[f"{label}: {subject['subject']}"] = curves[subject["subject"]]
+    for label, scan in (("highest load", by_load[-1]), ("lowest load", by_load[0])):
+        figure[f"{label}: {scan['scan_id']}"] = curves[scan["scan_id"]]
     loss = model_plan.loss or {}
     # alpha weighs false positives, beta false negatives (Salehi et al. 2017).
     setting = f", alpha={loss['alpha']}, beta={loss['beta']}" if "alpha" in loss else ""
@@ -144,9 +149,9 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
 def load_fold(folder):
     """(evaluator, subjects, curves) of a folder ``evaluate_fold`` wrote.
 
-    ``curves`` maps each subject to ``{"precision": array, "recall": array}``. The subjects
-    come from ``results.json`` when the folder has one (a training run), else from
-    ``evaluation.json``.
+    ``curves`` maps each scan to ``{"precision": array, "recall": array}``. The rows (one
+    per scan, with its ``subject`` and ``scan_id``) come from ``results.json`` when the
+    folder has one (a training run), else from ``evaluation.json``.
 
     Example:
 
@@ -158,7 +163,7 @@ def load_fold(folder):
     ...                            "label": np.zeros((8, 8, 8), "uint8"), "subject": "s1"}],
     ...                   folder, progress=False)
     >>> evaluator, subjects, curves = load_fold(folder)
-    >>> int(evaluator.counts.sum()), [s["subject"] for s in subjects], sorted(curves["s1"])
+    >>> int(evaluator.counts.sum()), [s["scan_id"] for s in subjects], sorted(curves["s1"])
     (512, ['s1'], ['precision', 'recall'])
     """
     folder = pathlib.Path(folder)

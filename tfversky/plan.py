@@ -8,7 +8,12 @@ model carries:
   ``ReferenceGrid``) and how it is placed on a scan (``placement``: the centre of the brain's
   bounding box, or rigid registration to the MNI152 template);
 * the normalisation (per-modality z-score inside the brain, clipped to percentiles);
-* the sliding-window settings (``patch_size``, ``overlap``) and the ``threshold``;
+* the training patch (``training_patch_size``) and the sliding-window settings
+  (``patch_size``: the training patch unless set, ``overlap``) and the ``threshold``;
+* the run record (``record``): the dataset (name, version, the options that decide its
+  content and folds), the training recipe and seed, and the subjects and splits it was
+  trained, validated and tested on, so ``tfversky evaluate`` can refuse data the model was
+  not made for;
 * the ``class_names``, whether the network outputs logits, the ``loss`` settings and the
   tfversky version that trained it.
 
@@ -69,8 +74,14 @@ class Plan:
             scaled to mean 0, std 1 inside the brain (``preprocessing.normalize_intensity``).
             Defaults to ``"zscore"``.
         clip_percentiles: Defaults to (0.5, 99.5).
-        patch_size: Sliding-window patch (int or (d, h, w)); None: the model's static size,
-            else ``inference.DEFAULT_PATCH_SIZE``. Defaults to None.
+        patch_size: Sliding-window patch (int or (d, h, w)); None: the training patch
+            (``training_patch_size``), else the model's static size, else
+            ``inference.DEFAULT_PATCH_SIZE``. A network that normalises per window (instance
+            or group normalisation) is run only on windows of its training patch
+            (``inference.check_window``). Defaults to None.
+        training_patch_size: The patch the network was trained on (int or (d, h, w)), or
+            None where unknown (plans saved before tfversky 0.x recorded it). Defaults to
+            None.
         overlap: Sliding-window overlap in [0, 1). Defaults to 0.5.
         threshold: Lesion where its probability is >= this, in (0, 1). Defaults to 0.5.
         class_names: One name per output channel. Defaults to ("background", "lesion").
@@ -78,6 +89,11 @@ class Plan:
         loss: The training loss's settings (e.g. ``TverskyLoss.get_config()``: alpha weighs
             false positives, beta false negatives, as in the paper). Defaults to {}.
         tfversky_version: The version that trained the model. Defaults to this one.
+        record: The run record (``tfversky.train_cli.run_record``): ``dataset`` (name,
+            version, options, modalities, grid, placement, folds, digest), ``recipe`` (the
+            flags that change the model, the seed) and ``splits`` (the training, validation
+            and test subjects). Empty for a model not trained by ``tfversky train``.
+            Defaults to {}.
 
     Raises:
         ValueError: for an unknown modality, placement or normalisation, or an out-of-range
@@ -98,12 +114,14 @@ class Plan:
     normalization: str = "zscore"
     clip_percentiles: tuple = (0.5, 99.5)
     patch_size: object = None
+    training_patch_size: object = None
     overlap: float = 0.5
     threshold: float = 0.5
     class_names: tuple = ("background", "lesion")
     from_logits: bool = False
     loss: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
     tfversky_version: str = ""
+    record: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
         setattr_ = object.__setattr__  # frozen: normalise the fields once, here
@@ -121,7 +139,8 @@ class Plan:
                              f"0 <= low < high <= 100. Received: "
                              f"clip_percentiles={self.clip_percentiles!r}")
         setattr_(self, "clip_percentiles", (low, high))
-        setattr_(self, "patch_size", _triple_or_none(self.patch_size, "patch_size"))
+        for name in ("patch_size", "training_patch_size"):
+            setattr_(self, name, _triple_or_none(getattr(self, name), name))
         if not 0 <= self.overlap < 1:
             raise ValueError(f"Invalid value for argument `overlap`: expected a fraction in "
                              f"[0, 1). Received: overlap={self.overlap!r}")
@@ -132,6 +151,7 @@ class Plan:
         setattr_(self, "threshold", float(self.threshold))
         setattr_(self, "class_names", tuple(str(name) for name in self.class_names))
         setattr_(self, "loss", dict(self.loss))
+        setattr_(self, "record", json.loads(json.dumps(self.record)))  # JSON-ready, a copy
         setattr_(self, "tfversky_version", self.tfversky_version or __version__)
 
     def to_dict(self) -> dict:
@@ -140,6 +160,12 @@ class Plan:
         fields["grid"] = {"shape": list(self.grid.shape), "spacing": list(self.grid.spacing),
                           "orientation": "RAS"}
         return json.loads(json.dumps(fields))  # tuples -> lists, as the file will hold them
+
+    @property
+    def window(self):
+        """The sliding window inference uses: ``patch_size``, else the training patch (None
+        where neither is known: the model's static size or the default then)."""
+        return self.patch_size or self.training_patch_size
 
     @classmethod
     def from_dict(cls, config: dict) -> "Plan":
@@ -159,8 +185,9 @@ class Plan:
         for name in ("modalities", "clip_percentiles", "class_names"):
             if name in config:
                 config[name] = tuple(config[name])
-        if isinstance(config.get("patch_size"), list):
-            config["patch_size"] = tuple(config["patch_size"])
+        for name in ("patch_size", "training_patch_size"):
+            if isinstance(config.get(name), list):
+                config[name] = tuple(config[name])
         return cls(**config)
 
     def describe(self) -> str:

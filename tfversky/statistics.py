@@ -30,10 +30,12 @@ SIGNIFICANCE = 0.05
 
 
 def subject_means(records) -> dict:
-    """Averages each subject's values over seeds (NaNs, e.g. no lesion, are skipped).
+    """Averages each subject's values over its scans and seeds (NaNs, e.g. no lesion, are
+    skipped): the subject is the statistical unit, so a subject scanned at several time
+    points (ISBI 2015, BIDS sessions) counts once in every test, never once per scan.
 
     Args:
-        records: Iterable of ``(subject, value)`` pairs, one per subject and seed.
+        records: Iterable of ``(subject, value)`` pairs, one per scan and seed.
 
     Returns:
         ``{subject: mean}`` in first-seen order; a subject whose values are all NaN is left
@@ -54,6 +56,23 @@ def subject_means(records) -> dict:
         raise ValueError("Invalid value for argument `records`: expected (subject, value) "
                          "pairs, received none.")
     return {s: float(np.nanmean(v)) for s, v in values.items() if not np.all(np.isnan(v))}
+
+
+def units(rows) -> str:
+    """``"n subjects (m scans)"`` of evaluation rows (dicts with ``subject`` and ``scan_id``;
+    repeats, e.g. seeds, count once): what every table states as its sample.
+
+    Example:
+
+    >>> units([{"subject": "a", "scan_id": "a_t1"}, {"subject": "a", "scan_id": "a_t2"},
+    ...        {"subject": "b", "scan_id": "b_t1"}, {"subject": "b", "scan_id": "b_t1"}])
+    '2 subjects (3 scans)'
+    """
+    rows = list(rows)
+    subjects = {str(r["subject"]) for r in rows}
+    scans = {(str(r["subject"]), str(r.get("scan_id") or r["subject"])) for r in rows}
+    return (f"{len(subjects)} subject{'s' * (len(subjects) != 1)} ({len(scans)} "
+            f"scan{'s' * (len(scans) != 1)})")
 
 
 def _paired(setting: dict, reference: dict) -> tuple[list, np.ndarray, np.ndarray]:

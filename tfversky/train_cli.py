@@ -3,8 +3,7 @@
     tfversky train --out runs/demo                             # the synthetic demo
     tfversky train --dataset ms_lesions/synthetic_lowres --val-every 2 --patience 5 \\
         --out runs/val
-    tfversky evaluate --model runs/val/model.keras --dataset ms_lesions/synthetic_lowres \\
-        --split fold1 --out runs/val/test
+    tfversky evaluate --model runs/val/model.keras --out runs/val/test
 
 ``train``: data (a ``ms_lesions`` config through the dataset adapter its entry point names,
 ``tfversky._adapters``) -> patches with nnU-Net's augmentations (``--augment default``) ->
@@ -16,7 +15,8 @@ default), whole-volume validation and model selection
 ``tfversky.inference.segment_on_grid``) -> the selected model evaluated on the test fold
 (``tfversky.evaluation.evaluate_fold``). ``examples/train_ms.py`` is this, as a script.
 
-``evaluate``: a saved model on any split of a dataset whose modalities match its plan.
+``evaluate``: a saved model on the test split of the data its run record names (or on data
+the record allows: the same grid, placement and modalities, never its training subjects).
 
 Mistakes a user can fix are ``cli.UsageError``: one line on stderr, exit code 2.
 """
@@ -34,11 +34,11 @@ import time
 from tfversky import _files, cli
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "default")
-RUN_RECORD = "run.json"  # the run's flags and versions, written before training starts
+RUN_JSON = "run.json"  # the run's flags and versions, written before training starts
 # Flags that cannot change the trained model: where the run is written, what it prints,
 # where TFDS keeps its files (the data are compared by their version), and the subcommand
 # plumbing. A killed run resumes only when every other flag is the one it recorded.
-NON_RECIPE_FLAGS = ("out", "overwrite", "verbose", "data_dir", "handler", "command")
+OUTPUT_ONLY_FLAGS = ("out", "overwrite", "verbose", "data_dir", "handler", "command")
 AUGMENT_CHOICES = ("none", "default", "all")
 LR_SCHEDULES = ("step", "poly")
 
@@ -182,8 +182,6 @@ def add_train_arguments(parser) -> None:
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--overlap", type=float, default=0.25,
                     help="sliding-window overlap of whole-volume inference")
-    ev.add_argument("--inference-patch", type=int, default=128,
-                    help="sliding-window edge of whole-volume inference")
     ev.add_argument("--threshold", type=float, default=0.5, help="lesion if p >= threshold")
     parser.add_argument("--out", default="runs/train_ms",
                         help="output folder; the same command again resumes a killed run there "
@@ -358,6 +356,66 @@ def flags_differing(saved: dict, args, ignore=()) -> list[str]:
     return differ
 
 
+# The flags that choose a dataset's content and folds (the rest of ``add_data_arguments``,
+# --data-dir, only says where TFDS keeps the built copy).
+DATASET_FLAGS = ("dataset", "manual_dir", "modalities", "subject_pattern", "mask_folder",
+                 "mask_pattern", "grid_shape", "grid_spacing", "num_folds")
+# Flags that change neither the data nor the trained model: left out of the recipe.
+NOT_RECIPE_FLAGS = DATASET_FLAGS + OUTPUT_ONLY_FLAGS
+
+
+def split_members(adapter, args, builder, split: str) -> list[tuple[str, str]]:
+    """The (subject, scan id) pairs of one split, in the split's order."""
+    volumes = adapter.read_split(args, builder, split)
+    return [(subject.decode(), scan.decode()) for subject, scan in
+            volumes.map(lambda e: (e["subject"], e["scan_id"])).as_numpy_iterator()]
+
+
+def fold_members(args, builder) -> tuple[dict, str]:
+    """``{fold: [(subject, scan id), ...]}`` of every fold of a built dataset, and a digest
+    of it: two copies of a dataset with other scans or other folds get other digests."""
+    import hashlib
+
+    adapter = dataset_adapter(args)
+    members = {f"fold{k}": split_members(adapter, args, builder, f"fold{k}")
+               for k in range(adapter.num_folds(args, builder))}
+    text = json.dumps({fold: sorted(pairs) for fold, pairs in members.items()}, sort_keys=True)
+    return members, hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_record(args, builder, description, splits: tuple[str, str], validation_ids=()) -> dict:
+    """A run's identity, written once into ``results.json`` and the model's plan: the dataset
+    (name, version, the options that decide its content and folds, its modalities, grid,
+    placement, folds and a digest of which scans sit in which fold), the recipe (every flag
+    that changes the model, the seed among them), the tfversky version, and the subjects the
+    run trained, validated and tested on. ``tfversky evaluate`` checks data against it."""
+    from tfversky._version import __version__
+
+    modalities, grid, _, placement = description
+    members, digest = fold_members(args, builder)
+
+    def subjects(split):
+        return sorted({subject for part in split.split("+") for subject, _ in members[part]})
+
+    train_split, test_split = splits
+    validation = sorted(map(str, validation_ids))
+    return {
+        "dataset": {"name": args.dataset, "version": dataset_version(args),
+                    "options": {k: getattr(args, k) for k in DATASET_FLAGS},
+                    "modalities": list(modalities),
+                    "grid": {"shape": list(grid.shape), "spacing": list(grid.spacing)},
+                    "placement": placement, "num_folds": args.num_folds,
+                    "digest": digest},
+        "recipe": json.loads(json.dumps({k: v for k, v in vars(args).items()
+                                         if k not in NOT_RECIPE_FLAGS}, default=str)),
+        "tfversky_version": __version__,
+        "splits": {"train": train_split, "test": test_split,
+                   "train_subjects": [s for s in subjects(train_split) if s not in validation],
+                   "validation_subjects": validation,
+                   "test_subjects": subjects(test_split)},
+    }
+
+
 def resolve_folds(args, builder=None) -> tuple[str, str] | None:
     """Sets ``args.num_folds`` to the dataset's folds when not given, checks ``--fold``
     against them, and returns ``data.fold_splits``'s (training, test) split names.
@@ -379,7 +437,7 @@ def resolve_folds(args, builder=None) -> tuple[str, str] | None:
 
 def load_splits(args, skip_batches: int = 0):
     """(training patches, test-fold volumes, (modalities, grid, ignore_index, placement),
-    validation volumes or None).
+    validation volumes or None, the run record ``run_record``).
 
     With ``--val-subjects``, that many training subjects (seeded by ``--seed``) are held out
     of the patches for whole-volume validation. Wrong datasets and options are
@@ -394,7 +452,7 @@ def load_splits(args, skip_batches: int = 0):
     train = adapter.read_split(args, builder, train_split, "--fold")
     test = adapter.read_split(args, builder, test_split, "--fold")
     description = adapter.describe(builder)
-    validation = None
+    validation, val_ids = None, ()
     if args.val_subjects:
         subjects = [s.decode() for s in train.map(lambda e: e["subject"]).as_numpy_iterator()]
         try:
@@ -413,7 +471,8 @@ def load_splits(args, skip_batches: int = 0):
                                  lesion_fraction=args.lesion_fraction, seed=args.seed,
                                  skip_batches=skip_batches,
                                  augment=augment_config(args, description[1].spacing))
-    return patches, test, description, validation
+    record = run_record(args, builder, description, (train_split, test_split), val_ids)
+    return patches, test, description, validation, record
 
 
 # --- 3. model and loss ------------------------------------------------------------------------
@@ -462,29 +521,33 @@ def build_model(args, modalities=None, ignore_index=None):
     return model
 
 
-def training_plan(args, modalities, grid, placement: str = "brain_bbox"):
+def training_plan(args, modalities, grid, placement: str = "brain_bbox", record=None):
     """What this run trains with, for the model's plan: the dataset's modalities and grid
-    (and how the grid was placed), the normalisation, and the evaluation's window settings."""
+    (and how the grid was placed), the normalisation, the training patch and the
+    evaluation's window settings, and the run record (``run_record``)."""
     from tfversky import plan
 
     loss = {"name": "TverskyLoss", "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma,
             "batch": args.batch_dice}  # alpha weighs false positives, beta false negatives
     return plan.Plan(modalities=tuple(modalities), grid=grid, placement=placement,
-                     patch_size=args.inference_patch, overlap=args.overlap,
-                     threshold=args.threshold, loss=loss)
+                     training_patch_size=args.patch_size,  # the window (check_window)
+                     overlap=args.overlap,
+                     threshold=args.threshold, loss=loss, record=record or {})
 
 
 # --- 4. the run folder and training ----------------------------------------------------------
 
 # What makes a folder a run's (a run.json-less one comes from an older tfversky; a
 # worker-N folder alone, from a multi-worker run whose chief has not written yet).
-_RUN_FILES = (RUN_RECORD, "results.json", "backup", "training_log.csv", "model.keras",
+_RUN_FILES = (RUN_JSON, "results.json", "backup", "training_log.csv", "model.keras",
               "worker-*")
 
 
-def run_record(args) -> dict:
-    """What a run is made of, as ``run.json`` and ``results.json`` record it: its flags
-    (``config``) and the versions of tfversky and of the dataset."""
+def run_started(args) -> dict:
+    """What ``run.json`` records before training (and ``results.json`` after): the flags
+    (``config``) and the versions of tfversky and of the dataset, all that a resume is
+    checked against before any data are built (``run_record``, the data's identity, needs
+    them built)."""
     import tfversky
 
     return {"config": {k: v for k, v in vars(args).items() if k not in ("handler", "command")},
@@ -493,14 +556,14 @@ def run_record(args) -> dict:
 
 def check_run_folder(args) -> dict | None:
     """What ``--out`` holds, checked before any work: None to start a run (a new or empty
-    folder, or a run with ``--overwrite``), or the record (``run.json``) of a killed run that
+    folder, or a run with ``--overwrite``), or what ``run.json`` holds of a killed run that
     these flags resume.
 
     Raises:
         cli.UsageError: ``--out`` is a file; a non-empty folder that holds no run (even
             with ``--overwrite``: only a run's files are ever removed); a finished run
-            (``results.json``) without ``--overwrite``; a killed run without a record, of
-            another tfversky version, or made with flags (``NON_RECIPE_FLAGS`` aside) or
+            (``results.json``) without ``--overwrite``; a killed run without ``run.json``, of
+            another tfversky version, or made with flags (``OUTPUT_ONLY_FLAGS`` aside) or
             data that differ, each named. The folder is left as it was.
     """
     import tfversky
@@ -519,41 +582,41 @@ def check_run_folder(args) -> dict | None:
     if (out / "results.json").exists():
         raise cli.UsageError(f"--out {args.out!r} holds a finished run (results.json), left as "
                              f"it is: {again}")
-    if not (out / RUN_RECORD).exists():
+    if not (out / RUN_JSON).exists():
         raise cli.UsageError(f"--out {args.out!r} holds a killed run with no record of its "
-                             f"flags ({RUN_RECORD}; made by an older tfversky), which cannot "
+                             f"flags ({RUN_JSON}; made by an older tfversky), which cannot "
                              f"be resumed safely: {again}")
-    record = json.loads((out / RUN_RECORD).read_text())
-    version = record.get("versions", {}).get("tfversky")
+    started = json.loads((out / RUN_JSON).read_text())
+    version = started.get("versions", {}).get("tfversky")
     if version != tfversky.__version__:
         raise cli.UsageError(f"--out {args.out!r} holds a killed run of tfversky {version} and "
                              f"this is {tfversky.__version__}: a resumed run would mix two "
                              f"versions; finish it with tfversky {version}, or {again}")
-    differ = flags_differing(record, args, ignore=NON_RECIPE_FLAGS)
+    differ = flags_differing(started, args, ignore=OUTPUT_ONLY_FLAGS)
     if differ:
         raise cli.UsageError(f"--out {args.out!r} holds a killed run made with other flags or "
                              f"data ({'; '.join(differ)}): resume it with its own, or {again}")
-    return record
+    return started
 
 
-def start_run_folder(args, out: pathlib.Path, record: dict | None) -> dict:
+def start_run_folder(args, out: pathlib.Path, started: dict | None) -> dict:
     """Makes ``out`` ready (the chief's part of ``check_run_folder``): a run being started
     over is moved aside in one rename and then deleted (a kill leaves it whole beside
-    ``out``, never half of it in ``out``), and a new run's record is written before
-    training. Returns the record."""
-    if record is None and args.overwrite and out.is_dir() and any(out.iterdir()):
+    ``out``, never half of it in ``out``), and a new run's ``run.json`` is written before
+    training. Returns what ``run.json`` holds."""
+    if started is None and args.overwrite and out.is_dir() and any(out.iterdir()):
         aside = _files.partial_name(out)
         os.rename(out, aside)
         shutil.rmtree(aside)
     out.mkdir(parents=True, exist_ok=True)
-    if record is None:
-        record = {**run_record(args), "training_finished": False}
-        _write_record(out, record)
-    return record
+    if started is None:
+        started = {**run_started(args), "training_finished": False}
+        _write_run_json(out, started)
+    return started
 
 
-def _write_record(out: pathlib.Path, record: dict) -> None:
-    _files.atomic_write_text(out / RUN_RECORD, json.dumps(record, indent=1, default=str))
+def _write_run_json(out: pathlib.Path, started: dict) -> None:
+    _files.atomic_write_text(out / RUN_JSON, json.dumps(started, indent=1, default=str))
 
 
 def completed_epochs(backup: pathlib.Path) -> int:
@@ -562,11 +625,12 @@ def completed_epochs(backup: pathlib.Path) -> int:
     return json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
 
 
-def train(args, strategy, out: pathlib.Path, chief: bool, record: dict) -> dict:
+def train(args, strategy, out: pathlib.Path, chief: bool, started: dict) -> dict:
     """Builds the data and the model and runs ``model.fit`` (resuming a killed run, skipped
-    when ``record``, the run's ``run.json``, says training finished); returns what the
-    evaluation needs: ``test``, ``modalities`` and ``ignore_index``. What training did is
-    in the run folder: the CSV log, ``validation.json`` and the models."""
+    when ``started``, the run's ``run.json``, says training finished); returns what the
+    evaluation needs: ``test``, ``modalities``, ``ignore_index`` and ``record`` (the run
+    record, ``run_record``). What training did is in the run folder: the CSV log,
+    ``validation.json`` and the models."""
     import keras
 
     from tfversky import data, inference, plan, training
@@ -576,23 +640,23 @@ def train(args, strategy, out: pathlib.Path, chief: bool, record: dict) -> dict:
     # A resumed run continues the patch stream where the killed one stopped, so it trains
     # on exactly the batches an uninterrupted run would have.
     work.mkdir(parents=True, exist_ok=True)
-    finished = record.get("training_finished", False)
+    finished = started.get("training_finished", False)
     done = completed_epochs(work / "backup")
     if finished:
         print(f"training in {out} finished before: evaluating its model.keras")
     elif done:
         print(f"resuming after epoch {done} from {work / 'backup'}")
-    patches, test, (modalities, grid, ignore_index, placement), val = load_splits(
+    patches, test, (modalities, grid, ignore_index, placement), val, record = load_splits(
         args, skip_batches=done * args.steps_per_epoch)
     print(f"data: {args.dataset}, inputs {', '.join(modalities)} on a "
           f"{'x'.join(map(str, grid.shape))} grid of {' x '.join(f'{s:g}' for s in grid.spacing)} "
           f"mm" + (f", label {ignore_index} ignored by the loss" if ignore_index is not None
                    else ""))
     if finished:
-        return dict(test=test, modalities=modalities, ignore_index=ignore_index)
+        return dict(test=test, modalities=modalities, ignore_index=ignore_index, record=record)
     # Epochs logged after the last backup are trained again: their rows go.
     training.keep_epochs(work / training.LOG_FILE, done)
-    model_plan = training_plan(args, modalities, grid, placement)
+    model_plan = training_plan(args, modalities, grid, placement, record)
     with strategy.scope():
         # The plan rides in every .keras file written below, so `tfversky predict` prepares
         # scans as these volumes were.
@@ -628,9 +692,9 @@ def train(args, strategy, out: pathlib.Path, chief: bool, record: dict) -> dict:
         with _files.atomic_path(out / "model.keras") as partial:
             shutil.copyfile(out / "last.keras", partial)
     if chief:
-        _write_record(out, {**record, "training_finished": True})
+        _write_run_json(out, {**started, "training_finished": True})
     shutil.rmtree(work / "backup", ignore_errors=True)
-    return dict(test=test, modalities=modalities, ignore_index=ignore_index)
+    return dict(test=test, modalities=modalities, ignore_index=ignore_index, record=record)
 
 
 # --- 5. evaluation and report -----------------------------------------------------------------
@@ -639,18 +703,22 @@ def train(args, strategy, out: pathlib.Path, chief: bool, record: dict) -> dict:
 def print_report(results: dict, out: pathlib.Path, files=()) -> None:
     from tfversky import metrics
 
-    rows = results["subjects"] + [{"subject": "pooled", **results["pooled"]}]
+    from tfversky import statistics
+
+    scans = results["subjects"]
+    rows = [(r.get("scan_id") or r["subject"], r) for r in scans]
+    rows.append((f"pooled, {statistics.units(scans)}", results["pooled"]))
     keys = metrics.PAPER_METRICS + ("ltpr", "lfpr")
-    width = max(len(r["subject"]) for r in rows)
-    print(f"\n{'subject':<{width}}  " + "  ".join(f"{k:>11}" for k in keys))
-    for row in rows:
-        print(f"{row['subject']:<{width}}  " + "  ".join(f"{100 * row[k]:>10.2f}%" for k in keys))
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{'scan':<{width}}  " + "  ".join(f"{k:>11}" for k in keys))
+    for name, row in rows:
+        print(f"{name:<{width}}  " + "  ".join(f"{100 * row[k]:>10.2f}%" for k in keys))
     print(f"\nwritten to {out}:")
     for path in files:
         print(f"  {out / path}")
 
 
-def training_record(out: pathlib.Path, args) -> dict:
+def persisted_training(out: pathlib.Path, args) -> dict:
     """``history``, ``selection`` and ``timing`` of ``results.json``, from the files a resume
     keeps (every epoch of every process that trained the run): the CSV log and the
     validation record. Keras's ``History`` holds only the last process's epochs.
@@ -689,7 +757,7 @@ def run(args) -> dict:
     """Trains, selects and evaluates one run (``tfversky train``); returns ``results.json``'s
     content (empty on a non-chief worker)."""
     check_args(args)
-    record = check_run_folder(args)  # a refusal leaves the folder as it was
+    started = check_run_folder(args)  # a refusal leaves the folder as it was
     strategy = make_strategy(args.strategy, args.cpu_replicas)  # before any other TF work
     import keras
     import tensorflow as tf
@@ -704,7 +772,7 @@ def run(args) -> dict:
     out = pathlib.Path(args.out)
     chief = training.is_chief(strategy)
     if chief:
-        record = start_run_folder(args, out, record)
+        started = start_run_folder(args, out, started)
     else:
         out.mkdir(parents=True, exist_ok=True)
     # What "auto" resolves to here, inside XLA too (Keras's default on a single GPU).
@@ -715,30 +783,30 @@ def run(args) -> dict:
           f"{keras.__version__}; strategy {type(strategy).__name__} with "
           f"{strategy.num_replicas_in_sync} replica(s); loss: {loss_impl}, alpha={args.alpha} "
           f"(FP), beta={args.beta} (FN)")
-    trained = train(args, strategy, out, chief, record or {})
+    trained = train(args, strategy, out, chief, started or {})
     if not chief:
         return {}
     # The selected model is evaluated, loaded from its file outside the strategy: inference
     # runs locally (the other workers have finished) and checks the artifact users get.
     model = keras.models.load_model(out / "model.keras")
     test = trained["test"]
-    persisted = training_record(out, args)
+    persisted = persisted_training(out, args)
     start = time.perf_counter()
     results = evaluation.evaluate_fold(model, data.iterate_volumes(test), out,
                                        ignore_index=trained["ignore_index"],
                                        total=int(test.cardinality()))
     persisted["timing"]["inference_seconds"] = time.perf_counter() - start
-    identity = run_record(args)
+    identity = run_started(args)
     identity["versions"].update(tensorflow=tf.__version__, keras=keras.__version__)
     results.update(**identity, modalities=list(trained["modalities"]), **persisted,
-                   loss_implementation=loss_impl)
+                   loss_implementation=loss_impl, record=trained["record"])
     _files.atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float))
     selection = results["selection"]
     print(f"\nselected epoch {selection['selected_epoch']}" + (
         f" ({selection['monitor']} {selection['best']:.4f})" if selection["best"] is not None
         else f" ({selection['note']})"))
     print_report(results, out, ["results.json", "model.keras", "last.keras", "pr_curve.png",
-                                "overlays/", "predictions/", "training_log.csv", RUN_RECORD,
+                                "overlays/", "predictions/", "training_log.csv", RUN_JSON,
                                 "logs/"])
     return results
 
@@ -768,19 +836,100 @@ def add_evaluate(subparsers) -> None:
         "evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="score a saved model on a split of a dataset (per subject, pooled, lesion-wise)",
         description="Whole-volume inference of a saved model on every volume of a dataset "
-                    "split, through the same path as predict: per-subject and pooled DSC, "
+                    "split, through the same path as predict: per-scan and pooled DSC, "
                     "sensitivity, specificity, F2, APR, lesion-wise LTPR/LFPR, PR curves, "
-                    "overlays and the masks on each scan. The dataset's modalities must be the "
-                    "model's (its plan).")
+                    "overlays and the masks on each scan. The dataset and the test split come "
+                    "from the model's run record (its plan); dataset flags that differ from it, "
+                    "and splits holding the model's training or validation subjects, are "
+                    "refused.")
     parser.add_argument("--model", required=True, metavar="FILE",
                         help="a .keras model saved by tfversky train (carrying its plan)")
-    parser.add_argument("--split", default="fold1",
-                        help="the split to score, e.g. fold1 or fold0+fold1")
+    parser.add_argument("--split", default=None,
+                        help="the split to score, e.g. fold1 or fold0+fold1 (default: the test "
+                             "split of the model's run record)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: evaluation.json, evaluator.npz, subject_curves.npz, "
                              "pr_curve.png, overlays/, predictions/")
     add_data_arguments(parser)
-    parser.set_defaults(handler=_evaluate)
+    parser.set_defaults(handler=_evaluate, dataset=None)  # None: the model's record says
+
+
+def _given_or_recorded(args, record: dict) -> list[str]:
+    """Fills the dataset flags not given from the run record; returns how the given ones
+    differ from it (one ``--flag X (trained on Y)`` each)."""
+    recorded = record.get("dataset", {}).get("options", {})
+    if args.dataset is not None and args.dataset != recorded.get("dataset", args.dataset):
+        return []  # another dataset (e.g. an external test set): checked on its grid etc.
+    differ = []
+    for name in DATASET_FLAGS:
+        given, saved = getattr(args, name, None), recorded.get(name)
+        if given is None:
+            setattr(args, name, saved)
+        elif saved is not None and str(given) != str(saved) and name != "manual_dir":
+            differ.append(f"--{name.replace('_', '-')} {given} (trained on {saved})")
+    return differ
+
+
+def _describe_training(record: dict) -> str:
+    splits = record.get("splits", {})
+    return (f"the model was trained on {splits.get('train')} "
+            f"({len(splits.get('train_subjects', []))} subjects), validated on "
+            f"{len(splits.get('validation_subjects', []))} of them and tested on "
+            f"{splits.get('test')}")
+
+
+def check_evaluation_data(args, model_plan, adapter, builder) -> str:
+    """Refuses data the model was not made for, before anything is built: every difference
+    from the model's plan and run record (grid, placement, modalities, folds, version, the
+    dataset flags) in one line, and a split that holds the model's training folds. Returns
+    the split to score (``--split``, else the record's test split)."""
+    record = model_plan.record
+    modalities, grid, _, placement = adapter.describe(builder)
+    differ = []
+    if tuple(modalities) != tuple(model_plan.modalities):
+        differ.append(f"modalities {','.join(modalities)} (the model takes "
+                      f"{','.join(model_plan.modalities)})")
+    if grid != model_plan.grid:
+        differ.append(f"grid {'x'.join(map(str, grid.shape))} at "
+                      f"{'x'.join(f'{v:g}' for v in grid.spacing)} mm (the model's: "
+                      f"{'x'.join(map(str, model_plan.grid.shape))} at "
+                      f"{'x'.join(f'{v:g}' for v in model_plan.grid.spacing)} mm)")
+    if placement != model_plan.placement:
+        differ.append(f"placement {placement} (the model's: {model_plan.placement})")
+    trained = record.get("dataset", {})
+    same_dataset = trained.get("name") == args.dataset
+    folds = adapter.num_folds(args, builder)
+    if same_dataset and trained.get("num_folds") not in (None, folds):
+        differ.append(f"{folds} folds (trained with {trained['num_folds']}: --num-folds "
+                      f"{trained['num_folds']})")
+    version = dataset_version(args)
+    if same_dataset and trained.get("version") not in (None, version):
+        differ.append(f"{args.dataset} version {version} (trained on {trained['version']})")
+    if differ:
+        raise cli.UsageError(
+            f"--model {args.model} was not made for this data: {'; '.join(differ)}. "
+            + (f"Leave the dataset flags out to evaluate on its own data ({trained['name']}); "
+               + _describe_training(record) if trained else
+               "Evaluate on data prepared as its plan says: " + model_plan.describe()))
+    split = args.split or record.get("splits", {}).get("test")
+    if split is None:
+        raise cli.UsageError(f"--model {args.model} records no test split: give --split "
+                             f"(e.g. fold1)")
+    names = [f"fold{k}" for k in range(folds or 0)]
+    unknown = [part for part in split.split("+") if names and part not in names]
+    if unknown:
+        raise cli.UsageError(f"--split {split!r}: {args.dataset} has no split "
+                             f"{unknown[0]!r}; its splits are {', '.join(names)} (join them "
+                             f"with +, e.g. {'+'.join(names[:2])})")
+    if same_dataset and record.get("splits"):
+        training_folds = set(record["splits"]["train"].split("+"))
+        used = sorted(training_folds & set(split.split("+")))
+        if used:
+            raise cli.UsageError(
+                f"--split {split}: {'+'.join(used)} held the model's training or validation "
+                f"subjects ({_describe_training(record)}); score {record['splits']['test']}, "
+                f"or train another fold")
+    return split
 
 
 def _evaluate(args) -> int:
@@ -788,8 +937,6 @@ def _evaluate(args) -> int:
 
     from tfversky import data, evaluation, plan as plan_lib
 
-    _check_dataset_name(args)
-    dataset_adapter(args).num_folds(args)  # --num-folds against a config's own: a UsageError
     if not os.path.isfile(args.model):
         raise cli.UsageError(f"--model file {args.model!r} does not exist")
     try:
@@ -798,15 +945,45 @@ def _evaluate(args) -> int:
             model_plan = plan_lib.read_plan(args.model)
     except ValueError as err:
         raise cli.UsageError(f"--model: {err}") from None
-    adapter = dataset_adapter(args)
-    builder = adapter.open_dataset(args)
-    modalities, _, ignore_index, _ = adapter.describe(builder)
-    if tuple(modalities) != tuple(model_plan.modalities):
+    record = model_plan.record
+    differ = _given_or_recorded(args, record)
+    if args.dataset is None:
         raise cli.UsageError(
-            f"--model {args.model!r} takes {','.join(model_plan.modalities)} but --dataset "
-            f"{args.dataset} holds {','.join(modalities)}: evaluate on a dataset with the "
-            f"model's modalities (nnunet/bids: --modalities {','.join(model_plan.modalities)})")
-    volumes = adapter.read_split(args, builder, args.split)
+            f"--model {args.model} carries no run record (trained before tfversky recorded "
+            f"one, or outside tfversky train): give the dataset flags (--dataset, and "
+            f"--manual-dir etc. for nnunet/bids); its data cannot be checked then")
+    if differ:
+        raise cli.UsageError(
+            f"--model {args.model} was trained on other data: {'; '.join(differ)}; leave "
+            f"these flags out to evaluate on its own data ({_describe_training(record)})")
+    _check_dataset_name(args)
+    adapter = dataset_adapter(args)
+    adapter.num_folds(args)  # --num-folds against a config's own: a UsageError
+    split = check_evaluation_data(args, model_plan, adapter,
+                                  adapter.open_dataset(args, prepare=False))
+    if not record:
+        print(f"warning: --model {args.model} carries no run record: the data and the split "
+              f"cannot be checked against what it was trained on", file=sys.stderr)
+    builder = adapter.open_dataset(args)  # builds the dataset on first use (minutes)
+    ignore_index = adapter.describe(builder)[2]
+    volumes = adapter.read_split(args, builder, split)
+    if record.get("dataset", {}).get("name") == args.dataset:
+        digest = fold_members(args, builder)[1]
+        if digest != record["dataset"].get("digest", digest):
+            raise cli.UsageError(
+                f"--model {args.model}: {args.dataset} now holds other scans or other folds "
+                f"than it was trained on (digest {digest}, trained on "
+                f"{record['dataset']['digest']}): its test split may hold training subjects; "
+                f"evaluate on the data it was trained on, or retrain")
+    seen = set(record.get("splits", {}).get("train_subjects", [])) | set(
+        record.get("splits", {}).get("validation_subjects", []))
+    overlap = sorted(seen & {subject for subject, _ in
+                             split_members(adapter, args, builder, split)}) if seen else []
+    if overlap:
+        raise cli.UsageError(
+            f"--split {split} holds {len(overlap)} subject(s) the model was trained or "
+            f"validated on ({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}): "
+            f"{_describe_training(record)}")
     model = cli._load_model(args.model)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -815,7 +992,7 @@ def _evaluate(args) -> int:
                                            plan=model_plan, ignore_index=ignore_index,
                                            total=int(volumes.cardinality()))
     except ValueError as err:
-        raise cli.UsageError(f"--split {args.split!r}: {' '.join(str(err).split())}") from None
+        raise cli.UsageError(f"--split {split!r}: {' '.join(str(err).split())}") from None
     print_report(results, out, [evaluation.RESULT_FILE, "evaluator.npz", "pr_curve.png",
                                 "overlays/", "predictions/"])
     return 0

@@ -14,7 +14,7 @@ from tfversky import cli, evaluation, metrics, statistics, train_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "ms_lesions/synthetic_tiny", "--patch-size", "16", "--depth", "3",
-        "--base-filters", "4", "--inference-patch", "32", "--epochs", "1",
+        "--base-filters", "4", "--epochs", "1",
         "--steps-per-epoch", "1", "--verbose", "0"]
 
 
@@ -114,7 +114,8 @@ def test_refuses_runs_on_another_version_of_the_data(reproduce, tmp_path):
 def test_mean_sd_over_seeds_and_statistics(reproduce, tmp_path):
     out = tmp_path / "table1"
     _, runs = _fake_reproduction(reproduce, out, reproduce.SETTINGS, seeds=3)
-    pooled, subjects, first = reproduce.summarize(runs)
+    pooled, subjects, first, sample = reproduce.summarize(runs)
+    assert sample == "6 subjects (6 scans)"
     # Mean +- sd by hand: each seed's pooled Evaluator over both folds.
     by_seed = [evaluation.pool_folds(runs[(0.3, 0.7)][seed])[0].result()["dsc"]
                for seed in range(3)]
@@ -132,7 +133,8 @@ def test_mean_sd_over_seeds_and_statistics(reproduce, tmp_path):
     seeds_of_s0 = [json.loads((runs[(0.3, 0.7)][seed][0] / "results.json").read_text())
                    ["subjects"][0]["dsc"] for seed in range(3)]
     assert dsc["s0"] == pytest.approx(np.mean(seeds_of_s0))
-    text = "\n".join(reproduce.write_statistics(subjects, out))
+    text = "\n".join(reproduce.write_statistics(subjects, out, sample))
+    assert "paired over 6 subjects (6 scans)" in text
     assert text.count("| dsc |") == 4 and "Holm" in text
     assert "Sensitivity rises with beta: holds here" in text  # built into the fake runs
     saved = json.loads((out / "statistics.json").read_text())

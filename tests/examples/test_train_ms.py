@@ -27,7 +27,7 @@ from tfversky.preprocessing import PAPER_GRID
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_ms.py"
 TINY = ["--dataset", "ms_lesions/synthetic_tiny", "--patch-size", "16", "--depth", "3",
-        "--base-filters", "4", "--inference-patch", "32", "--verbose", "2"]
+        "--base-filters", "4", "--verbose", "2"]
 
 
 def _load(name):
@@ -190,7 +190,7 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(data_dir, tmp_pat
 # --- user datasets: nnU-Net and BIDS ----------------------------------------------------------
 
 USER_GRID = ["--grid-shape", "16,24,24", "--grid-spacing", "10,8.4,8", "--patch-size", "16",
-             "--depth", "3", "--base-filters", "4", "--inference-patch", "32", "--verbose", "0",
+             "--depth", "3", "--base-filters", "4", "--verbose", "0",
              "--epochs", "1", "--steps-per-epoch", "2"]
 
 

@@ -345,6 +345,7 @@ def _corrupt(path):
     ("probabilities_is_out", ["--probabilities and --out"]),
     ("patch_not_multiple", ["patch_size", "multiple of 2", "8 or 10"]),
     ("model_with_3_classes", ["outputs 3 channel"]),
+    ("window_not_the_training_patch", ["--patch-size", "training patch 16x16x16, not 32x32x32"]),
     ("empty_scans", ["all zero"]),
     ("mask_on_other_grid", ["brain mask", "not on the scans' voxel grid"]),
     ("folder_and_case_mixed", ["do not mix"]),
@@ -394,6 +395,10 @@ def test_user_errors_exit_2_with_one_line(files, tmp_path, capsys, case, expecte
         replace["model"] = _save_model(tmp_path / "m.keras",
                                        plan.Plan(grid=GRID, patch_size=16,
                                                  class_names=("a", "b", "c")), num_classes=3)
+    elif case == "window_not_the_training_patch":
+        replace["model"] = _save_model(tmp_path / "m.keras",
+                                       plan.Plan(grid=GRID, training_patch_size=16))
+        extra = ["--patch-size", "32"]
     elif case == "empty_scans":
         for flag in ("t1", "t2", "flair"):
             replace[flag] = _write_scan(tmp_path / f"{flag}.nii.gz", np.zeros(SHAPE))

@@ -76,3 +76,22 @@ def test_masks_are_mapped_back_onto_the_scan(model, tmp_path):
 def test_no_volumes_is_an_error(model, tmp_path):
     with pytest.raises(ValueError, match="no test volumes"):
         evaluation.evaluate_fold(model, [], tmp_path, progress=False)
+
+
+def test_rows_are_scans_that_name_their_subject(model, tmp_path):
+    # ISBI 2015 style: one patient scanned twice. Rows are scans; the subject is the unit
+    # that the statistics average over (a scan is not a subject).
+    from tfversky import statistics
+
+    volumes = [{**_volume(0, "p1"), "scan_id": "p1_t1"}, {**_volume(1, "p1"), "scan_id": "p1_t2"},
+               {**_volume(2, "p2"), "scan_id": "p2_t1"}]
+    result = evaluation.evaluate_fold(model, volumes, tmp_path, progress=False)
+    rows = result["subjects"]
+    assert [(r["subject"], r["scan_id"]) for r in rows] == [("p1", "p1_t1"), ("p1", "p1_t2"),
+                                                           ("p2", "p2_t1")]
+    assert statistics.units(rows) == "2 subjects (3 scans)"
+    means = statistics.subject_means((r["subject"], r["dsc"]) for r in rows)
+    assert sorted(means) == ["p1", "p2"]
+    assert means["p1"] == pytest.approx((rows[0]["dsc"] + rows[1]["dsc"]) / 2)
+    _, _, curves = evaluation.load_fold(tmp_path)
+    assert sorted(curves) == ["p1_t1", "p1_t2", "p2_t1"]

@@ -163,7 +163,7 @@ def test_logits_without_from_logits_are_refused():
 
 import nibabel as nib  # noqa: E402
 
-from tfversky import inference, io, plan, preprocessing  # noqa: E402
+from tfversky import inference, io, metrics, plan, preprocessing  # noqa: E402
 
 # A 160x192x160 mm grid of 2 mm voxels: small enough for seconds per scan.
 SMALL_GRID = preprocessing.ReferenceGrid((80, 96, 80), (2.0, 2.0, 2.0))
@@ -309,3 +309,92 @@ def test_match_modalities_errors():
         inference.match_modalities({"T1": "a", "FLAIR": "d"}, default)
     with pytest.raises(ValueError, match="does not take PD"):
         inference.match_modalities({"T1": "a", "T2": "c", "FLAIR": "d", "PD": "e"}, default)
+
+
+@pytest.mark.parametrize("normalization, dependent", [
+    ("instance", True), ("group", True), ("batch", False), (None, False)])
+def test_window_dependent_layers(normalization, dependent):
+    model = unet3d(base_filters=4, depth=2, normalization=normalization, norm_groups=2)
+    assert bool(inference.window_dependent_layers(model)) is dependent
+
+
+def test_per_window_normalisation_runs_only_on_the_training_patch():
+    model = unet3d(base_filters=2, depth=2, normalization="instance")
+    volume = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
+    trained_on_8 = plan.attach(model, plan.Plan(grid=SMALL_GRID, training_patch_size=8))
+    direct = inference.segment_on_grid(trained_on_8, volume)  # the window: the training patch
+    assert direct.shape == (16, 16, 16)
+    np.testing.assert_allclose(inference.segment_on_grid(trained_on_8, volume, patch_size=8),
+                               direct)
+    with pytest.raises(ValueError, match="only on windows of its training patch 8x8x8, not "
+                                         "16x16x16: it normalises per window"):
+        inference.segment_on_grid(trained_on_8, volume, patch_size=16)
+    # A plan whose window differs from its training patch: refused too.
+    mismatched = plan.attach(model, plan.Plan(grid=SMALL_GRID, training_patch_size=8,
+                                              patch_size=16))
+    with pytest.raises(ValueError, match="training patch 8x8x8, not 16x16x16"):
+        inference.segment_on_grid(mismatched, volume)
+    # No training patch recorded: a warning that the window may not be the training one.
+    unknown = plan.attach(model, plan.Plan(grid=SMALL_GRID, patch_size=8))
+    with pytest.warns(plan.PlanWarning, match="does not record the patch it was trained on"):
+        inference.segment_on_grid(unknown, volume)
+
+
+def test_per_window_model_keeps_its_window_on_a_small_volume():
+    # A volume smaller than the patch is padded to the whole window, never run on a smaller
+    # window whose statistics the network did not see in training.
+    model = unet3d(base_filters=2, depth=2, normalization="instance")
+    volume = np.random.default_rng(1).normal(size=(6, 6, 6, 3)).astype(np.float32)
+    probs = predict_volume(model, volume, patch_size=8, progress=False)
+    padded = np.zeros((1, 8, 8, 8, 3), np.float32)
+    padded[0, :6, :6, :6] = volume
+    expected = np.asarray(model(padded))[0, :6, :6, :6]
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def _blobs(seed, size=32):
+    """A volume with bright cubes (the lesions) in noise, and their label."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros((size,) * 3, np.uint8)
+    for _ in range(6):
+        corner = rng.integers(0, size - 4, 3)
+        label[tuple(slice(c, c + int(rng.integers(2, 5))) for c in corner)] = 1
+    image = rng.normal(size=(size,) * 3 + (3,)) + 3.0 * label[..., None]
+    return image.astype(np.float32), label
+
+
+def test_trained_model_without_window_statistics_changes_on_larger_windows():
+    # The issue's check: one trained model, the same volume, a larger window against the
+    # training patch: DSC within 1 point, or the plan does not allow that window. Even
+    # batch normalisation (no per-window statistics) moved by ~2 points here (zero-padded
+    # window borders move), so no plan allows a window other than its training patch.
+    import tfversky
+
+    keras.utils.set_random_seed(0)
+    volumes = [_blobs(seed) for seed in range(4)]
+    rng = np.random.default_rng(0)
+
+    def patches():
+        while True:
+            batch = [volumes[i] for i in rng.integers(0, 3, 4)]
+            starts = rng.integers(0, 17, (4, 3))
+            yield (np.stack([im[a:a + 16, b:b + 16, c:c + 16] for (im, _), (a, b, c)
+                             in zip(batch, starts)]),
+                   np.stack([lb[a:a + 16, b:b + 16, c:c + 16] for (_, lb), (a, b, c)
+                             in zip(batch, starts)]))
+
+    model = unet3d(input_shape=(None, None, None, 3), base_filters=4, depth=2,
+                   normalization="batch")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=tfversky.TverskyLoss(0.3, 0.7, implementation="tf"))
+    model.fit(patches(), steps_per_epoch=60, epochs=1, verbose=0)
+    image, label = volumes[3]  # not trained on
+    unchecked = plan.Plan(grid=SMALL_GRID)  # no training patch recorded: any window runs
+    dsc = {window: metrics.evaluate(label == 1, inference.segment_on_grid(
+        model, image, unchecked, patch_size=window))["dsc"] for window in (32, 16)}
+    assert dsc[16] > 0.5, dsc  # a trained model, so the comparison means something
+    recorded = plan.Plan(grid=SMALL_GRID, training_patch_size=16)
+    print(f"DSC with 32^3 windows {dsc[32]:.3f}, with the 16^3 training patch {dsc[16]:.3f}")
+    with pytest.raises(ValueError, match="moves the zero-padded borders"):
+        inference.segment_on_grid(model, image, recorded, patch_size=32)
+    assert inference.check_window(model, recorded) == (16, 16, 16)

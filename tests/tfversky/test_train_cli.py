@@ -5,15 +5,17 @@ of the same code are in tests/examples/test_train_ms.py."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
 import tfds_ms
 from tfversky import cli, plan, training
 from tfversky.models import unet3d
+from tfversky.preprocessing import ReferenceGrid
 
 TINY = ["--dataset", "ms_lesions/synthetic_tiny", "--patch-size", "16", "--depth", "3",
-        "--base-filters", "4", "--inference-patch", "32", "--verbose", "0"]
+        "--base-filters", "4", "--verbose", "0"]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
@@ -105,9 +107,30 @@ def test_evaluate_refuses_a_model_of_other_modalities(tiny_data_dir, capsys, tmp
     line = _one_line_error(["evaluate", "--model", str(path), "--dataset",
                             "ms_lesions/synthetic_tiny", "--data-dir", tiny_data_dir,
                             "--out", str(tmp_path / "eval")], capsys)
-    assert f"--model '{path}' takes FLAIR but --dataset ms_lesions/synthetic_tiny holds " \
-           f"T1,T2,FLAIR" in line, line
+    assert f"--model {path} was not made for this data: modalities T1,T2,FLAIR (the model " \
+           f"takes FLAIR)" in line, line
     assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_refuses_a_model_planned_for_another_grid(tmp_path, capsys):
+    # A model planned for the paper's 128x224x256 grid scored on synthetic_tiny (32x56x64):
+    # refused before the dataset is built (no --data-dir copy exists), naming both grids.
+    path = tmp_path / "paper_grid.keras"
+    plan.attach(unet3d(base_filters=2, depth=2), plan.Plan(patch_size=8)).save(path)
+    data_dir = tmp_path / "tfds"
+    line = _one_line_error(["evaluate", "--model", str(path), "--dataset",
+                            "ms_lesions/synthetic_tiny", "--data-dir", str(data_dir), "--split",
+                            "fold1", "--out", str(tmp_path / "eval")], capsys)
+    assert "grid 32x56x64 at 5x3.6x3 mm (the model's: 128x224x256 at 1.25x0.9x0.75 mm)" in line
+    assert not (tmp_path / "eval").exists() and not list(data_dir.rglob("*.tfrecord*"))
+
+
+def test_evaluate_without_a_run_record_asks_for_the_dataset(tmp_path, capsys):
+    path = tmp_path / "bare.keras"
+    plan.attach(unet3d(base_filters=2, depth=2), plan.Plan(patch_size=8)).save(path)
+    line = _one_line_error(["evaluate", "--model", str(path), "--out", str(tmp_path / "e")],
+                           capsys)
+    assert "carries no run record" in line and "give the dataset flags" in line, line
 
 
 def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir, tmp_path):
@@ -132,11 +155,24 @@ def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir,
     # One training subject validated, the other trained on; the test fold is untouched.
     assert len(results["subjects"]) == 2
     assert list((out / "logs" / "validation").glob("events.out.tfevents.*"))
-    # evaluate on the same split sees what train's evaluation saw (the selected model).
+    # The run record: the dataset, its folds and the subjects of each split, in the
+    # results and in the model's plan alike.
+    record = results["record"]
+    assert record == plan.read_plan(out / "model.keras").record
+    assert record["dataset"]["name"] == "ms_lesions/synthetic_tiny"
+    assert record["dataset"]["num_folds"] == 2 and len(record["dataset"]["digest"]) == 16
+    splits = record["splits"]
+    assert (splits["train"], splits["test"]) == ("fold0", "fold1")
+    assert len(splits["train_subjects"]) == len(splits["validation_subjects"]) == 1
+    assert sorted(splits["test_subjects"]) == sorted(s["subject"] for s in results["subjects"])
+    assert record["recipe"]["seed"] == 0 and "out" not in record["recipe"]
+    # The window is the training patch (16), not a larger one.
+    assert plan.read_plan(out / "model.keras").window == (16, 16, 16)
+    # evaluate on the same split sees what train's evaluation saw (the selected model): the
+    # dataset and the test split come from the model's record.
     evaluated = tmp_path / "eval"
-    assert cli.main(["evaluate", "--model", str(out / "model.keras"), "--dataset",
-                     "ms_lesions/synthetic_tiny", "--data-dir", tiny_data_dir, "--split",
-                     "fold1", "--out", str(evaluated)]) == 0
+    assert cli.main(["evaluate", "--model", str(out / "model.keras"), "--data-dir",
+                     tiny_data_dir, "--out", str(evaluated)]) == 0
     again = json.loads((evaluated / "evaluation.json").read_text())
     assert again["pooled"] == results["pooled"]
     assert [s["subject"] for s in again["subjects"]] == [s["subject"] for s in
@@ -145,14 +181,41 @@ def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir,
     assert np.isfinite(again["pooled"]["dsc"])
 
 
+def test_evaluate_refuses_training_folds_and_other_folds(tiny_data_dir, tmp_path, capsys):
+    # A model trained with fold 1 as its test fold: scoring fold 0 (its training subjects),
+    # or the dataset cut into other folds, is refused before anything is computed.
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--data-dir", tiny_data_dir, "--out", str(out),
+                     "--epochs", "1", "--steps-per-epoch", "1", "--val-subjects", "0",
+                     "--augment", "none"]) == 0
+    capsys.readouterr()  # the training's output
+    model = str(out / "model.keras")
+    line = _one_line_error(["evaluate", "--model", model, "--data-dir", tiny_data_dir,
+                            "--split", "fold0", "--out", str(tmp_path / "e1")], capsys)
+    assert "--split fold0: fold0 held the model's training or validation subjects" in line
+    assert "tested on fold1" in line, line
+    line = _one_line_error(["evaluate", "--model", model, "--data-dir", tiny_data_dir,
+                            "--dataset", "ms_lesions/synthetic_tiny", "--split",
+                            "fold0+fold1", "--out", str(tmp_path / "e2")], capsys)
+    assert "fold0 held the model's training" in line, line
+    line = _one_line_error(["evaluate", "--model", model, "--data-dir", tiny_data_dir,
+                            "--num-folds", "3", "--out", str(tmp_path / "e3")], capsys)
+    assert "--num-folds 3 (trained on 2)" in line, line
+    assert not any((tmp_path / f"e{k}").exists() for k in (1, 2, 3))
+
+
 def test_evaluate_on_an_unknown_split_or_model_file(tiny_data_dir, capsys, tmp_path):
     path = tmp_path / "model.keras"
-    plan.attach(unet3d(base_filters=2, depth=2), plan.Plan(patch_size=8)).save(path)
+    tiny_grid = ReferenceGrid((32, 56, 64), (5.0, 3.6, 3.0))  # synthetic_tiny's
+    plan.attach(unet3d(base_filters=2, depth=2), plan.Plan(grid=tiny_grid, patch_size=8)).save(
+        path)
     common = ["--dataset", "ms_lesions/synthetic_tiny", "--data-dir", tiny_data_dir, "--out",
               str(tmp_path / "eval")]
     line = _one_line_error(["evaluate", "--model", str(path), "--split", "fold9", *common],
                            capsys)
-    assert line.startswith("python -m tfversky evaluate: error: --split 'fold9'"), line
+    assert line.startswith("python -m tfversky evaluate: error: --split 'fold9': "
+                           "ms_lesions/synthetic_tiny has no split 'fold9'; its splits are "
+                           "fold0, fold1"), line
     line = _one_line_error(["evaluate", "--model", str(tmp_path / "none.keras"), *common],
                            capsys)
     assert "does not exist" in line, line
