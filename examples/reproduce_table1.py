@@ -42,7 +42,7 @@ import json
 import pathlib
 import sys
 
-from tfversky import cli, train_cli
+from tfversky import arguments, cli, train_cli
 
 SETTINGS = ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))
 # The paper's Table 1 (test set, percent; columns as tfversky.metrics.PAPER_METRICS): MSSEG 2016 data, 15 subjects, 1000 epochs.
@@ -80,7 +80,11 @@ def _setting(text: str) -> tuple[float, float]:
         alpha, beta = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected ALPHA,BETA such as 0.3,0.7, got {text!r}")
-    return alpha, beta
+    try:  # the loss's own rule, as for --alpha and --beta
+        return arguments.tversky_weights(alpha, beta)
+    except arguments.InvalidArgument as error:
+        raise argparse.ArgumentTypeError(f"{error.name}: expected {error.expected}, got "
+                                         f"{text!r}") from None
 
 
 def run_setting(args, alpha: float, beta: float, out: pathlib.Path) -> list[pathlib.Path]:

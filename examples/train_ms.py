@@ -46,14 +46,15 @@ import sys
 # A quieter log, before TensorFlow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfversky import cli, train_cli  # noqa: E402
+from tfversky import train_cli  # noqa: E402
+from tfversky.arguments import UsageError  # noqa: E402
 
 
 def main(argv=None) -> int:
     args = train_cli.build_parser("train_ms.py").parse_args(argv)
     try:
         train_cli.run(args)  # sections 1-5 above, in this order
-    except cli.UsageError as error:
+    except UsageError as error:
         print(f"train_ms.py: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -4,6 +4,7 @@
     python -m tfds_ms --config msseg2016 --manual-dir /data/msseg2016
     python -m tfds_ms --config nnunet --manual-dir /data/Dataset501_MS --subject-pattern '^MS_[0-9]+'
     python -m tfds_ms --config bids --manual-dir /data/bids --modalities FLAIR,T1w
+    python -m tfds_ms --config bids --manual-dir BIDS --modalities FLAIR --bids-filter FLAIR:acq=3D
 
 A wrong folder or option is one line on stderr and exit status 2.
 """
@@ -33,7 +34,15 @@ def main(argv=None) -> int:
                       help="nnunet: regex on the case id giving the subject")
     user.add_argument("--mask-folder", help="bids: masks folder glob (default derivatives/*)")
     user.add_argument("--mask-pattern",
-                      help="bids: mask file glob (default *_desc-lesion_mask.nii.gz)")
+                      help="bids: mask file glob (default: _desc-lesion_mask, "
+                           "_label-lesion_mask, _dseg with dseg.tsv)")
+    user.add_argument("--bids-filter", action="append", metavar="CHANNEL:K=V",
+                      help="bids: choose among several files of one channel, e.g. "
+                           "FLAIR:acq=3D (repeatable)")
+    user.add_argument("--bids-filter-file", metavar="JSON",
+                      help="bids: filters as fMRIPrep's --bids-filter-file")
+    user.add_argument("--require-labels", action="store_true", default=None,
+                      help="refuse cases without a mask (default: leave them out, warning)")
     user.add_argument("--num-folds", type=int, help="folds (default 2, or splits_final.json's)")
     user.add_argument("--grid-shape", metavar="D,H,W",
                       help="grid voxels (default 128,224,256)")
@@ -42,7 +51,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     options = {name: getattr(args, name) for name in
-               ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "num_folds")}
+               ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "num_folds",
+                "bids_filter", "bids_filter_file", "require_labels")}
     try:
         options["grid"] = tfds_ms.parse_grid(args.grid_shape, args.grid_spacing)
         builder = tfds_ms.builder(f"ms_lesions/{args.config}", data_dir=args.data_dir,

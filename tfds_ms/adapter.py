@@ -2,23 +2,22 @@
 
 The core finds this module by its entry point (``tfversky.datasets``: ``ms_lesions``, see
 ``tfversky/_adapters.py``) and never imports it by name. Every mistake in the dataset flags
-is a ``tfversky.cli.UsageError``: one line, exit code 2.
+is a ``tfversky.arguments.UsageError``: one line, exit code 2.
 """
 
 from __future__ import annotations
 
-from tfversky import cli
+from tfversky.arguments import UsageError
 
 # Options of the user layouts (nnunet, bids) only.
-USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "grid_shape",
-                "grid_spacing")
+USER_OPTIONS = ("modalities", "subject_pattern", "mask_folder", "mask_pattern", "bids_filter",
+                "bids_filter_file", "require_labels", "grid_shape", "grid_spacing")
 
 
 def open_dataset(args, prepare: bool = True):
     """The ``ms_lesions`` builder of ``--dataset`` and its options; ``UsageError`` if wrong.
     With ``prepare=False`` nothing is built: its description (``describe``) is known, its
     splits are not."""
-    UsageError = cli.UsageError
     try:  # the builder is an adapter: only this step needs it
         import tensorflow_datasets as tfds
 
@@ -47,7 +46,9 @@ def open_dataset(args, prepare: bool = True):
             raise UsageError(str(error)) from None
         options = dict(modalities=args.modalities, subject_pattern=args.subject_pattern,
                        mask_folder=args.mask_folder, mask_pattern=args.mask_pattern, grid=grid,
-                       num_folds=args.num_folds)
+                       num_folds=args.num_folds, bids_filter=getattr(args, "bids_filter", None),
+                       bids_filter_file=getattr(args, "bids_filter_file", None),
+                       require_labels=getattr(args, "require_labels", None))
     try:
         builder = tfds_ms.builder(args.dataset, data_dir=args.data_dir,
                                   manual_dir=args.manual_dir, prepare=prepare, **options)
@@ -78,9 +79,9 @@ def num_folds(args, builder=None) -> int | None:
         return args.num_folds
     declared = {c.name: c.num_folds for c in tfds_ms.MsLesions.BUILDER_CONFIGS}.get(config)
     if declared is not None and args.num_folds not in (None, declared):
-        raise cli.UsageError(f"--num-folds {args.num_folds}: {args.dataset} has {declared} "
-                             f"folds of its own; leave --num-folds out (it is for "
-                             f"ms_lesions/nnunet and ms_lesions/bids)")
+        raise UsageError(f"--num-folds {args.num_folds}: {args.dataset} has {declared} "
+                         f"folds of its own; leave --num-folds out (it is for "
+                         f"ms_lesions/nnunet and ms_lesions/bids)")
     return declared  # None for an unknown config: open_dataset's error
 
 
@@ -96,8 +97,8 @@ def read_split(args, builder, split: str, flag: str = "--split"):
     try:
         return builder.as_dataset(split=split, shuffle_files=False)
     except _dataset_errors(tfds) as error:
-        raise cli.UsageError(f"{flag} {split!r} of --dataset {args.dataset}: "
-                             f"{error}".splitlines()[0]) from None
+        raise UsageError(f"{flag} {split!r} of --dataset {args.dataset}: "
+                         f"{error}".splitlines()[0]) from None
 
 
 def describe(builder):

@@ -14,7 +14,8 @@ from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 # Imported for its side effect too: the module registers the builder with TFDS.
 from tfds_ms.ms_lesions import MsLesions
 
-_OPTIONS = ("modalities", "grid", "num_folds", "subject_pattern", "mask_folder", "mask_pattern")
+_OPTIONS = ("modalities", "grid", "num_folds", "subject_pattern", "mask_folder", "mask_pattern",
+            "bids_filter", "bids_filter_file", "require_labels")
 
 
 def builder(name: str = "ms_lesions/synthetic", *, data_dir: str | None = None,
@@ -30,8 +31,9 @@ def builder(name: str = "ms_lesions/synthetic", *, data_dir: str | None = None,
         manual_dir: The dataset folder (real-data configs).
         prepare: Build the dataset if it is not there. Defaults to True.
         **options: For ``nnunet`` and ``bids``: ``modalities``, ``grid``, ``num_folds``,
-            ``subject_pattern``, ``mask_folder``, ``mask_pattern`` (``user_config``); None
-            values are left out.
+            ``subject_pattern``, ``mask_folder``, ``mask_pattern``, ``bids_filter``,
+            ``bids_filter_file``, ``require_labels`` (``user_config``); None values are left
+            out.
 
     Raises:
         ValueError: an unknown config, option, or a dataset folder that breaks its layout

@@ -122,7 +122,12 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
         subject_pattern: nnunet: regular expression on the case id that gives the subject
             (``tfds_ms.layouts.subject_of``). Defaults to None (a case is a subject).
         mask_folder, mask_pattern: bids: where the lesion masks are. Default to
-            ``derivatives/*`` and ``*_desc-lesion_mask.nii.gz``.
+            ``derivatives/*`` and the lesion mask names ``tfds_ms.layouts.bids_scans`` knows.
+        bids_filter: bids: filters choosing among several files of one channel
+            (``tfds_ms.layouts.parse_bids_filters``), e.g. ``("FLAIR:acq=3D",)``.
+            Defaults to None.
+        require_labels: nnunet/bids: refuse cases without a mask instead of leaving them
+            out with a warning. Defaults to False.
         manual_dir, fingerprint: For a config made from a user's folder by ``user_config``:
             the folder and the digest of what it holds (``tfds_ms.layouts.fingerprint``).
         ignore_index: The label value of voxels the loss leaves out (nnU-Net's ``ignore``
@@ -151,6 +156,8 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
     subject_pattern: str | None = None
     mask_folder: str | None = None
     mask_pattern: str | None = None
+    bids_filter: tuple | None = None
+    require_labels: bool = False
     manual_dir: str | None = None
     fingerprint: str | None = None
     ignore_index: int | None = None
@@ -209,6 +216,7 @@ def _slug(text: str, limit: int = 32) -> str:
 def user_config(layout: str, manual_dir, *, modalities=None, grid: ReferenceGrid = PAPER_GRID,
                 num_folds: int | None = None, subject_pattern: str | None = None,
                 mask_folder: str | None = None, mask_pattern: str | None = None,
+                bids_filter=None, bids_filter_file=None, require_labels: bool = False,
                 register: bool = False) -> MsLesionsConfig:
     """The ``ms_lesions`` config of a user's nnU-Net or BIDS folder, keyed by what it holds.
 
@@ -228,6 +236,11 @@ def user_config(layout: str, manual_dir, *, modalities=None, grid: ReferenceGrid
         num_folds: Folds. Defaults to 2, or to the folds of nnU-Net's ``splits_final.json``.
         subject_pattern: nnunet: regex on the case id giving the subject. Defaults to None.
         mask_folder, mask_pattern: bids: the masks' folder glob and file pattern.
+        bids_filter, bids_filter_file: bids: filters choosing among several files of one
+            channel (``tfds_ms.layouts.parse_bids_filters``); recorded in the config as
+            texts, the file's contents included.
+        require_labels: Refuse cases without a mask instead of leaving them out with a
+            warning. Defaults to False.
         register: Register each T1 to MNI152 (needs SimpleITK). Defaults to False.
 
     Raises:
@@ -254,8 +267,13 @@ def user_config(layout: str, manual_dir, *, modalities=None, grid: ReferenceGrid
                          f"to the builder (tfds.builder('ms_lesions/{layout}', manual_dir=DIR), "
                          f"tfds_ms.load_dataset(..., manual_dir=DIR), or --manual-dir DIR).")
     root = pathlib.Path(manual_dir).expanduser().resolve()
-    options = {"nnunet": {"subject_pattern": subject_pattern},
-               "bids": {"mask_folder": mask_folder, "mask_pattern": mask_pattern}}[layout]
+    if layout != "bids" and (bids_filter or bids_filter_file):
+        raise ValueError(f"Invalid value for argument `bids_filter`: filters choose among BIDS "
+                         f"files; the {layout} layout has none. Leave out --bids-filter / "
+                         f"--bids-filter-file.")
+    bids_filter = layouts.bids_filter_texts(bids_filter, bids_filter_file) or None
+    options = _layout_options(layout, subject_pattern, mask_folder, mask_pattern, bids_filter,
+                              require_labels)
     found = layouts.find_scans(root, layout, modalities=modalities, **options)
     channels = tuple(found[0].images)
     dataset_folds = {scan.fold for scan in found} - {None}
@@ -271,17 +289,27 @@ def user_config(layout: str, manual_dir, *, modalities=None, grid: ReferenceGrid
     extra = [path for path in (root / "dataset.json", root / "splits_final.json")
              if path.is_file()]
     key = json.dumps([grid.shape, grid.spacing, num_folds, subject_pattern, mask_folder,
-                      mask_pattern, register])
+                      mask_pattern, register] + ([bids_filter, require_labels]
+                                                 if bids_filter or require_labels else []))
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    name = f"{layout}_{_slug(root.name)}_{'_'.join(m.lower() for m in channels)}_{digest}"
+    name = f"{layout}_{_slug(root.name)}_{'_'.join(_slug(m) for m in channels)}_{digest}"
     ignore = any("ignore" in scan.labels for scan in found)
     return MsLesionsConfig(
         name=name, layout=layout, grid=grid, num_folds=num_folds, modalities=channels,
         subject_pattern=subject_pattern, mask_folder=mask_folder, mask_pattern=mask_pattern,
-        manual_dir=str(root), fingerprint=layouts.fingerprint(found, extra),
+        bids_filter=bids_filter, require_labels=require_labels, manual_dir=str(root), fingerprint=layouts.fingerprint(found, extra),
         ignore_index=scans.IGNORE_LABEL if ignore else None, register=register,
         description=f"{layout} dataset {root.name} ({len(found)} scans of "
                     f"{len({s.subject for s in found})} subjects; {', '.join(channels)}).")
+
+
+def _layout_options(layout, subject_pattern, mask_folder, mask_pattern, bids_filter,
+                    require_labels) -> dict:
+    """The options ``tfds_ms.layouts.find_scans`` takes for a layout."""
+    return {"nnunet": {"subject_pattern": subject_pattern, "require_labels": require_labels},
+            "bids": {"mask_folder": mask_folder, "mask_pattern": mask_pattern,
+                     "bids_filter": bids_filter, "require_labels": require_labels},
+            }.get(layout, {})
 
 
 class CacheMismatchError(ValueError):
@@ -389,7 +417,9 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, *, manual_dir=None, modalities=None, grid: ReferenceGrid | None = None,
                  num_folds: int | None = None, subject_pattern: str | None = None,
-                 mask_folder: str | None = None, mask_pattern: str | None = None, **kwargs):
+                 mask_folder: str | None = None, mask_pattern: str | None = None,
+                 bids_filter=None, bids_filter_file=None, require_labels: bool | None = None,
+                 **kwargs):
         config = kwargs.get("config")
         if isinstance(config, str):
             config = self.builder_configs.get(config.split(":")[0], config)
@@ -401,11 +431,16 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
                 num_folds=num_folds or (None if config.num_folds == 2 else config.num_folds),
                 subject_pattern=subject_pattern or config.subject_pattern,
                 mask_folder=mask_folder or config.mask_folder,
-                mask_pattern=mask_pattern or config.mask_pattern, register=config.register)
+                mask_pattern=mask_pattern or config.mask_pattern,
+                bids_filter=bids_filter or config.bids_filter, bids_filter_file=bids_filter_file,
+                require_labels=bool(require_labels or config.require_labels),
+                register=config.register)
         elif any(v is not None for v in (modalities, grid, num_folds, subject_pattern,
-                                          mask_folder, mask_pattern)):
+                                          mask_folder, mask_pattern, bids_filter,
+                                          bids_filter_file, require_labels)):
             raise ValueError(f"Builder options (modalities, grid, num_folds, subject_pattern, "
-                             f"mask_folder, mask_pattern) are for ms_lesions/nnunet and "
+                             f"mask_folder, mask_pattern, bids_filter, bids_filter_file, "
+                             f"require_labels) are for ms_lesions/nnunet and "
                              f"ms_lesions/bids; for config {getattr(config, 'name', config)!r} "
                              f"make a MsLesionsConfig(...) instead.")
         super().__init__(**kwargs)
@@ -482,9 +517,8 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
-        options = {"nnunet": {"subject_pattern": config.subject_pattern},
-                   "bids": {"mask_folder": config.mask_folder,
-                            "mask_pattern": config.mask_pattern}}.get(config.layout, {})
+        options = _layout_options(config.layout, config.subject_pattern, config.mask_folder,
+                                  config.mask_pattern, config.bids_filter, config.require_labels)
         root = self._source_dir(dl_manager)
         found = layouts.find_scans(root, config.layout, config.rater,
                                    modalities=config.modalities, **options)

@@ -17,7 +17,9 @@ The anatomy is the MNI ICBM152 2009a template (T1 and grey/white matter probabil
 
 Files are written in a real dataset's layout (``isbi2015``, ``msseg2016``, ``nnunet`` or
 ``bids``, see ``tfds_ms.layouts``; nnU-Net and BIDS with a chosen set of modalities) as gzipped NIfTI, so the same readers serve real and synthetic data.
-``phantom.json`` at the top lists every subject's lesion volume and geometry.
+``phantom.json`` at the top lists every subject's lesion volume and geometry (BIDS: listed in
+``.bidsignore``; the BIDS output also gets a README and a derivatives description with
+``GeneratedBy``, so pybids and the BIDS validator accept it). Every header states mm units.
 
 Command line::
 
@@ -412,6 +414,7 @@ def _save(volume, affine, path: pathlib.Path, dtype) -> None:
     img = nib.Nifti1Image(np.asarray(volume).astype(dtype), affine)
     img.set_qform(affine, code=1)  # scanner coordinates, as the public data
     img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")  # the affine is in mm; BIDS's validator asks to say so
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, path)
 
@@ -531,11 +534,23 @@ def _write_dataset_files(out: pathlib.Path, layout: str, modalities, subjects: i
                 "description": "tfds_ms synthetic MS phantom"}
         (out / "dataset.json").write_text(json.dumps(spec, indent=1))
     elif layout == "bids":
+        from tfversky import __version__
+
+        # A derivative says what made it (pybids refuses a derivatives folder without it).
+        made_by = {"GeneratedBy": [{"Name": "tfds_ms.synth", "Version": __version__,
+                                    "Description": "lesion masks of the synthetic phantom"}]}
         for folder, kind in ((out, "raw"), (out / "derivatives" / "lesions", "derivative")):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "dataset_description.json").write_text(json.dumps(
                 {"Name": "tfds_ms synthetic MS phantom", "BIDSVersion": "1.9.0",
-                 "DatasetType": kind}, indent=1))
+                 "DatasetType": kind, **(made_by if kind == "derivative" else {})}, indent=1))
+        (out / "README").write_text(
+            "Synthetic multiple sclerosis phantom written by tfds_ms.synth (tfversky): MR "
+            "modalities per subject in sub-*/ses-01/anat/, lesion masks in "
+            "derivatives/lesions/. Not real patient data.\n")
+        # The phantom's own record stays at the root (the builder looks for it there), out of
+        # the validator's sight.
+        (out / ".bidsignore").write_text("phantom.json\n")
 
 
 def _unused_axcodes(taken) -> list[str]:

@@ -17,52 +17,15 @@ import argparse
 import os
 import sys
 
+from tfversky import arguments
+# UsageError lives in the core (tfversky.arguments); importable from here as before.
+from tfversky.arguments import UsageError, flag_type as _flag, load_model_file as _load_model
+
 # Single-flag aliases of --image NAME=FILE.
 _MODALITY_FLAGS = (("t1", "T1"), ("t2", "T2"), ("flair", "FLAIR"))
-# nnU-Net's file names: CASE_XXXX.nii.gz, XXXX the channel index.
-_CASE_FILE = r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$"
+# nnU-Net's file names: CASE_XXXX.nii.gz (or another ending tfversky.io reads), XXXX the channel.
+_CASE_FILE = r"^(?P<case>.+)_(?P<channel>\d{4})$"
 SUMMARY_FILE = "summary.csv"  # folder mode's table of the cases
-
-
-class UsageError(Exception):
-    """A mistake the user can fix; reported in one line, exit code 2."""
-
-
-def _patch_size(text: str):
-    """'64' or '64,64,32' / '64x64x32' -> int or (d, h, w)."""
-    parts = text.replace("x", ",").split(",")
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an int or three ints like 64,64,32, got {text!r}") from None
-    if len(values) not in (1, 3) or min(values) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive int or three of them like 64,64,32, got {text!r}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def _fraction(low_open: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (0 < value < 1 if low_open else 0 <= value < 1):
-            interval = "(0, 1)" if low_open else "[0, 1)"
-            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
-        return value
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
-    return value
 
 
 def _image(text: str):
@@ -72,16 +35,6 @@ def _image(text: str):
         raise argparse.ArgumentTypeError(f"expected NAME=FILE, e.g. FLAIR=flair.nii.gz, got "
                                          f"{text!r}")
     return name.strip(), path
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 (mm^3), got {text!r}")
-    return value
 
 
 def _add_predict(subparsers) -> None:
@@ -121,21 +74,24 @@ def _add_predict(subparsers) -> None:
                              "are not skull-stripped; with -i a folder holding CASE.nii.gz")
     parser.add_argument("--no-skull-check", action="store_true",
                         help="do not refuse scans that do not look skull-stripped")
-    parser.add_argument("--threshold", type=_fraction(low_open=True), default=None,
+    parser.add_argument("--threshold", type=_flag(arguments.threshold), default=None,
                         metavar="P", help="lesion if its probability is >= P (default: the "
                                           "model's plan, 0.5 as in the paper)")
-    parser.add_argument("--min-lesion-size", type=_non_negative, default=0.0, metavar="MM3",
+    parser.add_argument("--min-lesion-size", type=_flag(arguments.non_negative_number),
+                        default=0.0, metavar="MM3",
                         help="drop lesions smaller than this many mm^3 (converted with each "
                              "scan's voxel size; default: 0, keep all)")
-    parser.add_argument("--patch-size", type=_patch_size, default=None, metavar="N|D,H,W",
+    parser.add_argument("--patch-size", type=_flag(arguments.patch_size, arguments.parse_size),
+                        default=None, metavar="N|D,H,W",
                         help="sliding-window patch, an int or D,H,W; multiples of the model's "
                              "downsampling (default: the plan's training patch; a model whose "
                              "plan records it runs on no other; a plan-less model: its input "
                              "size, else 128)")
-    parser.add_argument("--overlap", type=_fraction(low_open=False), default=None,
+    parser.add_argument("--overlap", type=_flag(arguments.overlap), default=None,
                         metavar="F", help="fraction of a patch shared by neighbouring windows "
                                           "(default: the plan's, 0.5)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--batch-size", type=_flag(arguments.positive_int, int), default=1,
+                        metavar="N",
                         help="patches per model call (default: 1)")
     parser.add_argument("--from-logits", action="store_true",
                         help="the model outputs logits (a model saved without a plan; a plan "
@@ -166,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``tfversky`` argument parser, one subparser per subcommand."""
     from tfversky import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = arguments.ArgumentParser(
         prog="python -m tfversky",
         description="Tversky-loss 3D segmentation of multiple sclerosis lesions.")
     parser.add_argument("--version", action="version", version=f"tfversky {__version__}")
@@ -206,24 +162,6 @@ def _check_folder(folder: str, what: str) -> None:
         raise UsageError(f"{what} {folder!r} is not writable")
 
 
-def _load_model(path: str):
-    import zipfile
-
-    import keras
-
-    if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        # Keras would report "File not found" for a file that exists but is not an archive.
-        raise UsageError(f"--model file {path!r} is not a .keras archive (a zip file): it is "
-                         f"damaged or not a model saved with model.save('....keras')")
-    try:
-        # Loading also needs no custom_objects: importing tfversky registered its losses.
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # any failure here is about the user's file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UsageError(f"--model file {path!r} cannot be loaded as a Keras model "
-                         f"({type(err).__name__}: {reason})") from None
-
-
 def _one_case_scans(args) -> dict:
     scans = {}
     given = list(args.image) + [(name, getattr(args, flag)) for flag, name in _MODALITY_FLAGS
@@ -239,13 +177,16 @@ def _folder_cases(folder: str, modalities) -> dict:
     """CASE -> {modality: file} for a flat nnU-Net-style folder, every case checked first."""
     import re
 
+    from tfversky import io
+
     if not os.path.isdir(folder):
         raise UsageError(f"-i {folder!r} is not a folder")
     cases, strays = {}, []
     for name in sorted(os.listdir(folder)):
-        if not name.endswith((".nii", ".nii.gz")):
+        ending = next((e for e in io.IMAGE_ENDINGS if name.endswith(e)), None)
+        if ending is None:
             continue
-        match = re.match(_CASE_FILE, name)
+        match = re.match(_CASE_FILE, name[:-len(ending)])
         if match is None:
             strays.append(name)
             continue

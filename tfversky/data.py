@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfversky import augmentation
+from tfversky import arguments, augmentation
 
 _SEED_SALT = 0x5EED  # separates this pipeline's random streams from other users of `seed`
 
@@ -46,21 +46,12 @@ def _as_dict(*element):
 
 
 def _validate(patch_size, batch_size, lesion_fraction, flip_axes):
-    patch_size = tuple(patch_size)
-    if len(patch_size) != 3 or not all(isinstance(p, (int, np.integer)) and p > 0
-                                       for p in patch_size):
-        raise ValueError(f"Invalid value for argument `patch_size`: expected 3 positive integers "
-                         f"(D, H, W). Received: patch_size={patch_size!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"Invalid value for argument `batch_size`: expected an integer >= 1. "
-                         f"Received: batch_size={batch_size!r}")
-    if not 0 <= lesion_fraction <= 1:
-        raise ValueError(f"Invalid value for argument `lesion_fraction`: expected a fraction in "
-                         f"[0, 1]. Received: lesion_fraction={lesion_fraction!r}")
+    arguments.positive_int(batch_size, "batch_size")
+    arguments.probability(lesion_fraction, "lesion_fraction")
     if not set(flip_axes) <= {0, 1, 2}:
         raise ValueError(f"Invalid value for argument `flip_axes`: expected spatial axes among "
                          f"(0, 1, 2). Received: flip_axes={flip_axes!r}")
-    return tuple(int(p) for p in patch_size)
+    return arguments.patch_size(patch_size)
 
 
 def _pad_to(volume, patch_size):
@@ -114,7 +105,8 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
             ``label`` (D, H, W) integer, 1 = lesion (e.g. a ``ms_lesions`` split), or
             (image, label) tuples. Volumes may differ in shape. Lesion patches are centred
             on label 1 only, so an ``ignore`` value (255) is never taken for a lesion.
-        patch_size: Patch (D, H, W). Volumes smaller than it are zero-padded.
+        patch_size: Patch (D, H, W), or an int for a cube. Volumes smaller than it are
+            zero-padded.
             Defaults to (64, 64, 64).
         batch_size: Patches per batch (the global batch under a ``tf.distribute``
             strategy). Defaults to 2.
@@ -152,9 +144,7 @@ def patch_dataset(volumes: tf.data.Dataset, *, patch_size=(64, 64, 64), batch_si
     (TensorShape([2, 16, 16, 16, 3]), TensorShape([2, 16, 16, 16]), 'uint8')
     """
     patch_size = _validate(patch_size, batch_size, lesion_fraction, flip_axes)
-    if not isinstance(skip_batches, (int, np.integer)) or skip_batches < 0:
-        raise ValueError(f"Invalid value for argument `skip_batches`: expected an integer >= 0. "
-                         f"Received: skip_batches={skip_batches!r}")
+    arguments.non_negative_int(skip_batches, "skip_batches")
     if augment is not None and not isinstance(augment, augmentation.AugmentConfig):
         raise ValueError(f"Invalid value for argument `augment`: expected None or a "
                          f"tfversky.augmentation.AugmentConfig. Received: augment={augment!r}")

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from tfversky import io, metrics, plan as plan_lib, preprocessing
+from tfversky import arguments, io, metrics, plan as plan_lib, preprocessing
 from tfversky import modalities as modalities_lib
 from tfversky._extras import require
 
@@ -37,14 +37,6 @@ _ACTIVATIONS = ("softmax", "sigmoid")
 # Below this fraction of its peak the Gaussian weight is floored, so a voxel covered only by
 # patch corners still has a well-conditioned weight sum.
 _MIN_WEIGHT = 1e-3
-
-
-def _as_triple(value, name: str) -> tuple[int, int, int]:
-    triple = (value,) * 3 if np.isscalar(value) else tuple(value)
-    if len(triple) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in triple):
-        raise ValueError(f"Invalid value for argument `{name}`: expected a positive int or three "
-                         f"of them (D, H, W). Received: {name}={value!r}")
-    return tuple(int(v) for v in triple)
 
 
 def _layers(model):
@@ -112,7 +104,7 @@ def check_window(model, plan: plan_lib.Plan, patch_size=None) -> tuple[int, int,
     """
     import warnings
 
-    window = plan.window if patch_size is None else _as_triple(patch_size, "patch_size")
+    window = plan.window if patch_size is None else arguments.patch_size(patch_size)
     trained, dependent = plan.training_patch_size, window_dependent_layers(model)
     if trained is None:
         if dependent:
@@ -156,31 +148,24 @@ def _patch_shape(model, volume_shape, patch_size) -> tuple[int, int, int]:
     (default ``DEFAULT_PATCH_SIZE``), no larger than the volume rounded up to a valid size,
     except for a network that normalises per window, which keeps its window whole (the
     volume is padded instead)."""
-    from tfversky.models import nearest_valid_sizes
-
     static = tuple(model.inputs[0].shape[1:4])
     shrink = not window_dependent_layers(model)
-    requested = _as_triple(DEFAULT_PATCH_SIZE if patch_size is None else patch_size, "patch_size")
-    patch = []
-    for axis, (fixed, size, want, multiple) in enumerate(
-            zip(static, volume_shape, requested, _size_multiples(model))):
-        if fixed is not None:
-            if patch_size is not None and want != fixed:
-                raise ValueError(
-                    f"Invalid value for argument `patch_size`: the model takes a fixed input "
-                    f"size {tuple(static)}, so patch_size must match it. Received: "
-                    f"patch_size={patch_size!r}. Pass patch_size=None, or rebuild the model "
-                    f"with input_shape=(None, None, None, channels).")
-            patch.append(fixed)
-            continue
-        if want % multiple:
-            valid = " or ".join(map(str, nearest_valid_sizes(want, multiple)))
-            raise ValueError(
-                f"Invalid value for argument `patch_size`: {want} (axis {axis}) is not a "
-                f"multiple of {multiple}, the model's total downsampling. Nearest valid sizes: "
-                f"{valid}. Received: patch_size={patch_size!r}")
-        patch.append(min(want, -(-size // multiple) * multiple) if shrink else want)
-    return tuple(patch)
+    multiples = _size_multiples(model)
+    requested = arguments.patch_size(
+        DEFAULT_PATCH_SIZE if patch_size is None else patch_size,
+        multiple=[1 if fixed else multiple for fixed, multiple in zip(static, multiples)],
+        why="the model's total downsampling")
+    if patch_size is not None and any(fixed is not None and want != fixed
+                                      for fixed, want in zip(static, requested)):
+        raise ValueError(
+            f"Invalid value for argument `patch_size`: the model takes a fixed input "
+            f"size {tuple(static)}, so patch_size must match it. Received: "
+            f"patch_size={patch_size!r}. Pass patch_size=None, or rebuild the model "
+            f"with input_shape=(None, None, None, channels).")
+    return tuple(fixed if fixed is not None else
+                 min(want, -(-size // multiple) * multiple) if shrink else want
+                 for fixed, size, want, multiple in zip(static, volume_shape, requested,
+                                                        multiples))
 
 
 def _window_starts(size: int, patch: int, step: int) -> list[int]:
@@ -286,12 +271,8 @@ def predict_volume(model, volume, patch_size=None, overlap: float = 0.5, batch_s
         raise ValueError(
             f"The model takes {channels} channel(s) but `volume` has {volume.shape[-1]}: "
             f"volume.shape={volume.shape}. Stack the modalities the model was trained on.")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"Invalid value for argument `overlap`: expected a fraction in [0, 1). "
-                         f"Received: overlap={overlap!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"Invalid value for argument `batch_size`: expected an int >= 1. "
-                         f"Received: batch_size={batch_size!r}")
+    arguments.overlap(overlap)
+    arguments.positive_int(batch_size, "batch_size")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"Invalid value for argument `activation`: expected one of "
                          f"{_ACTIVATIONS}. Received: activation={activation!r}")
@@ -605,6 +586,13 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
     >>> result.mask.shape, nib.load(os.path.join(folder, "seg.nii.gz")).shape
     ((20, 20, 20), (20, 20, 20))
     """
+    # The options' rules before any scan is read (the window's size against the model later).
+    for rule, value in ((arguments.threshold, threshold), (arguments.overlap, overlap),
+                        (arguments.patch_size, patch_size)):
+        if value is not None:
+            rule(value)
+    arguments.non_negative_number(min_lesion_mm3, "min_lesion_mm3")
+    arguments.positive_int(batch_size, "batch_size")
     plan = plan_lib.read_plan(model) if plan is None else plan
     plan_lib.check_channels(model, plan)
     ordered = match_modalities(scans, plan)

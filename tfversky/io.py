@@ -1,19 +1,22 @@
-"""NIfTI in and out: reading scans with clear errors, and writing results like the input.
+"""Images in, NIfTI out: reading scans with clear errors, and writing results like the input.
 
 The one home of file I/O for the core, the dataset builder (``tfds_ms``) and the command
-line. Writers keep what a viewer needs to overlay a result on its scan: the input's affine,
+line. Readers sit behind one interface (``read_image``, as nnU-Net's ``BaseReaderWriter``):
+nibabel for NIfTI, SimpleITK (optional) for MetaImage and NRRD, chosen by the file ending,
+each giving the voxels, a RAS affine and header facts. Writers keep what a viewer needs to overlay a result on its scan: the input's affine,
 its qform/sform codes and the rest of its header.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
-from tfversky._extras import require
+from tfversky._extras import MissingExtraError, require
 from tfversky._files import atomic_path
 
 # Two volumes share a voxel grid when their shapes match and no corner of the grid moves by
@@ -58,40 +61,174 @@ class ScanError(ValueError):
 
 
 
-def read_volume(path, name: str | None = None):
-    """Read one 3D volume with nibabel: ``(data, image)``, data in the file's own dtype.
+# File endings each reader takes; ``reader_for`` picks by ending, nibabel first for NIfTI.
+NIFTI_ENDINGS = (".nii", ".nii.gz")
+SIMPLEITK_ENDINGS = (".mha", ".mhd", ".nrrd", ".nhdr") + NIFTI_ENDINGS
+IMAGE_ENDINGS = tuple(dict.fromkeys(NIFTI_ENDINGS + SIMPLEITK_ENDINGS))
+# ITK's world is LPS (x to the left, y to the back); ours, nibabel's, is RAS.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
-    The one reader of scans for inference and for the dataset builder. Trailing axes of
-    length 1 (e.g. (D, H, W, 1) from some converters) are dropped.
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+    """One image as every reader returns it.
+
+    Attributes:
+        data: The voxels in the file's own dtype and voxel order (axis 0 = the file's i).
+        affine: 4x4 voxel-to-world affine in RAS+ millimetres (nibabel's convention).
+        facts: Header facts: ``reader``, ``spacing`` (mm per axis), ``dtype`` and, from
+            nibabel, the ``image`` itself (whose header a writer may copy).
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    facts: dict
+
+
+class NibabelReader:
+    """NIfTI (and whatever else nibabel reads) through nibabel: the affine is nibabel's own
+    (sform, else qform), already RAS. ``read`` raises ValueError for a file it cannot parse,
+    as every reader does."""
+
+    name = "nibabel"
+    endings = NIFTI_ENDINGS
+
+    def read(self, path) -> Volume:
+        nib = require("nibabel")
+        try:
+            image = nib.load(path)
+            # nibabel reads lazily: decompressing here is what finds a truncated or corrupt file.
+            data = np.asarray(image.dataobj)
+        except (nib.filebasedimages.ImageFileError, EOFError, zlib.error) as err:
+            raise ValueError(str(err) or type(err).__name__) from None
+        return Volume(data, np.asarray(image.affine, float),
+                      {"reader": self.name, "spacing": tuple(float(z) for z in
+                                                             image.header.get_zooms()[:3]),
+                       "dtype": data.dtype, "image": image})
+
+
+class SimpleITKReader:
+    """MetaImage (``.mha``/``.mhd``), NRRD and NIfTI through SimpleITK (nnU-Net's
+    ``SimpleITKIO``). ITK gives origin, spacing and direction cosines in LPS: they become
+    a RAS affine here, the one place where that conversion happens."""
+
+    name = "SimpleITK"
+    endings = SIMPLEITK_ENDINGS
+
+    def read(self, path) -> Volume:
+        sitk = require("SimpleITK")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as err:  # ITK's message: its last line says what failed
+            raise ValueError(str(err).strip().splitlines()[-1].strip()) from None
+        # GetArrayFromImage is (k, j, i): reversed to the (i, j, k) order of the affine.
+        data = sitk.GetArrayFromImage(image).transpose()
+        if image.GetNumberOfComponentsPerPixel() > 1:  # vector pixels come first after .T
+            data = np.moveaxis(data, 0, -1)
+        dims = image.GetDimension()
+        lps = np.eye(4)
+        direction = np.reshape(image.GetDirection(), (dims, dims))
+        lps[:dims, :dims] = direction @ np.diag(image.GetSpacing())
+        lps[:dims, 3] = image.GetOrigin()
+        return Volume(data, _LPS_TO_RAS @ lps,
+                      {"reader": self.name, "spacing": tuple(image.GetSpacing()),
+                       "dtype": data.dtype})
+
+
+READERS = {"nibabel": NibabelReader(), "simpleitk": SimpleITKReader()}
+
+
+def reader_for(path, reader: str | None = None):
+    """The reader of a file: ``reader`` by name (``"nibabel"``, ``"simpleitk"``), else by its
+    ending: nibabel for ``.nii``/``.nii.gz``, SimpleITK for ``.mha``, ``.mhd``, ``.nrrd``,
+    ``.nhdr``; nibabel for any other ending (it knows more formats).
+
+    Example:
+
+    >>> reader_for("a.mha").name, reader_for("a.nii.gz").name, reader_for("a.nii", "simpleitk").name
+    ('SimpleITK', 'nibabel', 'SimpleITK')
+    """
+    if reader is not None:
+        if reader.lower() not in READERS:
+            raise ValueError(f"Invalid value for argument `reader`: expected one of "
+                             f"{tuple(READERS)}. Received: reader={reader!r}")
+        return READERS[reader.lower()]
+    if str(path).lower().endswith(NIFTI_ENDINGS):
+        return READERS["nibabel"]
+    if str(path).lower().endswith(SIMPLEITK_ENDINGS):
+        return READERS["simpleitk"]
+    return READERS["nibabel"]
+
+
+def read_image(path, name: str | None = None, reader: str | None = None) -> Volume:
+    """Read one 3D image with the reader its ending asks for (``reader_for``): the voxels,
+    their RAS affine and header facts.
+
+    Trailing axes of length 1 (e.g. (D, H, W, 1) from some converters) are dropped.
 
     Args:
-        path: File nibabel can read (NIfTI ``.nii``/``.nii.gz``, Analyze, MGH, ...).
+        path: The file (``IMAGE_ENDINGS``, or anything nibabel reads).
         name: What the file is, for error messages (e.g. ``"FLAIR"``). Defaults to None.
+        reader: ``"nibabel"`` or ``"simpleitk"`` instead of choosing by ending. Defaults
+            to None.
 
     Raises:
-        ScanError: naming the file, if it is missing, unreadable or corrupt, or not 3D.
-    """
-    nib = require("nibabel")
+        ScanError: naming the file, if it is missing, unreadable or corrupt, or not 3D;
+            or if it needs SimpleITK and SimpleITK is not installed.
 
+    Example:
+
+    >>> import nibabel as nib, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "t1.nii.gz")
+    >>> nib.save(nib.Nifti1Image(np.ones((4, 5, 6), "float32"), np.diag([2.0, 1, 1, 1])), path)
+    >>> volume = read_image(path)
+    >>> volume.data.shape, volume.facts["spacing"], volume.facts["reader"]
+    ((4, 5, 6), (2.0, 1.0, 1.0), 'nibabel')
+    """
     label = f"{name} file {str(path)!r}" if name else f"file {str(path)!r}"
     if not os.path.isfile(path):
         raise ScanError(f"{label} does not exist" + (" (it is a directory)" if os.path.isdir(path)
                                                      else "") + ".")
+    chosen = reader_for(path, reader)
     try:
-        image = nib.load(path)
-        # nibabel reads lazily: decompressing here is what finds a truncated or corrupt file.
-        data = np.asarray(image.dataobj)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ScanError(f"{label} cannot be read as an image: {reason}. Is it a complete "
-                        f"NIfTI (.nii / .nii.gz) file?") from None
+        volume = chosen.read(path)
+    except MissingExtraError as err:
+        raise ScanError(f"{label} needs SimpleITK to be read, and it is not installed: {err} "
+                        f"Or convert the file to .nii.gz.") from None
+    except (OSError, ValueError) as err:  # each reader raises ValueError for a bad file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ScanError(f"{label} cannot be read as an image by {chosen.name}: {reason}. Is it "
+                        f"a complete {' / '.join(chosen.endings[:4])} file?") from None
+    data = volume.data
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise ScanError(
             f"{label} has shape {data.shape}, but a 3D volume is expected. Pass one volume "
             f"(e.g. extract it with nibabel: image.slicer[..., 0]).")
-    return data, image
+    return dataclasses.replace(volume, data=data)
+
+
+def read_volume(path, name: str | None = None):
+    """Read one 3D volume: ``(data, image)``, data in the file's own dtype, ``image`` a
+    nibabel image carrying the affine (RAS) and header that outputs copy.
+
+    The one reader of scans for inference and for the dataset builder (``read_image``
+    underneath: nibabel for NIfTI, SimpleITK for ``.mha``/``.nrrd``). Trailing axes of
+    length 1 are dropped.
+
+    Args:
+        path: The file (``IMAGE_ENDINGS``, or anything nibabel reads).
+        name: What the file is, for error messages (e.g. ``"FLAIR"``). Defaults to None.
+
+    Raises:
+        ScanError: as ``read_image``.
+    """
+    volume = read_image(path, name)
+    image = volume.facts.get("image")
+    if image is None:  # not read by nibabel: a NIfTI header of the same grid stands in
+        image = grid_image(volume.data.shape, volume.affine)
+    return volume.data, image
 
 
 def load_scan(path, name: str | None = None):
@@ -235,6 +372,8 @@ def save_like(data, reference, path) -> None:
     header.set_data_dtype(data.dtype)
     header.set_slope_inter(1.0, 0.0)  # stored values are the values: no rescaling on read
     header["descrip"] = b"tfversky"
+    if header.get_xyzt_units()[0] == "unknown":  # the affine is in mm: say so (BIDS asks)
+        header.set_xyzt_units("mm", header.get_xyzt_units()[1])
     with atomic_path(path) as partial:  # never a half-written mask under its name
         nib.save(image, partial)
 
@@ -281,4 +420,5 @@ def grid_image(shape, affine):
     image = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), np.asarray(affine, float))
     image.header.set_qform(image.affine, code=1)
     image.header.set_sform(image.affine, code=1)
+    image.header.set_xyzt_units("mm")
     return image

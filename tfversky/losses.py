@@ -32,7 +32,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfversky import _checks
+from tfversky import _checks, arguments
 
 _ACTIVATIONS = ("softmax", "sigmoid")
 _IMPLEMENTATIONS = ("auto", "tf", "fused")
@@ -91,20 +91,8 @@ def _validate_options(alpha, beta, gamma, activation, smooth_nr, smooth_dr, igno
                 f"Invalid value for argument `class_weights`: expected None or a list of "
                 f"finite weights >= 0, one per scored class, not all 0. Received: "
                 f"class_weights={class_weights!r}")
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if not np.isfinite(value) or value < 0:
-            raise ValueError(
-                f"Invalid value for argument `{name}`: expected a finite number >= 0 "
-                f"(alpha weighs false positives, beta false negatives). Received: {name}={value!r}")
-    if alpha == 0 and beta == 0:
-        raise ValueError(
-            "Invalid values for arguments `alpha` and `beta`: both are 0, so the loss ignores "
-            "every error and is constant. Received: alpha=0, beta=0. Use e.g. alpha=0.3, "
-            "beta=0.7 (the paper), or 0.5, 0.5 for the Dice loss.")
-    if not np.isfinite(gamma) or gamma <= 0:
-        raise ValueError(
-            f"Invalid value for argument `gamma`: expected a finite number > 0 (1.0 is the plain "
-            f"Tversky loss). Received: gamma={gamma!r}")
+    arguments.tversky_weights(alpha, beta)
+    arguments.positive_number(gamma, "gamma")
     if activation not in _ACTIVATIONS:
         raise ValueError(
             f"Invalid value for argument `activation`: expected one of {_ACTIVATIONS}. "

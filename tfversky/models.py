@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import keras
 
+from tfversky import arguments
+# The size rules are the patch sizes' (tfversky.arguments), public here as before.
+from tfversky.arguments import nearest_valid_sizes, size_multiple
+
 _NORMALIZATIONS = (None, "batch", "group", "instance")
 _FINAL_ACTIVATIONS = ("softmax", "sigmoid", None)
 
@@ -35,30 +39,6 @@ PAPER_BASE_FILTERS = 16
 PAPER_DEPTH = 5
 
 
-def size_multiple(depth: int) -> int:
-    """Spatial sizes a U-Net of ``depth`` levels accepts are multiples of this: 2**(depth-1).
-
-    Example:
-
-    >>> size_multiple(3)
-    4
-    """
-    return 2 ** (depth - 1)
-
-
-def nearest_valid_sizes(size: int, multiple: int) -> tuple[int, ...]:
-    """The multiples of ``multiple`` just below and above ``size`` (only positive ones).
-
-    Example:
-
-    >>> nearest_valid_sizes(30, 4), nearest_valid_sizes(3, 4)
-    ((28, 32), (4,))
-    """
-    below = size // multiple * multiple
-    above = below + multiple
-    return (below, above) if below > 0 else (above,)
-
-
 def _check_options(input_shape, num_classes, base_filters, depth, normalization, norm_groups,
                    dropout, final_activation):
     """Raises ValueError naming the argument, the value and the fix."""
@@ -70,11 +50,9 @@ def _check_options(input_shape, num_classes, base_filters, depth, normalization,
         raise ValueError(
             f"Invalid value for argument `input_shape`: the channel count (last entry) must be a "
             f"positive int, e.g. 3 for T1, T2, FLAIR. Received: input_shape={input_shape!r}")
-    for name, value, low in (("num_classes", num_classes, 1), ("base_filters", base_filters, 1),
-                             ("depth", depth, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"Invalid value for argument `{name}`: expected an int >= {low}. "
-                             f"Received: {name}={value!r}")
+    for name, value in (("num_classes", num_classes), ("base_filters", base_filters),
+                        ("depth", depth)):
+        arguments.positive_int(value, name)
     if final_activation not in _FINAL_ACTIVATIONS:
         raise ValueError(
             f"Invalid value for argument `final_activation`: expected one of "

@@ -35,7 +35,7 @@ import zipfile
 
 import keras
 
-from tfversky import modalities as modalities_lib
+from tfversky import arguments, modalities as modalities_lib
 from tfversky._version import __version__
 from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
@@ -45,16 +45,6 @@ NORMALIZATIONS = ("zscore",)
 
 class PlanWarning(UserWarning):
     """A model without a plan: the defaults are assumed."""
-
-
-def _triple_or_none(value, name):
-    if value is None:
-        return None
-    triple = (value,) * 3 if isinstance(value, int) else tuple(value)
-    if len(triple) != 3 or not all(isinstance(v, int) and v > 0 for v in triple):
-        raise ValueError(f"Invalid value for argument `{name}`: expected None, a positive int or "
-                         f"three of them (D, H, W). Received: {name}={value!r}")
-    return triple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,15 +130,10 @@ class Plan:
                              f"clip_percentiles={self.clip_percentiles!r}")
         setattr_(self, "clip_percentiles", (low, high))
         for name in ("patch_size", "training_patch_size"):
-            setattr_(self, name, _triple_or_none(getattr(self, name), name))
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"Invalid value for argument `overlap`: expected a fraction in "
-                             f"[0, 1). Received: overlap={self.overlap!r}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"Invalid value for argument `threshold`: expected a number in "
-                             f"(0, 1). Received: threshold={self.threshold!r}")
-        setattr_(self, "overlap", float(self.overlap))
-        setattr_(self, "threshold", float(self.threshold))
+            if getattr(self, name) is not None:
+                setattr_(self, name, arguments.patch_size(getattr(self, name), name))
+        setattr_(self, "overlap", arguments.overlap(self.overlap))
+        setattr_(self, "threshold", arguments.threshold(self.threshold))
         setattr_(self, "class_names", tuple(str(name) for name in self.class_names))
         setattr_(self, "loss", dict(self.loss))
         setattr_(self, "record", json.loads(json.dumps(self.record)))  # JSON-ready, a copy

@@ -18,7 +18,8 @@ default), whole-volume validation and model selection
 ``evaluate``: a saved model on the test split of the data its run record names (or on data
 the record allows: the same grid, placement and modalities, never its training subjects).
 
-Mistakes a user can fix are ``cli.UsageError``: one line on stderr, exit code 2.
+Every flag has one rule (``tfversky.arguments``), checked before any data is read; mistakes a
+user can fix are ``UsageError``s: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import shutil
 import sys
 import time
 
-from tfversky import _files, cli
+from tfversky import _files, arguments
+from tfversky.arguments import UsageError, flag_type as _flag
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "default")
 RUN_JSON = "run.json"  # the run's flags and versions, written before training starts
@@ -44,19 +46,6 @@ LR_SCHEDULES = ("step", "poly")
 
 
 # --- flags ------------------------------------------------------------------------------------
-
-
-def _val_subjects(text: str):
-    """'0' (off), an int >= 1, or a fraction in (0, 1)."""
-    try:
-        value = float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        value = -1
-    if value < 0 or (isinstance(value, float) and not 0 < value < 1):
-        raise argparse.ArgumentTypeError(
-            f"expected 0 (no validation), a count >= 1 or a fraction in (0, 1) of the "
-            f"training subjects, got {text!r}")
-    return value
 
 
 def _probability(text: str):
@@ -83,7 +72,8 @@ def add_data_arguments(parser) -> None:
                       help="nnunet/bids: the input channels, in order, by canonical name or "
                            "alias (e.g. FLAIR,T1w). bids: required; nnunet: default all "
                            "channel_names of dataset.json")
-    data.add_argument("--subject-pattern", default=None, metavar="REGEX",
+    data.add_argument("--subject-pattern", type=_flag(arguments.regex, str), default=None,
+                      metavar="REGEX",
                       help="nnunet: regular expression on the case id whose match (or group "
                            "'subject') is the subject, so that a subject's sessions share a fold "
                            "(e.g. '^MS_[0-9]+' for MS_003_ses2)")
@@ -91,14 +81,26 @@ def add_data_arguments(parser) -> None:
                       help="bids: folder(s) holding the lesion masks, a glob relative to "
                            "--manual-dir (default derivatives/*)")
     data.add_argument("--mask-pattern", default=None,
-                      help="bids: file name glob of the masks (default *_desc-lesion_mask.nii.gz)")
+                      help="bids: file name glob of the masks (default: *_desc-lesion_mask, "
+                           "*_label-lesion_mask, and *_dseg with a dseg.tsv naming a lesion "
+                           "label; .nii or .nii.gz)")
+    data.add_argument("--bids-filter", action="append", default=None, metavar="CHANNEL:K=V",
+                      help="bids: choose among several files of one channel by their entities "
+                           "(repeatable), e.g. FLAIR:acq=3D, T1w:run=1,ce= (empty = absent), "
+                           "FLAIR@1:ses=02; 'mask:...' filters the masks")
+    data.add_argument("--bids-filter-file", default=None, metavar="JSON",
+                      help="bids: the filters as fMRIPrep's --bids-filter-file: "
+                           '{"flair": {"acquisition": "3D"}}')
+    data.add_argument("--require-labels", action="store_true", default=None,
+                      help="nnunet/bids: refuse cases without a mask (default: leave them out "
+                           "of training and evaluation with one warning listing them)")
     data.add_argument("--grid-shape", default=None, metavar="D,H,W",
                       help="nnunet/bids: reference grid voxels (default the paper's 128,224,256)")
     data.add_argument("--grid-spacing", default=None, metavar="X,Y,Z",
                       help="nnunet/bids: reference grid voxel size in mm (default 1.25,0.9,0.75: "
                            "a 160 x 201.6 x 192 mm field of view; larger brains are cropped, "
                            "with a warning)")
-    data.add_argument("--num-folds", type=int, default=None,
+    data.add_argument("--num-folds", type=_flag(arguments.fold_count, int), default=None,
                       help="nnunet/bids: cross-validation folds (default 2, as the paper, or "
                            "those of splits_final.json); the other configs have their own "
                            "(2; one per centre for *_by_centre*)")
@@ -108,13 +110,13 @@ def add_train_arguments(parser) -> None:
     """Every flag of ``tfversky train`` (and ``examples/train_ms.py``) on ``parser``."""
     add_data_arguments(parser)
     data = parser.add_argument_group("training data")
-    data.add_argument("--fold", type=int, default=1,
+    data.add_argument("--fold", type=_flag(arguments.non_negative_int, int), default=1,
                       help="test fold; training uses the other(s). Fold 1 of the synthetic data "
                            "holds its highest- and lowest-lesion-load subjects")
-    data.add_argument("--patch-size", type=int, default=48,
+    data.add_argument("--patch-size", type=_flag(arguments.patch_size, int), default=48,
                       help="cubic training patch edge; a multiple of 2^(depth-1)")
-    data.add_argument("--lesion-fraction", type=float, default=0.5,
-                      help="fraction of patches centred on a lesion voxel")
+    data.add_argument("--lesion-fraction", type=_flag(arguments.probability), default=0.5,
+                      help="fraction of patches centred on a lesion voxel, in [0, 1]")
     aug = parser.add_argument_group("augmentation (tfversky.augmentation, on the CPU)")
     aug.add_argument("--augment", choices=AUGMENT_CHOICES, default="default",
                      help="none: flips only; default: nnU-Net's set and probabilities "
@@ -125,12 +127,16 @@ def add_train_arguments(parser) -> None:
                      help="per-patch probability of one transform (repeatable), switching it "
                           "on, e.g. rotation=0.5 (noise=0 turns noise off); with --augment "
                           "none only the named ones run")
-    aug.add_argument("--augment-rotation", type=float, default=15.0, metavar="DEGREES",
+    aug.add_argument("--augment-rotation", type=_flag(arguments.non_negative_number),
+                     default=15.0, metavar="DEGREES",
                      help="rotations about each axis drawn from [-DEGREES, DEGREES]")
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--alpha", type=float, default=0.3, help="false-positive weight")
-    loss.add_argument("--beta", type=float, default=0.7, help="false-negative weight")
-    loss.add_argument("--gamma", type=float, default=1.0, help="focal exponent (1: plain)")
+    loss.add_argument("--alpha", type=_flag(arguments.tversky_weight), default=0.3,
+                      help="false-positive weight, >= 0")
+    loss.add_argument("--beta", type=_flag(arguments.tversky_weight), default=0.7,
+                      help="false-negative weight, >= 0 (not 0 with --alpha 0)")
+    loss.add_argument("--gamma", type=_flag(arguments.positive_number), default=1.0,
+                      help="focal exponent, > 0 (1: plain)")
     loss.add_argument("--batch-dice", action=argparse.BooleanOptionalAction, default=True,
                       help="pool TP/FP/FN over the batch (TverskyLoss(batch=True), as nnU-Net): "
                            "a patch without lesion otherwise costs ~1 for any false-positive "
@@ -138,19 +144,21 @@ def add_train_arguments(parser) -> None:
     loss.add_argument("--loss-impl", choices=("auto", "tf", "fused"), default="auto",
                       help="pure TensorFlow, the fused C++/CUDA op, or fused where available")
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=12)
-    train.add_argument("--steps-per-epoch", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=2,
+    train.add_argument("--epochs", type=_flag(arguments.positive_int, int), default=12)
+    train.add_argument("--steps-per-epoch", type=_flag(arguments.positive_int, int), default=100)
+    train.add_argument("--batch-size", type=_flag(arguments.positive_int, int), default=2,
                        help="global batch (split over the replicas)")
-    train.add_argument("--lr", type=float, default=1e-3,
-                       help="Adam's initial learning rate (paper: 1e-4 for 1000 epochs; 1e-3 "
+    train.add_argument("--lr", type=_flag(arguments.positive_number), default=1e-3,
+                       help="Adam's initial learning rate, > 0 (paper: 1e-4 for 1000 epochs; 1e-3 "
                             "suits the short CPU demo)")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step",
                        help="step: x0.9 every 1000 steps (the paper's); poly: lr (1 - t/T)^0.9 "
                             "down to 0 at the last step (nnU-Net's), so a short run ends "
                             "on a settled model for its length")
-    train.add_argument("--base-filters", type=int, default=8, help="U-Net features at level 0")
-    train.add_argument("--depth", type=int, default=4, help="U-Net resolution levels")
+    train.add_argument("--base-filters", type=_flag(arguments.positive_int, int), default=8,
+                       help="U-Net features at level 0")
+    train.add_argument("--depth", type=_flag(arguments.positive_int, int), default=4,
+                       help="U-Net resolution levels")
     train.add_argument("--normalization", choices=("none", "batch", "group", "instance"),
                        default="instance",
                        help="U-Net normalisation layers (the paper: none; see docs/training.md)")
@@ -159,30 +167,37 @@ def add_train_arguments(parser) -> None:
     train.add_argument("--strategy", choices=STRATEGIES, default="auto",
                        help="auto: MirroredStrategy over >1 GPUs or --cpu-replicas, else default; "
                             "multiworker reads TF_CONFIG")
-    train.add_argument("--cpu-replicas", type=int, default=1,
+    train.add_argument("--cpu-replicas", type=_flag(arguments.positive_int, int), default=1,
                        help="split the CPU into N logical devices (to run MirroredStrategy "
                             "without GPUs)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_flag(arguments.seed, int), default=0,
+                       help="seed of the patches, augmentations, initial weights and validation "
+                            "subjects, in [0, 2^32)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
                        help="Keras fit verbosity (default: a progress bar on a terminal, one "
                             "line per epoch otherwise)")
     val = parser.add_argument_group("validation and model selection")
-    val.add_argument("--val-subjects", type=_val_subjects, default=0.1, metavar="N|FRACTION",
+    val.add_argument("--val-subjects", type=_flag(arguments.validation_subjects,
+                                                  arguments.parse_count_or_fraction),
+                     default=0.1, metavar="N|FRACTION",
                      help="hold out N (or this fraction, rounded, at least 1, of the) training "
                           "subjects, seeded by --seed, for whole-volume validation; model.keras "
                           "is then the epoch best on --monitor. 0: no validation, model.keras "
                           "is the last epoch")
-    val.add_argument("--val-every", type=int, default=1, metavar="N",
+    val.add_argument("--val-every", type=_flag(arguments.positive_int, int), default=1,
+                     metavar="N",
                      help="validate every N epochs (and at the last)")
     val.add_argument("--monitor", default="val_dsc",
                      help="validation metric that selects the model: val_dsc, val_sensitivity, "
                           "val_specificity, val_f2 or val_apr (higher is better)")
-    val.add_argument("--patience", type=int, default=None, metavar="N",
+    val.add_argument("--patience", type=_flag(arguments.positive_int, int), default=None,
+                     metavar="N",
                      help="stop after N validations without improvement (default: never)")
     ev = parser.add_argument_group("evaluation")
-    ev.add_argument("--overlap", type=float, default=0.25,
-                    help="sliding-window overlap of whole-volume inference")
-    ev.add_argument("--threshold", type=float, default=0.5, help="lesion if p >= threshold")
+    ev.add_argument("--overlap", type=_flag(arguments.overlap), default=0.25,
+                    help="sliding-window overlap of whole-volume inference, in [0, 1)")
+    ev.add_argument("--threshold", type=_flag(arguments.threshold), default=0.5,
+                    help="lesion if p >= threshold, in (0, 1)")
     parser.add_argument("--out", default="runs/train_ms",
                         help="output folder; the same command again resumes a killed run there "
                              "(a finished one, or one made with other flags, is refused)")
@@ -193,7 +208,7 @@ def add_train_arguments(parser) -> None:
 
 def build_parser(prog: str = "train_ms.py") -> argparse.ArgumentParser:
     """A stand-alone parser of the training flags (``examples/train_ms.py``)."""
-    parser = argparse.ArgumentParser(
+    parser = arguments.ArgumentParser(
         prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a 3D U-Net with the Tversky loss on MS lesion data and report the "
                     "paper's metrics on the held-out fold. alpha weighs false positives, beta "
@@ -203,54 +218,58 @@ def build_parser(prog: str = "train_ms.py") -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    """Mistakes that would otherwise surface minutes later, deep inside TensorFlow."""
+    """Every flag's rule (``tfversky.arguments``, as argparse applied it: a namespace made in
+    Python is checked too) and their combinations, before any data is read or a model built:
+    mistakes that would otherwise surface minutes later, deep inside TensorFlow, or never.
+
+    Raises:
+        UsageError: naming the flag, the value and what it takes.
+    """
     from tfversky import augmentation, training
 
-    UsageError = cli.UsageError
-    multiple = 2 ** (args.depth - 1)
-    if args.patch_size % multiple or args.patch_size < multiple:
-        lower = max(multiple, args.patch_size // multiple * multiple)
-        raise UsageError(f"--patch-size {args.patch_size} is not a multiple of 2^(depth-1) = "
-                         f"{multiple} for --depth {args.depth}; use {lower} or {lower + multiple}")
+    arguments.check_flags(build_parser(), args)
+    try:  # the network halves the patch depth - 1 times
+        arguments.patch_size(args.patch_size, "patch_size", arguments.size_multiple(args.depth),
+                             f"2^(depth-1) for --depth {args.depth}")
+        arguments.tversky_weights(args.alpha, args.beta)
+    except arguments.InvalidArgument as error:
+        raise arguments.usage_error(error) from None
     if args.strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
         raise UsageError("--strategy multiworker needs the TF_CONFIG environment variable (the "
                          "cluster and this worker's task), e.g. TF_CONFIG='{\"cluster\": "
                          "{\"worker\": [\"host1:12345\", \"host2:12345\"]}, \"task\": "
                          "{\"type\": \"worker\", \"index\": 0}}'")
-    if args.cpu_replicas < 1:
-        raise UsageError(f"--cpu-replicas must be >= 1, got {args.cpu_replicas}")
-    if args.batch_size % max(args.cpu_replicas, 1):
+    if args.batch_size % args.cpu_replicas:
         raise UsageError(f"--batch-size {args.batch_size} must be divisible by --cpu-replicas "
                          f"{args.cpu_replicas} (each replica takes an equal share)")
     _check_dataset_name(args)
     resolve_folds(args)
-    for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.monitor not in training.VALIDATION_METRICS:
         raise UsageError(f"--monitor {args.monitor!r} is not a logged metric: use one of "
                          f"{', '.join(training.VALIDATION_METRICS)}")
-    if args.patience is not None and args.patience < 1:
-        raise UsageError(f"--patience {args.patience}: give a number of validations >= 1, or "
-                         f"leave it out for no early stopping")
     for name, p in args.augment_prob:
         if name not in augmentation.TRANSFORMS:
             raise UsageError(f"--augment-prob {name}=...: unknown transform {name!r}; use one "
                              f"of {', '.join(augmentation.TRANSFORMS)}")
-        if p is None or not 0 <= p <= 1:
+        try:
+            arguments.probability(p, f"{name}_p")
+        except arguments.InvalidArgument:
             raise UsageError(f"--augment-prob {name}={'?' if p is None else p}: a probability "
                              f"must be a number in [0, 1] (0 turns {name} off), e.g. "
-                             f"{name}=0.2")
-    if not 0 <= args.augment_rotation < float("inf"):
-        raise UsageError(f"--augment-rotation {args.augment_rotation}: the rotation range must "
-                         f"be >= 0 degrees (angles are drawn from [-range, range]), e.g. 15")
+                             f"{name}=0.2") from None
+    # The dataset flags by the adapter's own rules (grid, modalities, layout), nothing built.
+    dataset_adapter(args).open_dataset(args, prepare=False)
 
 
 def _check_dataset_name(args) -> None:
     if not args.dataset.startswith("ms_lesions/"):
-        raise cli.UsageError(f"--dataset {args.dataset!r}: expected ms_lesions/<config>")
+        raise UsageError(f"--dataset {args.dataset!r}: expected ms_lesions/<config>")
     if args.manual_dir and not pathlib.Path(args.manual_dir).is_dir():
-        raise cli.UsageError(f"--manual-dir {args.manual_dir}: no such folder")
+        raise UsageError(f"--manual-dir {args.manual_dir}: no such folder")
+    if args.data_dir and pathlib.Path(args.data_dir).exists() and \
+            not pathlib.Path(args.data_dir).is_dir():
+        raise UsageError(f"--data-dir {args.data_dir}: not a folder (TFDS keeps the built "
+                         f"datasets there; give a folder, new or existing)")
 
 
 def augment_config(args, voxel_spacing=(1.0, 1.0, 1.0)):
@@ -328,7 +347,7 @@ def dataset_adapter(args):
     try:
         return _adapters.load("tfversky.datasets", args.dataset.split("/", 1)[0])
     except _adapters.AdapterUnavailableError as error:
-        raise cli.UsageError(f"--dataset {args.dataset}: {error}") from None
+        raise UsageError(f"--dataset {args.dataset}: {error}") from None
 
 
 def dataset_version(args) -> str | None:
@@ -430,8 +449,8 @@ def resolve_folds(args, builder=None) -> tuple[str, str] | None:
         return None
     args.num_folds = folds
     if not 0 <= args.fold < args.num_folds:
-        raise cli.UsageError(f"--fold {args.fold}: {args.dataset} has {args.num_folds} folds; "
-                             f"use --fold 0 to {args.num_folds - 1}")
+        raise UsageError(f"--fold {args.fold}: {args.dataset} has {args.num_folds} folds; "
+                         f"use --fold 0 to {args.num_folds - 1}")
     return data.fold_splits(args.fold, args.num_folds)
 
 
@@ -459,7 +478,7 @@ def load_splits(args, skip_batches: int = 0):
             _, val_ids = training.split_subjects(subjects, args.val_subjects, seed=args.seed)
         except ValueError as error:
             unique = len(set(subjects))
-            raise cli.UsageError(
+            raise UsageError(
                 f"--val-subjects {args.val_subjects}: the training folds hold {unique} "
                 f"subject(s) and validation may not outnumber training; use --val-subjects "
                 f"{unique // 2} or less (0: no validation)" if unique > 1 else
@@ -537,10 +556,8 @@ def training_plan(args, modalities, grid, placement: str = "brain_bbox", record=
 
 # --- 4. the run folder and training ----------------------------------------------------------
 
-# What makes a folder a run's (a run.json-less one comes from an older tfversky; a
-# worker-N folder alone, from a multi-worker run whose chief has not written yet).
-_RUN_FILES = (RUN_JSON, "results.json", "backup", "training_log.csv", "model.keras",
-              "worker-*")
+# What makes a folder a run's (a run.json-less one comes from an older tfversky).
+_RUN_FILES = (RUN_JSON, "results.json", "backup", "training_log.csv", "model.keras")
 
 
 def run_started(args) -> dict:
@@ -560,7 +577,7 @@ def check_run_folder(args) -> dict | None:
     these flags resume.
 
     Raises:
-        cli.UsageError: ``--out`` is a file; a non-empty folder that holds no run (even
+        UsageError: ``--out`` is a file; a non-empty folder that holds no run (even
             with ``--overwrite``: only a run's files are ever removed); a finished run
             (``results.json``) without ``--overwrite``; a killed run without ``run.json``, of
             another tfversky version, or made with flags (``OUTPUT_ONLY_FLAGS`` aside) or
@@ -570,31 +587,32 @@ def check_run_folder(args) -> dict | None:
 
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
-        raise cli.UsageError(f"--out {args.out!r} is a file: give a folder for the run")
-    if not out.is_dir() or not any(out.iterdir()):
+        raise UsageError(f"--out {args.out!r} is a file: give a folder for the run")
+    # worker-N folders alone: the other workers of a multi-worker run starting now.
+    if not out.is_dir() or all(p.name.startswith("worker-") for p in out.iterdir()):
         return None
-    if not any(any(out.glob(name)) for name in _RUN_FILES):
-        raise cli.UsageError(f"--out {args.out!r} is not empty and holds no tfversky run: "
+    if not any((out / name).exists() for name in _RUN_FILES):
+        raise UsageError(f"--out {args.out!r} is not empty and holds no tfversky run: "
                              f"choose a new or empty folder (--overwrite replaces runs only)")
     if args.overwrite:
         return None
     again = "pass --overwrite to start over (its files are removed), or choose another --out"
     if (out / "results.json").exists():
-        raise cli.UsageError(f"--out {args.out!r} holds a finished run (results.json), left as "
+        raise UsageError(f"--out {args.out!r} holds a finished run (results.json), left as "
                              f"it is: {again}")
     if not (out / RUN_JSON).exists():
-        raise cli.UsageError(f"--out {args.out!r} holds a killed run with no record of its "
+        raise UsageError(f"--out {args.out!r} holds a killed run with no record of its "
                              f"flags ({RUN_JSON}; made by an older tfversky), which cannot "
                              f"be resumed safely: {again}")
     started = json.loads((out / RUN_JSON).read_text())
     version = started.get("versions", {}).get("tfversky")
     if version != tfversky.__version__:
-        raise cli.UsageError(f"--out {args.out!r} holds a killed run of tfversky {version} and "
+        raise UsageError(f"--out {args.out!r} holds a killed run of tfversky {version} and "
                              f"this is {tfversky.__version__}: a resumed run would mix two "
                              f"versions; finish it with tfversky {version}, or {again}")
     differ = flags_differing(started, args, ignore=OUTPUT_ONLY_FLAGS)
     if differ:
-        raise cli.UsageError(f"--out {args.out!r} holds a killed run made with other flags or "
+        raise UsageError(f"--out {args.out!r} holds a killed run made with other flags or "
                              f"data ({'; '.join(differ)}): resume it with its own, or {again}")
     return started
 
@@ -906,26 +924,26 @@ def check_evaluation_data(args, model_plan, adapter, builder) -> str:
     if same_dataset and trained.get("version") not in (None, version):
         differ.append(f"{args.dataset} version {version} (trained on {trained['version']})")
     if differ:
-        raise cli.UsageError(
+        raise UsageError(
             f"--model {args.model} was not made for this data: {'; '.join(differ)}. "
             + (f"Leave the dataset flags out to evaluate on its own data ({trained['name']}); "
                + _describe_training(record) if trained else
                "Evaluate on data prepared as its plan says: " + model_plan.describe()))
     split = args.split or record.get("splits", {}).get("test")
     if split is None:
-        raise cli.UsageError(f"--model {args.model} records no test split: give --split "
+        raise UsageError(f"--model {args.model} records no test split: give --split "
                              f"(e.g. fold1)")
     names = [f"fold{k}" for k in range(folds or 0)]
     unknown = [part for part in split.split("+") if names and part not in names]
     if unknown:
-        raise cli.UsageError(f"--split {split!r}: {args.dataset} has no split "
+        raise UsageError(f"--split {split!r}: {args.dataset} has no split "
                              f"{unknown[0]!r}; its splits are {', '.join(names)} (join them "
                              f"with +, e.g. {'+'.join(names[:2])})")
     if same_dataset and record.get("splits"):
         training_folds = set(record["splits"]["train"].split("+"))
         used = sorted(training_folds & set(split.split("+")))
         if used:
-            raise cli.UsageError(
+            raise UsageError(
                 f"--split {split}: {'+'.join(used)} held the model's training or validation "
                 f"subjects ({_describe_training(record)}); score {record['splits']['test']}, "
                 f"or train another fold")
@@ -938,22 +956,22 @@ def _evaluate(args) -> int:
     from tfversky import data, evaluation, plan as plan_lib
 
     if not os.path.isfile(args.model):
-        raise cli.UsageError(f"--model file {args.model!r} does not exist")
+        raise UsageError(f"--model file {args.model!r} does not exist")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", plan_lib.PlanWarning)
             model_plan = plan_lib.read_plan(args.model)
     except ValueError as err:
-        raise cli.UsageError(f"--model: {err}") from None
+        raise UsageError(f"--model: {err}") from None
     record = model_plan.record
     differ = _given_or_recorded(args, record)
     if args.dataset is None:
-        raise cli.UsageError(
+        raise UsageError(
             f"--model {args.model} carries no run record (trained before tfversky recorded "
             f"one, or outside tfversky train): give the dataset flags (--dataset, and "
             f"--manual-dir etc. for nnunet/bids); its data cannot be checked then")
     if differ:
-        raise cli.UsageError(
+        raise UsageError(
             f"--model {args.model} was trained on other data: {'; '.join(differ)}; leave "
             f"these flags out to evaluate on its own data ({_describe_training(record)})")
     _check_dataset_name(args)
@@ -970,7 +988,7 @@ def _evaluate(args) -> int:
     if record.get("dataset", {}).get("name") == args.dataset:
         digest = fold_members(args, builder)[1]
         if digest != record["dataset"].get("digest", digest):
-            raise cli.UsageError(
+            raise UsageError(
                 f"--model {args.model}: {args.dataset} now holds other scans or other folds "
                 f"than it was trained on (digest {digest}, trained on "
                 f"{record['dataset']['digest']}): its test split may hold training subjects; "
@@ -980,11 +998,11 @@ def _evaluate(args) -> int:
     overlap = sorted(seen & {subject for subject, _ in
                              split_members(adapter, args, builder, split)}) if seen else []
     if overlap:
-        raise cli.UsageError(
+        raise UsageError(
             f"--split {split} holds {len(overlap)} subject(s) the model was trained or "
             f"validated on ({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}): "
             f"{_describe_training(record)}")
-    model = cli._load_model(args.model)
+    model = arguments.load_model_file(args.model)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -992,7 +1010,7 @@ def _evaluate(args) -> int:
                                            plan=model_plan, ignore_index=ignore_index,
                                            total=int(volumes.cardinality()))
     except ValueError as err:
-        raise cli.UsageError(f"--split {split!r}: {' '.join(str(err).split())}") from None
+        raise UsageError(f"--split {split!r}: {' '.join(str(err).split())}") from None
     print_report(results, out, [evaluation.RESULT_FILE, "evaluator.npz", "pr_curve.png",
                                 "overlays/", "predictions/"])
     return 0

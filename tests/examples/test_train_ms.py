@@ -76,7 +76,9 @@ def test_help_explains_every_flag(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "ms_lesions/nope"], "unknown config 'nope'"),
     (["--dataset", "mnist"], "expected ms_lesions/<config>"),
-    (["--patch-size", "20"], "not a multiple of 2^(depth-1) = 8"),
+    (["--patch-size", "20"], "--patch-size 20: expected sizes that are each a multiple of 8 "
+                             "(2^(depth-1) for --depth 4): 16 or 24 for 20"),
+    (["--threshold", "1.0"], "argument --threshold: expected a number in (0, 1), got '1.0'"),
     (["--strategy", "multiworker"], "needs the TF_CONFIG"),
     (["--manual-dir", "/no/such/folder"], "no such folder"),
     (["--fold", "2"], "--fold 2"),
@@ -84,7 +86,11 @@ def test_help_explains_every_flag(capsys):
 ])
 def test_usage_errors_exit_2_with_one_line(argv, message, capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    code = _load("train_ms").main(argv + ["--out", str(tmp_path), "--data-dir", str(tmp_path)])
+    try:
+        code = _load("train_ms").main(argv + ["--out", str(tmp_path), "--data-dir",
+                                              str(tmp_path)])
+    except SystemExit as exit_info:  # argparse applied the flag's rule
+        code = exit_info.code
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.count("\n") == 1, err
@@ -233,7 +239,7 @@ def test_model_inputs_follow_the_bids_modalities(tmp_path):
         "--dataset", "ms_lesions/bids", "--manual-dir",
         str(ROOT / "tests" / "tfds_ms" / "dummy_data" / "bids"), "--modalities", "FLAIR,T1w",
         "--data-dir", str(tmp_path), *USER_GRID])
-    patches, test, (modalities, grid, ignore_index, _), val = train_cli.load_splits(args)
+    patches, test, (modalities, grid, ignore_index, _), val, _ = train_cli.load_splits(args)
     # The default --val-subjects 0.1 holds out at least one subject (with all its sessions).
     assert len({e["subject"] for e in val.as_numpy_iterator()}) == 1
     assert modalities == ("FLAIR", "T1") and grid.shape == (16, 24, 24) and ignore_index is None
@@ -247,7 +253,9 @@ def test_model_inputs_follow_the_bids_modalities(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS"], "needs the modalities"),
     (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR,T9"],
-     "Unknown modality 'T9'"),
+     "has T9 (found: FLAIR, T1, T2)"),
+    (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR",
+      "--bids-filter", "FLAIR:acq=1D"], "--bids-filter FLAIR:acq=1D matches none of its FLAIR"),
     (["--dataset", "ms_lesions/bids", "--manual-dir", "BIDS", "--modalities", "FLAIR,PDw"],
      "has PD"),
     (["--dataset", "ms_lesions/nnunet", "--manual-dir", "NNUNET", "--subject-pattern", "^x"],
@@ -265,8 +273,8 @@ def test_user_dataset_usage_errors(argv, message, capsys, tmp_path):
     try:
         code = _load("train_ms").main(argv + ["--out", str(tmp_path), "--data-dir", str(tmp_path)])
         lines = capsys.readouterr().err.splitlines()
-    except SystemExit as exit_info:  # argparse's own: the usage, then one line of error
-        code, lines = exit_info.code, capsys.readouterr().err.splitlines()[-1:]
+    except SystemExit as exit_info:  # argparse's own, one line too
+        code, lines = exit_info.code, capsys.readouterr().err.splitlines()
     assert code == 2
     assert len(lines) == 1 and message in lines[0], lines
 

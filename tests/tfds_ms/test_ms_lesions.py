@@ -371,7 +371,7 @@ def test_label_values_outside_dataset_json_are_named(tmp_path):
     ("nnunet", {}, ValueError, "reads your dataset folder: pass manual_dir=DIR"),
     ("bids", {"manual_dir": DUMMY / "bids"}, ValueError, "needs the modalities"),
     ("bids", {"manual_dir": DUMMY / "bids", "modalities": "FLAIR,DWI"}, ValueError,
-     "no subject under .* has DWI"),
+     "no session under .* has DWI"),
     ("nnunet", {"manual_dir": DUMMY / "nnunet", "subject_pattern": "^sub"}, ValueError,
      "does not match case id 'MS_001_s1'"),
     ("nnunet", {"manual_dir": DUMMY / "bids"}, ValueError, "No nnU-Net dataset.json"),
@@ -392,4 +392,23 @@ def test_build_cli_builds_a_user_dataset_and_names_bad_input(tmp_path, capsys):
     assert "ms_lesions/nnunet_nnunet_flair_t1_" in capsys.readouterr().out
     assert main(argv + ["--modalities", "FLAIR,T2"]) == 2
     err = capsys.readouterr().err
-    assert "T2 is not a channel of" in err and err.count("\n") == 1
+    assert "has no T2; it holds FLAIR, T1" in err and err.count("\n") == 1
+
+
+def test_a_longitudinal_pair_chosen_by_bids_filters_builds_as_two_channels(tmp_path):
+    root = tmp_path / "bids"
+    shutil.copytree(DUMMY / "bids", root)
+    for path in sorted(root.glob("sub-*/ses-*/anat/*_FLAIR.nii.gz")):
+        shutil.copy(path, path.with_name(path.name.replace("_FLAIR", "_run-2_FLAIR")))
+        path.rename(path.with_name(path.name.replace("_FLAIR", "_run-1_FLAIR")))
+    (root / "filters.json").write_text('{"flair@1": {"run": 2}}')
+    builder = _user_build(tmp_path / "data", "bids", root, modalities="FLAIR@0,FLAIR@1,T1w",
+                          bids_filter=["FLAIR@0:run=1"], bids_filter_file=root / "filters.json")
+    assert tfds_ms.dataset_modalities(builder) == ("FLAIR@0", "FLAIR@1", "T1")
+    assert builder.builder_config.bids_filter == ("FLAIR@0:run=1", "FLAIR@1:run=2")
+    assert builder.builder_config.name.startswith("bids_bids_flair_0_flair_1_t1_")
+    example = next(iter(tfds.as_numpy(builder.as_dataset(split="fold0"))))
+    assert example["image"].shape == (*TINY.shape, 3)
+    np.testing.assert_array_equal(example["image"][..., 0], example["image"][..., 1])
+    with pytest.raises(ValueError, match="the nnunet layout has none.*--bids-filter"):
+        _user_build(tmp_path / "data", "nnunet", DUMMY / "nnunet", bids_filter=["FLAIR:acq=3D"])

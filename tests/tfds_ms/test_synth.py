@@ -108,7 +108,7 @@ def test_nnunet_test_cases_take_axis_orders_no_training_case_has(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"layout": "bids", "modalities": ("T1GD",)}, "the phantom's bids writer has no T1GD"),
-    ({"layout": "nnunet", "modalities": ("T3",)}, "Unknown modality 'T3'"),
+    ({"layout": "nnunet", "modalities": ("T3",)}, "the phantom's nnunet writer has no T3"),
     ({"layout": "bids", "test_subjects": 2}, "test_subjects"),
 ])
 def test_layout_writer_errors(tmp_path, kwargs, match):
@@ -126,3 +126,40 @@ def test_cli_errors(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
         synth.main(["--out", str(tmp_path)] + argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bids_phantom(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bids_phantom")
+    manifest = synth.synthesize(out, subjects=2, layout="bids", resolution=8.0, progress=False,
+                                modalities=("FLAIR", "T1"))
+    return out, manifest
+
+
+def test_bids_output_carries_what_the_tools_ask_for(bids_phantom):
+    out, manifest = bids_phantom
+    description = json.loads((out / "derivatives/lesions/dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "tfds_ms.synth"
+    assert (out / "README").read_text().strip()
+    assert "phantom.json" in (out / ".bidsignore").read_text().split()
+    written = [out / f for s in manifest["subjects"] for f in s["files"].values()]
+    assert len(written) == 6
+    for path in written:
+        assert nib.load(path).header.get_xyzt_units()[0] == "mm"
+
+
+def test_pybids_opens_the_bids_output_and_finds_every_image_and_mask(bids_phantom):
+    bids = pytest.importorskip("bids")
+    out, manifest = bids_phantom
+    layout = bids.BIDSLayout(out, derivatives=True)
+    images = layout.get(scope="raw", datatype="anat", extension=".nii.gz",
+                        return_type="filename")
+    masks = layout.get(scope="derivatives", desc="lesion", suffix="mask",
+                       extension=".nii.gz", return_type="filename")
+    expected = {key: sorted(str(out / f) for s in manifest["subjects"]
+                            for k, f in s["files"].items() if (k == "mask") == (key == "mask"))
+                for key in ("image", "mask")}
+    assert sorted(images) == expected["image"] and len(images) == 4
+    assert sorted(masks) == expected["mask"] and len(masks) == 2
+    assert layout.get_subjects() == ["01", "02"] and layout.get_sessions() == ["01"]

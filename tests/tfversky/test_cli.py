@@ -338,7 +338,7 @@ def _corrupt(path):
     ("missing_modality", ["expects T1, T2, FLAIR", "missing: FLAIR", "--image"]),
     ("extra_modality", ["expects T1, T2, FLAIR", "does not take PD"]),
     ("plan_names_missing_modality", ["expects FLAIR, T1, T2, PD", "missing: PD"]),
-    ("bad_image_name", ["Unknown modality 'T9'"]),
+    ("bad_image_name", ["expects T1, T2, FLAIR", "does not take T9"]),
     ("bad_out_extension", ["--out", ".nii or .nii.gz"]),
     ("out_folder_missing", ["--out", "does not exist"]),
     ("out_is_input", ["--out", "input files"]),
@@ -455,14 +455,25 @@ def test_folder_errors_write_nothing(files, tmp_path, capsys, case, expected):
     assert (sorted(os.listdir(out)) if out.is_dir() else None) == before
 
 
-@pytest.mark.parametrize("extra", [["--threshold", "1.5"], ["--overlap", "1"],
-                                   ["--patch-size", "8,8"], ["--batch-size", "0"],
-                                   ["--min-lesion-size", "-1"], ["--image", "T1"]])
-def test_invalid_option_values_are_argparse_errors(files, tmp_path, capsys, extra):
+@pytest.mark.parametrize("extra, message", [
+    (["--threshold", "1.5"], "--threshold: expected a number in (0, 1), got '1.5'"),
+    (["--threshold", "0"], "--threshold: expected a number in (0, 1), got '0'"),
+    (["--overlap", "1"], "--overlap: expected a number in [0, 1), got '1'"),
+    (["--patch-size", "8,8"], "--patch-size: expected a positive int or three of them (D, H, W), "
+                              "got '8,8'"),
+    (["--patch-size", "0"], "--patch-size: expected a positive int or three of them"),
+    (["--batch-size", "0"], "--batch-size: expected an int >= 1, got '0'"),
+    (["--min-lesion-size", "-1"], "--min-lesion-size: expected a finite number >= 0, got '-1'"),
+    (["--min-lesion-size", "inf"], "--min-lesion-size: expected a finite number >= 0, got 'inf'"),
+    (["--image", "T1"], "--image: expected NAME=FILE"),
+])
+def test_invalid_option_values_are_one_line_argparse_errors(files, tmp_path, capsys, extra,
+                                                            message):
     with pytest.raises(SystemExit) as info:
         main(_args(files, tmp_path / "seg.nii.gz", *extra))
     assert info.value.code == 2
-    assert "error: argument" in capsys.readouterr().err
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"predict: error: argument {message}" in lines[0], lines
 
 
 def test_missing_inputs_and_no_command(capsys):
@@ -504,3 +515,43 @@ def test_unwritable_output_folder(files, tmp_path, capsys):
     finally:
         folder.chmod(0o700)
     assert "not writable" in err
+
+
+def test_channels_by_name_and_mha_cases_keep_the_plans_order(files, tmp_path, capsys):
+    """A plan of repeated and unknown channel names (a longitudinal FLAIR pair, DIR) takes
+    its channels in order, from --image NAME=FILE or from a folder of .mha cases."""
+    sitk = pytest.importorskip("SimpleITK")
+    named = plan.Plan(modalities=("FLAIR@0", "DIR", "FLAIR@1"), grid=GRID, patch_size=16,
+                      overlap=0.25)
+    # Lesion probability from the last channel (FLAIR@1) alone: sigmoid(z-score - 1).
+    inputs = keras.Input((None, None, None, 3))
+    conv = keras.layers.Conv3D(2, 1, activation="softmax")
+    model = keras.Model(inputs, conv(inputs))
+    kernel = np.zeros((1, 1, 1, 3, 2), "float32")
+    kernel[0, 0, 0, 2, 1] = 1.0
+    conv.set_weights([kernel, np.array([0.0, -1.0], "float32")])
+    model_path = str(tmp_path / "named.keras")
+    plan.attach(model, named).save(model_path)
+
+    def one_case(out, **scans):
+        images = [arg for name, path in scans.items() for arg in ("--image", f"{name}={path}")]
+        assert main(["predict", "--model", model_path, *images, "--out", str(out),
+                     "--quiet"]) == 0
+        return np.asarray(nib.load(out).dataobj)
+
+    one = one_case(tmp_path / "one.nii.gz", **{"FLAIR@1": files["flair"], "DIR": files["t2"],
+                                               "flair@0": files["t1"]})
+    swapped = one_case(tmp_path / "swapped.nii.gz", **{"FLAIR@1": files["t1"],
+                                                       "DIR": files["t2"],
+                                                       "FLAIR@0": files["flair"]})
+    assert one.any() and (one != swapped).any()  # the order reaches the model
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for channel, name in enumerate(("t1", "t2", "flair")):  # FLAIR@0, DIR, FLAIR@1
+        sitk.WriteImage(sitk.ReadImage(files[name]), str(images / f"case_a_{channel:04d}.mha"))
+    assert main(["predict", "--model", model_path, "-i", str(images), "-o",
+                 str(tmp_path / "out"), "--quiet"]) == 0
+    from_folder = nib.load(tmp_path / "out" / "case_a.nii.gz")
+    np.testing.assert_array_equal(np.asarray(from_folder.dataobj), one)
+    np.testing.assert_allclose(from_folder.affine, nib.load(tmp_path / "one.nii.gz").affine,
+                               atol=1e-4)

@@ -135,7 +135,9 @@ def test_gaussian_weights_peak_in_the_centre():
     (dict(batch_size=0), "batch_size"),
     (dict(activation="relu"), "activation"),
     (dict(patch_size=(8, 8)), "patch_size"),
-    (dict(patch_size=6), r"6 \(axis 0\) is not a multiple of 4.* 4 or 8"),
+    (dict(patch_size=6), r"each a multiple of 4 \(the model's total downsampling\): 4 or 8 "
+                         r"for 6\. Received: patch_size=6"),
+    (dict(patch_size=(8, 6, 8)), r"4 or 8 for 6 \(axis 1\)"),
 ])
 def test_invalid_arguments(kwargs, match):
     model = unet3d(base_filters=2, depth=3)

@@ -179,3 +179,74 @@ def test_save_like_leaves_no_partial_file_on_failure(tmp_path, monkeypatch):
         save_like(np.zeros((4, 5, 6), np.uint8), grid_image((4, 5, 6), np.eye(4)),
                   tmp_path / "mask.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- Readers behind one interface: nibabel and SimpleITK give the same volume ---------------
+
+
+def _oblique_affine():
+    angle = np.deg2rad(17)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                         [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-1.2, 0.9, 2.5])  # a flipped, anisotropic axis too
+    affine[:3, 3] = [91.5, -120.25, -60.0]
+    return affine
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd", ".nii.gz"])
+def test_simpleitk_and_nibabel_read_the_same_array_and_ras_affine(tmp_path, ending):
+    sitk = pytest.importorskip("SimpleITK")
+    from tfversky.io import read_image
+
+    data = np.random.default_rng(0).normal(size=(5, 6, 7)).astype("float32")
+    nifti = _write(tmp_path / "scan.nii.gz", data, _oblique_affine())
+    # SimpleITK writes the other format itself (its LPS world), so the test converts nothing.
+    other = str(tmp_path / f"scan_sitk{ending}")
+    sitk.WriteImage(sitk.ReadImage(nifti), other)
+
+    by_nibabel = read_image(nifti)
+    by_sitk = read_image(other, reader="simpleitk" if ending == ".nii.gz" else None)
+    assert by_nibabel.facts["reader"] == "nibabel" and by_sitk.facts["reader"] == "SimpleITK"
+    np.testing.assert_array_equal(by_sitk.data, data)
+    np.testing.assert_array_equal(by_nibabel.data, data)
+    np.testing.assert_allclose(by_sitk.affine, by_nibabel.affine, atol=1e-4)
+    np.testing.assert_allclose(by_sitk.affine, _oblique_affine(), atol=1e-4)
+    np.testing.assert_allclose(by_sitk.facts["spacing"], [1.2, 0.9, 2.5], atol=1e-5)
+
+
+def test_an_mha_modality_stacks_with_a_nifti_one(tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+
+    data = np.arange(60, dtype="float32").reshape(3, 4, 5) + 1
+    t1 = _write(tmp_path / "t1.nii.gz", data, _oblique_affine())
+    flair = str(tmp_path / "flair.mha")
+    sitk.WriteImage(sitk.ReadImage(t1), flair)
+    image, reference = load_modalities({"T1": t1, "FLAIR": flair})
+    np.testing.assert_array_equal(image[..., 1], data)
+    _, from_mha = load_modalities({"FLAIR": flair})
+    np.testing.assert_allclose(from_mha.affine, reference.affine, atol=1e-4)
+    assert from_mha.header.get_xyzt_units()[0] == "mm"
+
+
+def test_an_mha_without_simpleitk_names_the_file_and_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from tfversky.io import read_image
+
+    path = tmp_path / "case_0000.mha"
+    path.write_bytes(b"ObjectType = Image\n")
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import fails as if not installed
+    with pytest.raises(ScanError, match=r"FLAIR file .*case_0000\.mha.* needs SimpleITK.*"
+                                        r"pip install 'tfversky\[registration\]'"):
+        read_image(path, "FLAIR")
+
+
+def test_a_corrupt_mha_is_refused_naming_the_file(tmp_path):
+    pytest.importorskip("SimpleITK")
+    from tfversky.io import read_image
+
+    path = tmp_path / "bad.mha"
+    path.write_bytes(b"not an image" * 10)
+    with pytest.raises(ScanError, match=r"bad\.mha.*cannot be read as an image by SimpleITK"):
+        read_image(path)

@@ -80,7 +80,7 @@ def test_to_dict_is_json_and_names_the_orientation():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"modalities": ("T1", "T9")}, "Unknown modality 'T9'"),
+    ({"modalities": ("T1", "T9@first")}, "Invalid channel name 'T9@first'"),
     ({"modalities": ("T1", "T1w")}, "more than once"),
     ({"placement": "atlas"}, "`placement`"),
     ({"normalization": "minmax"}, "`normalization`"),

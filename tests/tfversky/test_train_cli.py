@@ -3,7 +3,9 @@ help, the bad-input lines, model selection recorded in results.json, TensorBoard
 and evaluate scoring exactly what train scored. The distributed and kill-and-resume runs
 of the same code are in tests/examples/test_train_ms.py."""
 
+import argparse
 import json
+import pathlib
 
 import keras
 import numpy as np
@@ -68,7 +70,10 @@ def test_folds_come_from_the_dataset_config():
 
 
 def _one_line_error(argv, capsys):
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_:  # argparse applied the flag's rule (tfversky.arguments)
+        code = exit_.code
     lines = capsys.readouterr().err.splitlines()
     assert code == 2 and len(lines) == 1, lines
     return lines[0]
@@ -79,9 +84,10 @@ def _one_line_error(argv, capsys):
     (["--augment-prob", "rotation=1.5"], "--augment-prob rotation=1.5: a probability must be"),
     (["--augment-prob", "noise=-0.1"], "--augment-prob noise=-0.1: a probability must be"),
     (["--augment-prob", "twist=0.5"], "unknown transform 'twist'"),
-    (["--augment-rotation", "-5"], "--augment-rotation -5.0: the rotation range must be >= 0"),
-    (["--patience", "0"], "--patience 0"),
-    (["--val-every", "0"], "--val-every must be >= 1"),
+    (["--augment-rotation", "-5"], "argument --augment-rotation: expected a finite number >= 0, "
+                                   "got '-5'"),
+    (["--patience", "0"], "argument --patience: expected an int >= 1, got '0'"),
+    (["--val-every", "0"], "argument --val-every: expected an int >= 1, got '0'"),
     (["--fold", "5"], "--fold 5: ms_lesions/synthetic_tiny has 2 folds; use --fold 0 to 1"),
     (["--num-folds", "3"], "--num-folds 3: ms_lesions/synthetic_tiny has 2 folds of its own"),
 ])
@@ -91,6 +97,75 @@ def test_bad_flags_are_one_line_before_any_work(extra, message, capsys, tmp_path
                             *extra], capsys)
     assert message in line, line
     assert not out.exists()  # nothing written
+
+
+# Issue 20, item 7: each flag's range, and the combinations, refused before any data is read.
+@pytest.mark.parametrize("extra, message", [
+    (["--threshold", "1.0"], "argument --threshold: expected a number in (0, 1), got '1.0'"),
+    (["--overlap", "1.0"], "argument --overlap: expected a number in [0, 1), got '1.0'"),
+    (["--patch-size", "0"], "argument --patch-size: expected a positive int or three of them "
+                            "(D, H, W), got '0'"),
+    (["--lesion-fraction", "1.5"], "argument --lesion-fraction: expected a number in [0, 1], "
+                                   "got '1.5'"),
+    (["--alpha", "-1"], "argument --alpha: expected a finite number >= 0 (alpha weighs false "
+                        "positives, beta false negatives), got '-1'"),
+    (["--base-filters", "0"], "argument --base-filters: expected an int >= 1, got '0'"),
+    (["--lr=-1e-3"], "argument --lr: expected a finite number > 0, got '-1e-3'"),
+    (["--lr", "nan"], "argument --lr: expected a finite number > 0, got 'nan'"),
+    (["--gamma", "0"], "argument --gamma: expected a finite number > 0, got '0'"),
+    (["--epochs", "1.5"], "argument --epochs: expected an int >= 1, got '1.5'"),
+    (["--seed", "-1"], "argument --seed: expected an int in [0, 4294967295], got '-1'"),
+    (["--val-subjects", "1.5"], "argument --val-subjects: expected 0 (no validation), a count "
+                                ">= 1 or a fraction in (0, 1)"),
+    (["--num-folds", "1"], "argument --num-folds: expected an int >= 2, got '1'"),
+    (["--fold", "-1"], "argument --fold: expected an int >= 0, got '-1'"),
+    (["--subject-pattern", "("], "argument --subject-pattern: expected a regular expression "
+                                 "(missing ), unterminated subpattern at position 0), got '('"),
+    (["--lr", "-1e-3"], "argument --lr: expected a finite number > 0, got '-1e-3'"),
+    # Combinations: the network halves a patch depth - 1 times.
+    (["--patch-size", "100", "--depth", "4"],
+     "--patch-size 100: expected sizes that are each a multiple of 8 (2^(depth-1) for "
+     "--depth 4): 96 or 104 for 100"),
+    (["--patch-size", "18"], "--patch-size 18: expected sizes that are each a multiple of 4 "
+                             "(2^(depth-1) for --depth 3): 16 or 20 for 18"),
+    (["--alpha", "0", "--beta", "0"], "--beta 0.0: expected a number > 0 when alpha is 0"),
+])
+def test_every_flag_has_a_range_checked_before_any_work(extra, message, capsys, tmp_path):
+    data_dir, out = tmp_path / "data", tmp_path / "run"
+    line = _one_line_error(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out),
+                            *extra], capsys)
+    assert message in line, line
+    assert not data_dir.exists() and not out.exists()  # no dataset built, nothing written
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--grid-spacing", "1,1,-1"], "--grid-spacing '1,1,-1': expected three positive sizes"),
+    (["--modalities", "FLAIR,FLAIR"], "FLAIR is named more than once"),
+])
+def test_dataset_flags_are_checked_before_the_run_starts(extra, message, capsys, tmp_path):
+    nnunet = pathlib.Path(__file__).parents[1] / "tfds_ms" / "dummy_data" / "nnunet"
+    line = _one_line_error(["train", "--dataset", "ms_lesions/nnunet", "--manual-dir",
+                            str(nnunet), "--data-dir", str(tmp_path / "data"), "--out",
+                            str(tmp_path / "run"), *extra], capsys)
+    assert message in line, line
+    assert not (tmp_path / "run").exists()  # refused before the run made its folder
+
+
+def test_a_namespace_made_in_python_is_checked_by_the_same_rules(tmp_path):
+    from tfversky import train_cli
+    from tfversky.arguments import UsageError
+
+    args = train_cli.build_parser().parse_args(["--data-dir", str(tmp_path / "data")])
+    for name, value, message in [("threshold", 1.0, "--threshold 1.0: expected a number in "
+                                                    "(0, 1)"),
+                                 ("lr", -1e-3, "--lr -0.001: expected a finite number > 0"),
+                                 ("patch_size", True, "--patch-size True: expected a positive "
+                                                      "int or three of them")]:
+        bad = argparse.Namespace(**{**vars(args), name: value})
+        with pytest.raises(UsageError) as refused:
+            train_cli.run(bad)
+        assert str(refused.value).startswith(message), refused.value
+    assert not (tmp_path / "data").exists()
 
 
 def test_more_validation_subjects_than_training_ones(tiny_data_dir, capsys, tmp_path):
