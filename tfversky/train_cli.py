@@ -698,8 +698,7 @@ def train(args, strategy, out: pathlib.Path, chief: bool, started: dict) -> dict
                   # Last: an epoch's log row and validation are written before its backup,
                   # so a kill between them means training that epoch again, not losing it.
                   # Kept until the run records that training finished (below).
-                  keras.callbacks.BackupAndRestore(str(work / "backup"),
-                                                   delete_checkpoint=False)]
+                  training.BackupAndRestore(str(work / "backup"), delete_checkpoint=False)]
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     model.fit(patches, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
               callbacks=callbacks, verbose=verbose, shuffle=False)

@@ -490,6 +490,21 @@ class EpochTimer(keras.callbacks.Callback):
             logs[EPOCH_SECONDS] = time.perf_counter() - self._start
 
 
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's ``BackupAndRestore`` whose weights and epoch files are each written under a
+    temporary name and renamed (``tfversky._files``): a kill during a backup leaves the
+    previous backup whole, not a weights file that cannot be read (Keras writes in place).
+    The weights go first, so a kill between the two renames means training an epoch again.
+    """
+
+    def _save_model(self):
+        pathlib.Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._weights_path) as partial:
+            self.model.save_weights(str(partial), overwrite=True)
+        atomic_write_text(self._training_metadata_path, json.dumps(
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+
 def read_log(path) -> dict[str, list]:
     """A ``CSVLogger`` file as ``{column: [value per epoch]}``: ``epoch`` (0-based, as Keras
     logs it) as ints, the rest as floats (NaN where a value is missing or not a number).
