@@ -35,7 +35,7 @@ def run_arm(seed: int, augment: str, extra: list[str], out: pathlib.Path) -> dic
     saved = folder / "results.json"
     if saved.exists():
         results = json.loads(saved.read_text())
-        differ = train_cli.flags_differing(results, args, ignore=("verbose", "out"))
+        differ = train_cli.flags_differing(results, args, ignore=train_cli.OUTPUT_ONLY_FLAGS)
         if differ:
             raise SystemExit(f"{folder} was trained with other flags or data "
                              f"({'; '.join(differ)}): use another --out")

@@ -105,9 +105,9 @@ def run_setting(args, alpha: float, beta: float, out: pathlib.Path) -> list[path
     return folders
 
 
-# Flags that differ between the runs of one reproduction (or do not change a result).
-PER_RUN_FLAGS = ("alpha", "beta", "fold", "out", "seed", "verbose", "settings", "seeds",
-                 "data_dir")
+# Flags that differ between the runs of one reproduction, and those that cannot change a run.
+PER_RUN_FLAGS = ("alpha", "beta", "fold", "seed", "settings", "seeds") + \
+    train_cli.OUTPUT_ONLY_FLAGS
 
 
 def check_reproduction(args) -> None:

@@ -25,6 +25,7 @@ from tfversky.arguments import UsageError, flag_type as _flag, load_model_file a
 _MODALITY_FLAGS = (("t1", "T1"), ("t2", "T2"), ("flair", "FLAIR"))
 # nnU-Net's file names: CASE_XXXX.nii.gz (or another ending tfversky.io reads), XXXX the channel.
 _CASE_FILE = r"^(?P<case>.+)_(?P<channel>\d{4})$"
+SUMMARY_FILE = "summary.csv"  # folder mode's table of the cases
 
 
 def _image(text: str):
@@ -63,6 +64,9 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("-o", "--output", metavar="DIR",
                         help="with -i: writes CASE.nii.gz per case and summary.csv (a new "
                              "folder is made once every case succeeded)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that exist (--out, --probabilities; with -o "
+                             "the cases' masks and summary.csv); never an input file")
     parser.add_argument("--probabilities", metavar="FILE",
                         help="one case: also write the lesion probability map (float32)")
     parser.add_argument("--brain-mask", metavar="FILE|DIR",
@@ -128,12 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_output(path: str, flag: str, inputs) -> None:
+def _check_output(path: str, flag: str, inputs, overwrite: bool) -> None:
+    """One output file, before any work: a NIfTI name in a writable folder, none of the
+    ``inputs`` (what a model, scan or brain mask flag names), and new unless ``overwrite``."""
     if not path.endswith((".nii", ".nii.gz")):
         raise UsageError(f"{flag} {path!r}: the file name must end in .nii or .nii.gz")
     _check_folder(os.path.dirname(os.path.abspath(path)), f"{flag} {path!r}: the folder")
-    if os.path.realpath(path) in {os.path.realpath(p) for p in inputs}:
-        raise UsageError(f"{flag} {path!r} is one of the input files: choose another name")
+    _check_not_input(path, f"{flag} {path!r}", inputs)
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a folder: give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise UsageError(f"{flag} {path!r} exists: pass --overwrite to replace it, or choose "
+                         f"another name")
+
+
+def _check_not_input(path: str, what: str, inputs) -> None:
+    """``inputs``: {file: the flag or case that gives it}. Compared as real paths, so a
+    link or another spelling of an input is one too."""
+    given = {os.path.realpath(p): name for p, name in inputs.items()}
+    if os.path.realpath(path) in given:
+        raise UsageError(f"{what} is one of the input files ({given[os.path.realpath(path)]}): "
+                         f"writing it would destroy that input; choose another name")
 
 
 def _check_folder(folder: str, what: str) -> None:
@@ -197,12 +216,11 @@ def _predict(args) -> int:
     import csv
     import dataclasses
     import shutil
-    import tempfile
     import warnings
 
     from tqdm.auto import tqdm
 
-    from tfversky import inference, plan as plan_lib
+    from tfversky import _files, inference, plan as plan_lib
 
     one_case = _one_case_scans(args)
     folder_mode = args.input is not None or args.output is not None
@@ -239,13 +257,14 @@ def _predict(args) -> int:
                    threshold=args.threshold, min_lesion_mm3=args.min_lesion_size,
                    patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
                    check_skull=not args.no_skull_check)
-    # Folder mode writes into a staging folder, moved into place once every case is done:
-    # a failing case leaves nothing half-written.
+    # Folder mode writes into a staging folder (beside a new -o, inside an existing one),
+    # moved into place once every case is done: a failing case leaves nothing half-written.
     new_output = folder_mode and not os.path.isdir(args.output)
     staging = None
     if folder_mode:
-        staging = tempfile.mkdtemp(prefix=".tfversky-predict-", dir=os.path.dirname(
-            os.path.abspath(args.output)) if new_output else args.output)
+        staging = str(_files.partial_name(os.path.abspath(args.output) if new_output else
+                                          os.path.join(args.output, "staging")))
+        os.mkdir(staging)  # the user's umask (a renamed mkdtemp folder would be 0700)
     rows = []
     try:
         bar = tqdm(cases.items(), desc="predict", unit="case", disable=args.quiet or
@@ -265,20 +284,20 @@ def _predict(args) -> int:
                          "mask": os.path.basename(out),
                          "inputs": ";".join(os.path.abspath(p) for p in scans.values())})
         if folder_mode:
-            with open(os.path.join(staging, "summary.csv"), "w", newline="") as handle:
+            with open(os.path.join(staging, SUMMARY_FILE), "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
             if new_output:
-                os.replace(staging, args.output)
-            else:
+                os.rename(staging, args.output)
+            else:  # each file replaced in one rename: the old one or the new, never half
                 for name in os.listdir(staging):
                     os.replace(os.path.join(staging, name), os.path.join(args.output, name))
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     if not args.quiet:
-        where = (os.path.join(args.output, "summary.csv") if folder_mode else
+        where = (os.path.join(args.output, SUMMARY_FILE) if folder_mode else
                  args.out + (f" and {args.probabilities}" if args.probabilities else ""))
         total = sum(row["lesion_count"] for row in rows)
         volume = sum(row["lesion_volume_ml"] for row in rows)
@@ -297,6 +316,9 @@ def _cases(args, plan, folder_mode: bool):
         if os.path.realpath(args.output) == os.path.realpath(args.input):
             raise UsageError(f"-o {args.output!r} is the input folder: write the masks "
                              f"elsewhere (they would be mistaken for input files)")
+        if os.path.lexists(args.output) and not os.path.isdir(args.output):
+            raise UsageError(f"-o {args.output!r} is a file: give a folder (new or existing) "
+                             f"for the masks")
         # A new output folder is made (as nnU-Net does) once every case is done.
         _check_folder(args.output if os.path.isdir(args.output) else
                       os.path.dirname(os.path.abspath(args.output)),
@@ -307,21 +329,45 @@ def _cases(args, plan, folder_mode: bool):
                 raise UsageError(f"--brain-mask {args.brain_mask!r}: with -i, give a folder "
                                  f"holding CASE.nii.gz for every case")
             masks = {case: _case_file(args.brain_mask, case) for case in cases}
+        _check_folder_outputs(args, cases, masks)
     else:
         try:
             scans = inference.match_modalities(_one_case_scans(args), plan)
         except ValueError as err:
             raise UsageError(str(err)) from None
+        inputs = {args.model: "--model", **{path: f"the {name} scan" for name, path in
+                                            scans.items()}}
+        if args.brain_mask:
+            inputs[args.brain_mask] = "--brain-mask"
         outputs = [(args.out, "--out")] + ([(args.probabilities, "--probabilities")]
                                            if args.probabilities else [])
         for path, flag in outputs:
-            _check_output(path, flag, [args.model, *scans.values()])
+            _check_output(path, flag, inputs, args.overwrite)
         if args.probabilities and os.path.abspath(args.probabilities) == os.path.abspath(
                 args.out):
             raise UsageError("--probabilities and --out name the same file: choose two names")
         cases = {None: scans}
         masks = {None: args.brain_mask}
     return cases, masks
+
+
+def _check_folder_outputs(args, cases: dict, masks: dict) -> None:
+    """No output of folder mode is an input (e.g. ``-o masks --brain-mask masks``), and none
+    exists unless ``--overwrite``."""
+    inputs = {args.model: "--model"}
+    for case, scans in cases.items():
+        inputs.update({path: f"case {case!r}'s {name} scan" for name, path in scans.items()})
+        if masks[case]:
+            inputs[masks[case]] = f"case {case!r}'s --brain-mask"
+    outputs = [os.path.join(args.output, name) for name in
+               [f"{case}.nii.gz" for case in cases] + [SUMMARY_FILE]]
+    for path in outputs:
+        _check_not_input(path, f"-o {args.output!r}: {os.path.basename(path)}", inputs)
+    existing = [path for path in outputs if os.path.lexists(path)]
+    if existing and not args.overwrite:
+        raise UsageError(f"-o {args.output!r} already holds {len(existing)} of the files this "
+                         f"would write ({os.path.basename(existing[0])}, ...): pass --overwrite "
+                         f"to replace them, or choose another folder")
 
 
 def _case_file(folder: str, case: str) -> str:

@@ -34,6 +34,7 @@ import pathlib
 import numpy as np
 
 from tfversky import detection, inference, io, metrics, plan as plan_lib, plotting
+from tfversky._files import atomic_path, atomic_write_text
 
 RESULT_FILE = "evaluation.json"
 COUNTS = metrics.COUNTS
@@ -143,9 +144,10 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
         raise ValueError("Invalid value for argument `volumes`: no test volumes to evaluate. "
                          "Check the split (e.g. --fold) holds subjects.")
     evaluator.save(out / "evaluator.npz")
-    np.savez_compressed(out / "subject_curves.npz", **{
-        f"{name}/{part}": values for name, (precision, recall, _) in curves.items()
-        for part, values in (("precision", precision), ("recall", recall))})
+    with atomic_path(out / "subject_curves.npz") as partial:
+        np.savez_compressed(partial, **{
+            f"{name}/{part}": values for name, (precision, recall, _) in curves.items()
+            for part, values in (("precision", precision), ("recall", recall))})
     pooled = evaluator.result()
     precision, recall, _ = evaluator.precision_recall_curve()
     by_load = sorted(subjects, key=lambda s: s["lesion_voxels"])
@@ -160,7 +162,7 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     result = {"pooled": {**{k: pooled[k] for k in metrics.PAPER_METRICS + COUNTS},
                          **{k: summary["pooled"][k] for k in _POOLED_LESION_SCORES}},
               "subjects": subjects}
-    (out / RESULT_FILE).write_text(json.dumps(result, indent=2, default=float))
+    atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2, default=float))
     return result
 
 
@@ -474,24 +476,15 @@ def write_scores(out, cases: list, lesions: list, *, overwrite: bool = False,
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows([case[k] for k in columns] for case in cases)
-    _write_atomically(out / CASES_FILE, text.getvalue())
+    atomic_write_text(out / CASES_FILE, text.getvalue())
     text = text_io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(LESION_COLUMNS)
     for table in lesions:  # column by column: no Python object per lesion is kept
         writer.writerows(zip(*(table[k].tolist() for k in LESION_COLUMNS)))
-    _write_atomically(out / LESIONS_FILE, text.getvalue())
-    _write_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=float))
+    atomic_write_text(out / LESIONS_FILE, text.getvalue())
+    atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=float))
     return summary
-
-
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def evaluate_folders(predictions, truth, out, *, allow_missing: bool = False,

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from tfversky._extras import MissingExtraError, require
+from tfversky._files import atomic_path
 
 # Two volumes share a voxel grid when their shapes match and no corner of the grid moves by
 # more than this many mm between their affines. Registered scans of one subject agree to
@@ -372,17 +373,8 @@ def save_like(data, reference, path) -> None:
     header["descrip"] = b"tfversky"
     if header.get_xyzt_units()[0] == "unknown":  # the affine is in mm: say so (BIDS asks)
         header.set_xyzt_units("mm", header.get_xyzt_units()[1])
-    # Written beside the target and renamed: a failed or interrupted write leaves no
-    # half-written file under the target's name.
-    folder, name = os.path.split(os.path.abspath(path))
-    partial = os.path.join(folder, f".{name}.partial-{os.getpid()}" + (
-        ".nii.gz" if name.endswith(".gz") else ".nii"))
-    try:
+    with atomic_path(path) as partial:  # never a half-written mask under its name
         nib.save(image, partial)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
 
 
 def to_ras(data: np.ndarray, affine) -> tuple[np.ndarray, np.ndarray]:

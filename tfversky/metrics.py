@@ -37,6 +37,7 @@ from keras import ops
 
 from tfversky import detection, surface
 from tfversky._extras import require
+from tfversky._files import atomic_path
 
 # The paper's test metrics (Table 1's columns), in its order: the keys ``evaluate`` returns.
 PAPER_METRICS = ("dsc", "sensitivity", "specificity", "f2", "apr")
@@ -195,9 +196,11 @@ class Evaluator:
 
     def save(self, path) -> None:
         """Writes the counts and histograms (compressed .npz: mostly empty bins, ~100 KB)."""
-        np.savez_compressed(path, threshold=self.threshold, mantissa_bits=self.mantissa_bits,
-                            counts=self.counts, positives=self.positives,
-                            negatives=self.negatives)
+        path = str(path) if str(path).endswith(".npz") else f"{path}.npz"  # as NumPy names it
+        with atomic_path(path) as partial:
+            np.savez_compressed(partial, threshold=self.threshold,
+                                mantissa_bits=self.mantissa_bits, counts=self.counts,
+                                positives=self.positives, negatives=self.negatives)
 
     @classmethod
     def load(cls, path) -> "Evaluator":

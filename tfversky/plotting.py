@@ -10,6 +10,7 @@ import pathlib
 import numpy as np
 
 from tfversky._extras import require
+from tfversky._files import atomic_path
 
 
 def _pyplot():
@@ -75,7 +76,8 @@ def _save(fig, path):
     else:
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        with atomic_path(path) as partial:
+            fig.savefig(partial)
     plt.close(fig)
     return path
 

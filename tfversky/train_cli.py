@@ -34,10 +34,15 @@ import shutil
 import sys
 import time
 
-from tfversky import arguments
+from tfversky import _files, arguments
 from tfversky.arguments import UsageError, flag_type as _flag
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "default")
+RUN_JSON = "run.json"  # the run's flags and versions, written before training starts
+# Flags that cannot change the trained model: where the run is written, what it prints,
+# where TFDS keeps its files (the data are compared by their version), and the subcommand
+# plumbing. A killed run resumes only when every other flag is the one it recorded.
+OUTPUT_ONLY_FLAGS = ("out", "overwrite", "verbose", "data_dir", "handler", "command")
 AUGMENT_CHOICES = ("none", "default", "all")
 LR_SCHEDULES = ("step", "poly")
 
@@ -195,7 +200,12 @@ def add_train_arguments(parser) -> None:
                     help="sliding-window overlap of whole-volume inference, in [0, 1)")
     ev.add_argument("--threshold", type=_flag(arguments.threshold), default=0.5,
                     help="lesion if p >= threshold, in (0, 1)")
-    parser.add_argument("--out", default="runs/train_ms", help="output folder (reuse it to resume)")
+    parser.add_argument("--out", default="runs/train_ms",
+                        help="output folder; the same command again resumes a killed run there "
+                             "(a finished one, or one made with other flags, is refused)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an --out that holds a run, finished or killed: its "
+                             "files are removed first")
 
 
 def build_parser(prog: str = "train_ms.py") -> argparse.ArgumentParser:
@@ -351,10 +361,10 @@ def dataset_version(args) -> str | None:
 
 
 def flags_differing(saved: dict, args, ignore=()) -> list[str]:
-    """How ``args`` differ from a finished run's ``results.json`` (``saved``): one
-    ``--flag X there, Y now`` per flag (those in ``ignore`` left out), and the dataset's
-    version where the run recorded one. Runs that differ cannot be reused or pooled as if
-    they were the same."""
+    """How ``args`` differ from a run's record (``saved``: its ``results.json`` or
+    ``run.json``): one ``--flag X there, Y now`` per flag (those in ``ignore`` left out), and
+    the dataset's version where the run recorded one. Runs that differ cannot be resumed,
+    reused or pooled as if they were the same."""
     config = saved.get("config", {})
     # Compared as JSON, the way each run saved its flags.
     expected = json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in ignore},
@@ -372,7 +382,7 @@ def flags_differing(saved: dict, args, ignore=()) -> list[str]:
 DATASET_FLAGS = ("dataset", "manual_dir", "modalities", "subject_pattern", "mask_folder",
                  "mask_pattern", "grid_shape", "grid_spacing", "num_folds")
 # Flags that change neither the data nor the trained model: left out of the recipe.
-NOT_RECIPE_FLAGS = DATASET_FLAGS + ("data_dir", "out", "verbose", "handler", "command")
+NOT_RECIPE_FLAGS = DATASET_FLAGS + OUTPUT_ONLY_FLAGS
 
 
 def split_members(adapter, args, builder, split: str) -> list[tuple[str, str]]:
@@ -546,7 +556,87 @@ def training_plan(args, modalities, grid, placement: str = "brain_bbox", record=
                      threshold=args.threshold, loss=loss, record=record or {})
 
 
-# --- 4. training ------------------------------------------------------------------------------
+# --- 4. the run folder and training ----------------------------------------------------------
+
+# What makes a folder a run's (a run.json-less one comes from an older tfversky).
+_RUN_FILES = (RUN_JSON, "results.json", "backup", "training_log.csv", "model.keras")
+
+
+def run_started(args) -> dict:
+    """What ``run.json`` records before training (and ``results.json`` after): the flags
+    (``config``) and the versions of tfversky and of the dataset, all that a resume is
+    checked against before any data are built (``run_record``, the data's identity, needs
+    them built)."""
+    import tfversky
+
+    return {"config": {k: v for k, v in vars(args).items() if k not in ("handler", "command")},
+            "versions": {"tfversky": tfversky.__version__, "dataset": dataset_version(args)}}
+
+
+def check_run_folder(args) -> dict | None:
+    """What ``--out`` holds, checked before any work: None to start a run (a new or empty
+    folder, or a run with ``--overwrite``), or what ``run.json`` holds of a killed run that
+    these flags resume.
+
+    Raises:
+        UsageError: ``--out`` is a file; a non-empty folder that holds no run (even
+            with ``--overwrite``: only a run's files are ever removed); a finished run
+            (``results.json``) without ``--overwrite``; a killed run without ``run.json``, of
+            another tfversky version, or made with flags (``OUTPUT_ONLY_FLAGS`` aside) or
+            data that differ, each named. The folder is left as it was.
+    """
+    import tfversky
+
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file: give a folder for the run")
+    # worker-N folders alone: the other workers of a multi-worker run starting now.
+    if not out.is_dir() or all(p.name.startswith("worker-") for p in out.iterdir()):
+        return None
+    if not any((out / name).exists() for name in _RUN_FILES):
+        raise UsageError(f"--out {args.out!r} is not empty and holds no tfversky run: "
+                             f"choose a new or empty folder (--overwrite replaces runs only)")
+    if args.overwrite:
+        return None
+    again = "pass --overwrite to start over (its files are removed), or choose another --out"
+    if (out / "results.json").exists():
+        raise UsageError(f"--out {args.out!r} holds a finished run (results.json), left as "
+                             f"it is: {again}")
+    if not (out / RUN_JSON).exists():
+        raise UsageError(f"--out {args.out!r} holds a killed run with no record of its "
+                             f"flags ({RUN_JSON}; made by an older tfversky), which cannot "
+                             f"be resumed safely: {again}")
+    started = json.loads((out / RUN_JSON).read_text())
+    version = started.get("versions", {}).get("tfversky")
+    if version != tfversky.__version__:
+        raise UsageError(f"--out {args.out!r} holds a killed run of tfversky {version} and "
+                             f"this is {tfversky.__version__}: a resumed run would mix two "
+                             f"versions; finish it with tfversky {version}, or {again}")
+    differ = flags_differing(started, args, ignore=OUTPUT_ONLY_FLAGS)
+    if differ:
+        raise UsageError(f"--out {args.out!r} holds a killed run made with other flags or "
+                             f"data ({'; '.join(differ)}): resume it with its own, or {again}")
+    return started
+
+
+def start_run_folder(args, out: pathlib.Path, started: dict | None) -> dict:
+    """Makes ``out`` ready (the chief's part of ``check_run_folder``): a run being started
+    over is moved aside in one rename and then deleted (a kill leaves it whole beside
+    ``out``, never half of it in ``out``), and a new run's ``run.json`` is written before
+    training. Returns what ``run.json`` holds."""
+    if started is None and args.overwrite and out.is_dir() and any(out.iterdir()):
+        aside = _files.partial_name(out)
+        os.rename(out, aside)
+        shutil.rmtree(aside)
+    out.mkdir(parents=True, exist_ok=True)
+    if started is None:
+        started = {**run_started(args), "training_finished": False}
+        _write_run_json(out, started)
+    return started
+
+
+def _write_run_json(out: pathlib.Path, started: dict) -> None:
+    _files.atomic_write_text(out / RUN_JSON, json.dumps(started, indent=1, default=str))
 
 
 def completed_epochs(backup: pathlib.Path) -> int:
@@ -555,10 +645,12 @@ def completed_epochs(backup: pathlib.Path) -> int:
     return json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
 
 
-def train(args, strategy, out: pathlib.Path, chief: bool) -> dict:
-    """Builds the data and the model and runs ``model.fit``; returns what the report needs:
-    ``model``, ``test``, ``history``, ``seconds``, ``modalities``, ``ignore_index`` and
-    ``validation`` (the ``ValidationCallback``, or None)."""
+def train(args, strategy, out: pathlib.Path, chief: bool, started: dict) -> dict:
+    """Builds the data and the model and runs ``model.fit`` (resuming a killed run, skipped
+    when ``started``, the run's ``run.json``, says training finished); returns what the
+    evaluation needs: ``test``, ``modalities``, ``ignore_index`` and ``record`` (the run
+    record, ``run_record``). What training did is in the run folder: the CSV log,
+    ``validation.json`` and the models."""
     import keras
 
     from tfversky import data, inference, plan, training
@@ -568,8 +660,11 @@ def train(args, strategy, out: pathlib.Path, chief: bool) -> dict:
     # A resumed run continues the patch stream where the killed one stopped, so it trains
     # on exactly the batches an uninterrupted run would have.
     work.mkdir(parents=True, exist_ok=True)
+    finished = started.get("training_finished", False)
     done = completed_epochs(work / "backup")
-    if done:
+    if finished:
+        print(f"training in {out} finished before: evaluating its model.keras")
+    elif done:
         print(f"resuming after epoch {done} from {work / 'backup'}")
     patches, test, (modalities, grid, ignore_index, placement), val, record = load_splits(
         args, skip_batches=done * args.steps_per_epoch)
@@ -577,12 +672,16 @@ def train(args, strategy, out: pathlib.Path, chief: bool) -> dict:
           f"{'x'.join(map(str, grid.shape))} grid of {' x '.join(f'{s:g}' for s in grid.spacing)} "
           f"mm" + (f", label {ignore_index} ignored by the loss" if ignore_index is not None
                    else ""))
+    if finished:
+        return dict(test=test, modalities=modalities, ignore_index=ignore_index, record=record)
+    # Epochs logged after the last backup are trained again: their rows go.
+    training.keep_epochs(work / training.LOG_FILE, done)
     model_plan = training_plan(args, modalities, grid, placement, record)
     with strategy.scope():
         # The plan rides in every .keras file written below, so `tfversky predict` prepares
         # scans as these volumes were.
         model = plan.attach(build_model(args, modalities, ignore_index), model_plan)
-    callbacks = [keras.callbacks.BackupAndRestore(str(work / "backup"))]
+    callbacks = []
     validation = None
     if val is not None:
         validation = training.ValidationCallback(
@@ -595,21 +694,26 @@ def train(args, strategy, out: pathlib.Path, chief: bool) -> dict:
         print(f"validation: {len(validation.volumes)} volume(s) of the training folds held out, "
               f"every {args.val_every} epoch(s); model.keras is the best on {args.monitor}")
         callbacks.append(validation)  # before the loggers: they read its val_* logs
-    callbacks += [keras.callbacks.CSVLogger(str(work / "training_log.csv"), append=True),
-                  keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False)]
+    callbacks += [training.EpochTimer(),
+                  keras.callbacks.CSVLogger(str(work / training.LOG_FILE), append=True),
+                  keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False),
+                  # Last: an epoch's log row and validation are written before its backup,
+                  # so a kill between them means training that epoch again, not losing it.
+                  # Kept until the run records that training finished (below).
+                  training.BackupAndRestore(str(work / "backup"), delete_checkpoint=False)]
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    start = time.perf_counter()
-    history = model.fit(patches, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)
-    seconds = time.perf_counter() - start
+    model.fit(patches, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+              callbacks=callbacks, verbose=verbose, shuffle=False)
     if chief and validation is None:  # no selection: the last epoch is the model
-        model.save(out / "last.keras")
-        model.save(out / "model.keras")
+        training.save_model(model, out / "last.keras")
+        training.save_model(model, out / "model.keras")
     elif chief and validation.selected_epoch is None:  # the metric never defined (NaN)
-        shutil.copyfile(out / "last.keras", out / "model.keras")
-    return dict(model=model, test=test, history=history.history, seconds=seconds,
-                modalities=modalities, ignore_index=ignore_index, validation=validation,
-                record=record)
+        with _files.atomic_path(out / "model.keras") as partial:
+            shutil.copyfile(out / "last.keras", partial)
+    if chief:
+        _write_run_json(out, {**started, "training_finished": True})
+    shutil.rmtree(work / "backup", ignore_errors=True)
+    return dict(test=test, modalities=modalities, ignore_index=ignore_index, record=record)
 
 
 # --- 5. evaluation and report -----------------------------------------------------------------
@@ -633,23 +737,46 @@ def print_report(results: dict, out: pathlib.Path, files=()) -> None:
         print(f"  {out / path}")
 
 
-def _selection(validation, epochs_run: int) -> dict:
-    if validation is None:
-        return {"monitor": None, "selected_epoch": epochs_run, "best": None,
-                "note": "no validation subjects: model.keras is the last epoch"}
-    if validation.selected_epoch is None:
-        return {"monitor": validation.monitor, "selected_epoch": epochs_run, "best": None,
-                "note": f"{validation.monitor} was never defined: model.keras is the last epoch",
-                "validation_history": validation.history}
-    return {"monitor": validation.monitor, "selected_epoch": validation.selected_epoch,
-            "best": validation.best, "stopped_epoch": validation.stopped_epoch,
-            "validation_history": validation.history}
+def persisted_training(out: pathlib.Path, args) -> dict:
+    """``history``, ``selection`` and ``timing`` of ``results.json``, from the files a resume
+    keeps (every epoch of every process that trained the run): the CSV log and the
+    validation record. Keras's ``History`` holds only the last process's epochs.
+
+    ``selection``: the selected epoch (1-based; the last without a defined validation
+    metric), its logged metrics, and the validation history. ``timing``: the epochs' wall
+    time (validation included) and the training patches per second over it.
+    """
+    from tfversky import training
+
+    history = training.read_log(out / training.LOG_FILE)
+    epochs = len(history.pop("epoch", []))
+    state = training.read_state(out)
+    if state is None:
+        selection = {"monitor": None, "selected_epoch": epochs, "best": None,
+                     "note": "no validation subjects: model.keras is the last epoch"}
+    elif state["selected_epoch"] is None:
+        selection = {"monitor": state["monitor"], "selected_epoch": epochs, "best": None,
+                     "note": f"{state['monitor']} was never defined: model.keras is the last "
+                             f"epoch", "validation_history": state["history"]}
+    else:
+        selection = {k: state[k] for k in ("monitor", "selected_epoch", "best",
+                                           "stopped_epoch")}
+        selection["validation_history"] = state["history"]
+    if epochs:
+        selection["metrics"] = {k: v[selection["selected_epoch"] - 1] for k, v in
+                                history.items()}
+    seconds = sum(history.get(training.EPOCH_SECONDS, []))
+    patches = epochs * args.steps_per_epoch * args.batch_size
+    return dict(history=history, selection=selection,
+                timing={"epochs": epochs, "train_seconds": seconds,
+                        "patches_per_second": patches / seconds if seconds else None})
 
 
 def run(args) -> dict:
     """Trains, selects and evaluates one run (``tfversky train``); returns ``results.json``'s
     content (empty on a non-chief worker)."""
     check_args(args)
+    started = check_run_folder(args)  # a refusal leaves the folder as it was
     strategy = make_strategy(args.strategy, args.cpu_replicas)  # before any other TF work
     import keras
     import tensorflow as tf
@@ -663,7 +790,10 @@ def run(args) -> dict:
         keras.mixed_precision.set_global_policy("mixed_float16")
     out = pathlib.Path(args.out)
     chief = training.is_chief(strategy)
-    out.mkdir(parents=True, exist_ok=True)
+    if chief:
+        started = start_run_folder(args, out, started)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
     # What "auto" resolves to here, inside XLA too (Keras's default on a single GPU).
     loss_impl = "tf" if args.loss_impl == "tf" or not fused.is_available() else "fused"
     if loss_impl == "fused" and fused.xla_unavailable_reason() is not None:
@@ -672,36 +802,31 @@ def run(args) -> dict:
           f"{keras.__version__}; strategy {type(strategy).__name__} with "
           f"{strategy.num_replicas_in_sync} replica(s); loss: {loss_impl}, alpha={args.alpha} "
           f"(FP), beta={args.beta} (FN)")
-    trained = train(args, strategy, out, chief)
+    trained = train(args, strategy, out, chief, started or {})
     if not chief:
         return {}
     # The selected model is evaluated, loaded from its file outside the strategy: inference
     # runs locally (the other workers have finished) and checks the artifact users get.
     model = keras.models.load_model(out / "model.keras")
-    history = trained["history"]
     test = trained["test"]
+    persisted = persisted_training(out, args)
     start = time.perf_counter()
     results = evaluation.evaluate_fold(model, data.iterate_volumes(test), out,
                                        ignore_index=trained["ignore_index"],
                                        total=int(test.cardinality()))
-    results.update(
-        config={k: v for k, v in vars(args).items() if k not in ("handler", "command")},
-        modalities=list(trained["modalities"]), history=history,
-        selection=_selection(trained["validation"], len(history.get("loss", []))),
-        timing={"train_seconds": trained["seconds"],
-                "inference_seconds": time.perf_counter() - start,
-                "patches_per_second": args.epochs * args.steps_per_epoch * args.batch_size
-                / trained["seconds"]},
-        loss_implementation=loss_impl, record=trained["record"],
-        versions={"tfversky": tfversky.__version__, "tensorflow": tf.__version__,
-                  "keras": keras.__version__, "dataset": dataset_version(args)})
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    persisted["timing"]["inference_seconds"] = time.perf_counter() - start
+    identity = run_started(args)
+    identity["versions"].update(tensorflow=tf.__version__, keras=keras.__version__)
+    results.update(**identity, modalities=list(trained["modalities"]), **persisted,
+                   loss_implementation=loss_impl, record=trained["record"])
+    _files.atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float))
     selection = results["selection"]
     print(f"\nselected epoch {selection['selected_epoch']}" + (
         f" ({selection['monitor']} {selection['best']:.4f})" if selection["best"] is not None
         else f" ({selection['note']})"))
     print_report(results, out, ["results.json", "model.keras", "last.keras", "pr_curve.png",
-                                "overlays/", "predictions/", "training_log.csv", "logs/"])
+                                "overlays/", "predictions/", "training_log.csv", RUN_JSON,
+                                "logs/"])
     return results
 
 

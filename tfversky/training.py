@@ -19,15 +19,24 @@ Wiring (what ``tfversky train`` / ``examples/train_ms.py`` do)::
     validation = training.ValidationCallback(
         data.iterate_volumes(val_ds), run_dir, val_every=5, monitor="val_dsc", patience=20)
     model.fit(patches, epochs=..., steps_per_epoch=..., callbacks=[
-        keras.callbacks.BackupAndRestore(run_dir / "backup"),
         validation,                       # before the loggers: they read its val_* logs
-        keras.callbacks.CSVLogger(...), keras.callbacks.TensorBoard(run_dir / "logs")])
-    validation.selected_epoch             # -> results.json; run_dir / "model.keras" is it
+        training.EpochTimer(),            # each epoch's wall time, into the log
+        keras.callbacks.CSVLogger(run_dir / training.LOG_FILE, append=True),
+        keras.callbacks.TensorBoard(run_dir / "logs"),
+        keras.callbacks.BackupAndRestore(run_dir / "backup")])  # last: see Resume
+    training.read_state(run_dir)["selected_epoch"]  # run_dir / "model.keras" is that epoch
 
 Resume: ``BackupAndRestore`` restores the weights and the epoch, not a checkpoint
 callback's best value. ``ValidationCallback`` writes its history and best value to
 ``validation.json`` after every validation and reads it back when training starts, keeping
-the entries of the epochs before the one training resumes at.
+the entries of the epochs before the one training resumes at (if the best model was saved
+by an epoch trained again, the selection restarts at that epoch, so that the saved model is
+always the selected epoch). With the backup last among
+the callbacks, an epoch's log row and validation are on disk before its backup: a killed
+run trains again only epochs whose records ``keep_epochs`` (the CSV log) and the callback
+(``validation.json``) then drop. These two files, not Keras's in-process ``History``
+(which holds the last process's epochs only), are the run's record (``read_log``,
+``read_state``).
 
 Distribution: every worker validates (the model calls inside are collective under
 ``MultiWorkerMirroredStrategy``), the metrics of replica 0 are broadcast to all
@@ -39,8 +48,8 @@ from __future__ import annotations
 
 import io
 import json
+import csv
 import math
-import os
 import pathlib
 import time
 
@@ -49,10 +58,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfversky import metrics, plotting
+from tfversky._files import atomic_path, atomic_write_text
 
 VALIDATION_METRICS = ("val_dsc", "val_sensitivity", "val_specificity", "val_f2", "val_apr")
 _MODES = ("max", "min")
 STATE_FILE = "validation.json"
+LOG_FILE = "training_log.csv"  # keras.callbacks.CSVLogger's, one row per epoch
+EPOCH_SECONDS = "epoch_seconds"  # the log's column of each epoch's wall time (EpochTimer)
 
 
 # --- validation subjects ----------------------------------------------------------------------
@@ -358,10 +370,8 @@ class ValidationCallback(keras.callbacks.Callback):
                  "selected_epoch": self.selected_epoch, "stopped_epoch": self.stopped_epoch,
                  "best_path": self.best_path.name, "history": self.history}
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        partial = self.state_path.with_suffix(".json.tmp")
         # NaN is not JSON: null stands for "undefined" (e.g. sensitivity without lesions).
-        partial.write_text(json.dumps(_nan_to_none(state), indent=1))
-        os.replace(partial, self.state_path)  # never a half-written file after a kill
+        atomic_write_text(self.state_path, json.dumps(_nan_to_none(state), indent=1))
 
     def _read_state(self, start_epoch: int):
         if not self.state_path.exists():
@@ -376,6 +386,10 @@ class ValidationCallback(keras.callbacks.Callback):
         kept = [{k: math.nan if v is None else v for k, v in e.items()}
                 for e in state["history"] if e["epoch"] <= start_epoch]
         self._replay(kept)
+        if (state.get("selected_epoch") or 0) > start_epoch:
+            # best_path holds an epoch trained again, no kept one: the selection restarts
+            # there, so the saved model is always the selected epoch.
+            self.best = self.selected_epoch = None
 
     # -- Keras hooks ---------------------------------------------------------------------
 
@@ -409,21 +423,21 @@ class ValidationCallback(keras.callbacks.Callback):
             self.model.distribute_strategy)
         entry = {"epoch": epoch + 1, **dict(zip(VALIDATION_METRICS, values.tolist())),
                  "seconds": time.perf_counter() - start}  # what validation costs
-        logs.update({name: entry[name] for name in VALIDATION_METRICS})
         improved = self._record(entry)
+        logs.update({name: entry[name] for name in VALIDATION_METRICS})
         if self.patience is not None and self._wait >= self.patience:
             self.model.stop_training = True
             self.stopped_epoch = epoch + 1
         if self._chief:
             if improved:
-                _save_atomically(self.model, self.best_path)
+                save_model(self.model, self.best_path)
             self._write_state()
             if self.tensorboard_dir is not None:
                 self._write_images(epoch + 1, evaluator, predictions)
 
     def on_train_end(self, logs=None):
         if self._chief:
-            _save_atomically(self.model, self.last_path)
+            save_model(self.model, self.last_path)
             self._write_state()
         if self._writer is not None:
             self._writer.close()
@@ -448,12 +462,131 @@ class ValidationCallback(keras.callbacks.Callback):
         self._writer.flush()
 
 
-def _save_atomically(model, path: pathlib.Path) -> None:
-    """``model.save(path)`` that a kill never leaves half-written (the selected model)."""
+# --- the persisted record of a run ---------------------------------------------------------
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds each epoch's wall time to its logs as ``epoch_seconds`` (``EPOCH_SECONDS``).
+
+    Put it after ``ValidationCallback`` (its time counts) and before ``CSVLogger``: the log
+    then holds the time of every epoch, including those of a killed process, so the
+    throughput of a resumed run is computed over all of them (``read_log``).
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> history = model.fit(np.ones((4, 2)), np.ones(4), epochs=2, verbose=0,
+    ...                     callbacks=[EpochTimer()]).history
+    >>> len(history[EPOCH_SECONDS]), min(history[EPOCH_SECONDS]) > 0
+    (2, True)
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[EPOCH_SECONDS] = time.perf_counter() - self._start
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's ``BackupAndRestore`` whose weights and epoch files are each written under a
+    temporary name and renamed (``tfversky._files``): a kill during a backup leaves the
+    previous backup whole, not a weights file that cannot be read (Keras writes in place).
+    The weights go first, so a kill between the two renames means training an epoch again.
+    """
+
+    def _save_model(self):
+        pathlib.Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._weights_path) as partial:
+            self.model.save_weights(str(partial), overwrite=True)
+        atomic_write_text(self._training_metadata_path, json.dumps(
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+
+def read_log(path) -> dict[str, list]:
+    """A ``CSVLogger`` file as ``{column: [value per epoch]}``: ``epoch`` (0-based, as Keras
+    logs it) as ints, the rest as floats (NaN where a value is missing or not a number).
+    Columns missing from every epoch's logs (``NA`` throughout: the ``val_*`` twins that
+    ``CSVLogger`` adds for each key) are left out.
+
+    Args:
+        path: The CSV log (``LOG_FILE`` in a run folder).
+
+    Returns:
+        The columns, ``{}`` when the file is missing or has no rows.
+
+    Example:
+
+    >>> import tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / LOG_FILE
+    >>> _ = path.write_text("epoch,loss,val_dsc\\n0,0.9,nan\\n1,0.8,0.5\\n")
+    >>> read_log(path)
+    {'epoch': [0, 1], 'loss': [0.9, 0.8], 'val_dsc': [nan, 0.5]}
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {column: [int(row[column]) if column == "epoch" else _number(row[column])
+                     for row in rows] for column in (rows[0] if rows else ())
+            if any(row[column] != "NA" for row in rows)}
+
+
+def keep_epochs(path, epochs: int) -> None:
+    """Drops the rows of epochs ``>= epochs`` (0-based) from a CSV log, atomically.
+
+    A killed run resumes after its last backup; epochs logged after it are trained again,
+    so their first rows go (the log never holds an epoch twice, nor two runs interleaved).
+
+    Example:
+
+    >>> import tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / LOG_FILE
+    >>> _ = path.write_text("epoch,loss\\n0,0.9\\n1,0.8\\n2,0.7\\n")
+    >>> keep_epochs(path, 2)
+    >>> read_log(path)["epoch"]
+    [0, 1]
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) < epochs]
+    if len(kept) < len(lines):
+        atomic_write_text(path, "".join(kept))
+
+
+def read_state(run_dir) -> dict | None:
+    """The validation record ``ValidationCallback`` keeps in ``run_dir`` (``STATE_FILE``:
+    ``monitor``, ``best``, ``selected_epoch``, ``stopped_epoch``, ``history``; null where a
+    metric was undefined), or None when the run never validated.
+
+    Example:
+
+    >>> import tempfile
+    >>> read_state(tempfile.mkdtemp()) is None
+    True
+    """
+    path = pathlib.Path(run_dir) / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # CSVLogger writes "NA" for a key missing from an epoch's logs
+        return math.nan
+
+
+def save_model(model, path) -> None:
+    """``model.save(path)`` that a kill never leaves half-written (``tfversky._files``)."""
+    path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial.keras")  # Keras wants the suffix
-    model.save(partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        model.save(partial)
 
 
 def _nan_to_none(value):

@@ -161,7 +161,8 @@ def test_same_seed_same_results_and_resume_after_kill(data_dir, tmp_path):
                     second["selection"]["validation_history"]):
         a.pop("seconds"), b.pop("seconds")  # wall time
         assert a == pytest.approx(b, rel=1e-5, nan_ok=True)
-    assert first["history"]["loss"][1:] == pytest.approx(second["history"]["loss"], rel=1e-5)
+    # The history is the log's, every epoch of both processes (not Keras's History's last).
+    assert first["history"]["loss"] == pytest.approx(second["history"]["loss"], rel=1e-5)
 
 
 def test_multi_worker_mirrored_strategy_with_two_local_workers(data_dir, tmp_path, free_ports):

@@ -183,12 +183,85 @@ def test_folder_mode_writes_masks_and_summary(files, tmp_path, capsys):
     assert rows[0]["inputs"].split(";")[2].endswith("case_a_0002.nii.gz")
 
 
-def test_folder_mode_makes_a_new_output_folder(files, tmp_path, capsys):
+def test_folder_mode_makes_a_new_output_folder_with_the_users_umask(files, tmp_path):
     images, out = _case_folder(files, tmp_path / "imagesTs"), tmp_path / "new"
-    assert main(["predict", "--quiet", "--model", files["model"], "-i", str(images), "-o",
-                 str(out)]) == 0
+    umask = os.umask(0o027)
+    try:
+        assert main(["predict", "--quiet", "--model", files["model"], "-i", str(images), "-o",
+                     str(out)]) == 0
+    finally:
+        os.umask(umask)
     assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tfversky")]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
+    assert out.stat().st_mode & 0o777 == 0o750  # as mkdir makes it, not mkdtemp's 0700
+
+
+def _contents(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def test_no_output_is_an_input(files, tmp_path, capsys):
+    """The brain mask, a scan or (in folder mode) a case's brain mask named as an output is
+    refused before any work, and left as it was."""
+    brain = (nib.load(files["t1"]).get_fdata() != 0).astype("float32")
+    mask_file = _write_scan(tmp_path / "brain.nii.gz", brain)
+    before = _contents(tmp_path)
+    err = _error(capsys, _args(files, mask_file, "--brain-mask", mask_file, "--overwrite"))
+    assert f"--out {mask_file!r} is one of the input files (--brain-mask)" in err, err
+    err = _error(capsys, _args(files, tmp_path / "seg.nii.gz", "--probabilities",
+                               files["flair"], "--overwrite"))
+    assert "--probabilities" in err and "(the FLAIR scan)" in err, err
+    assert _contents(tmp_path) == before
+    images, masks = _case_folder(files, tmp_path / "imagesTs"), tmp_path / "masks"
+    masks.mkdir()
+    for case in ("case_a", "case_b"):
+        _write_scan(masks / f"{case}.nii.gz", brain)
+    before = _contents(masks)
+    err = _error(capsys, ["predict", "--quiet", "--model", files["model"], "-i", str(images),
+                          "-o", str(masks), "--brain-mask", str(masks), "--overwrite"])
+    assert "case_a.nii.gz is one of the input files (case 'case_a''s --brain-mask)" in err, err
+    assert _contents(masks) == before
+
+
+def test_existing_outputs_are_replaced_only_with_overwrite(files, tmp_path, capsys):
+    out = tmp_path / "seg.nii.gz"
+    out.write_bytes(b"earlier work")
+    err = _error(capsys, _args(files, out))
+    assert f"--out {str(out)!r} exists: pass --overwrite" in err, err
+    assert out.read_bytes() == b"earlier work"
+    assert main(_args(files, out, "--overwrite")) == 0
+    assert nib.load(out).shape == SHAPE
+    images, folder = _case_folder(files, tmp_path / "imagesTs"), tmp_path / "masks"
+    folder.mkdir()
+    (folder / "summary.csv").write_text("earlier work")
+    (folder / "notes.txt").write_text("kept")
+    argv = ["predict", "--quiet", "--model", files["model"], "-i", str(images), "-o",
+            str(folder)]
+    err = _error(capsys, argv)
+    assert "already holds 1 of the files this would write (summary.csv, ...)" in err, err
+    assert sorted(os.listdir(folder)) == ["notes.txt", "summary.csv"]
+    assert (folder / "summary.csv").read_text() == "earlier work"
+    assert main(argv + ["--overwrite"]) == 0
+    assert sorted(os.listdir(folder)) == ["case_a.nii.gz", "case_b.nii.gz", "notes.txt",
+                                          "summary.csv"]
+    assert (folder / "summary.csv").read_text().startswith("case,")
+
+
+def test_output_folder_that_is_a_file_is_refused_before_any_work(files, tmp_path, capsys,
+                                                                 monkeypatch):
+    import tfversky.cli
+
+    def no_work(path):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(tfversky.cli, "_load_model", no_work)
+    images, out = _case_folder(files, tmp_path / "imagesTs"), tmp_path / "masks"
+    out.write_text("a file")
+    err = _error(capsys, ["predict", "--quiet", "--model", files["model"], "-i", str(images),
+                          "-o", str(out), "--overwrite"])
+    assert f"-o {str(out)!r} is a file: give a folder" in err, err
+    assert out.read_text() == "a file"
 
 
 def test_brain_mask_makes_an_unstripped_scan_usable(files, tmp_path, capsys):
@@ -424,7 +497,8 @@ def test_module_entry_point(files, tmp_path):
     assert result.returncode == 0, result.stderr
     assert nib.load(out).get_data_dtype() == np.uint8
 
-    result = _run_module(*_args(files, out, t1=tmp_path / "missing.nii.gz"))
+    result = _run_module(*_args(files, tmp_path / "other.nii.gz",
+                                t1=tmp_path / "missing.nii.gz"))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"T1 file {str(tmp_path / 'missing.nii.gz')!r} does not exist" in result.stderr

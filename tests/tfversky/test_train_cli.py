@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tfds_ms
-from tfversky import cli, plan
+from tfversky import cli, plan, training
 from tfversky.models import unet3d
 from tfversky.preprocessing import ReferenceGrid
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 @pytest.mark.parametrize("command, flags", [
     ("train", ("--val-subjects", "--val-every", "--monitor", "--patience", "--augment",
                "--augment-prob", "--augment-rotation", "--dataset", "--alpha", "--beta",
-               "--strategy", "--out")),
+               "--strategy", "--out", "--overwrite")),
     ("evaluate", ("--model", "--dataset", "--split", "--out", "--data-dir", "--modalities")),
 ])
 def test_help(command, flags, capsys):
@@ -330,3 +330,171 @@ def test_evaluate_modes_do_not_mix(argv, message, tmp_path, capsys):
     folders = _mask_folders(tmp_path) if argv and argv[0] == "--model" else []
     line = _one_line_error(["evaluate", *folders, *argv, "--out", str(tmp_path / "o")], capsys)
     assert message in line, line
+
+
+# --- the run folder: nothing finished is overwritten, a resume is checked -----------------------
+
+RUN = [*TINY, "--epochs", "3", "--steps-per-epoch", "2", "--val-subjects", "1"]
+
+
+VALIDATION = training.ValidationCallback  # the tests below replace it with scripted ones
+
+
+class Killed(Exception):
+    """Stands for a kill: raised where a process could die."""
+
+
+def scripted_validation(scores, kill_at=None):
+    """A ValidationCallback whose monitored val_dsc is ``scores[epoch - 1]`` (so the selected
+    epoch is known), killing the run as epoch ``kill_at`` (1-based) begins, after the
+    backup of the epoch before."""
+    class Scripted(VALIDATION):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch + 1 == kill_at:
+                raise Killed
+            super().on_epoch_begin(epoch, logs)
+
+        def _record(self, entry):
+            entry["val_dsc"] = scores[entry["epoch"] - 1]
+            return super()._record(entry)
+
+    return Scripted
+
+
+def _log(out):
+    import csv
+
+    with open(out / "training_log.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _files_of(folder):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def _check_results_against_the_log(out, steps=2, batch=2):
+    results = json.loads((out / "results.json").read_text())
+    rows = _log(out)
+    assert [int(row["epoch"]) for row in rows] == list(range(len(rows)))  # each epoch once
+    assert results["history"]["loss"] == pytest.approx([float(r["loss"]) for r in rows])
+    assert results["timing"]["epochs"] == len(rows)
+    seconds = sum(float(row["epoch_seconds"]) for row in rows)
+    assert results["timing"]["train_seconds"] == pytest.approx(seconds)
+    assert results["timing"]["patches_per_second"] == pytest.approx(
+        len(rows) * steps * batch / seconds)
+    selection = results["selection"]
+    row = rows[selection["selected_epoch"] - 1]
+    assert selection["metrics"]["loss"] == pytest.approx(float(row["loss"]))
+    if selection["monitor"]:
+        assert selection["metrics"]["val_dsc"] == pytest.approx(float(row["val_dsc"]))
+    return results
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_only_with_its_flags_and_a_finished_one_is_kept(
+        tiny_data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    command = ["train", *RUN, "--data-dir", tiny_data_dir, "--out", str(out)]
+    scores = [0.3, 0.6, 0.5]
+    monkeypatch.setattr(training, "ValidationCallback", scripted_validation(scores, kill_at=3))
+    with pytest.raises(Killed):
+        cli.main(command)
+    assert not (out / "results.json").exists() and (out / "backup").is_dir()
+    assert [row["epoch"] for row in _log(out)] == ["0", "1"]
+    # As if killed after epoch 3's log row but before its backup: that epoch trains again.
+    with open(out / "training_log.csv") as handle:
+        lines = handle.read().splitlines()
+    (out / "training_log.csv").write_text("\n".join(lines + ["2" + lines[-1][1:]]) + "\n")
+    killed = _files_of(out)
+    capsys.readouterr()
+
+    # Other flags: refused, each named, before anything is built or touched.
+    line = _one_line_error(command + ["--alpha", "0.5", "--seed", "3", "--val-subjects", "0"],
+                           capsys)
+    for flag in ("--alpha 0.3 there, 0.5 now", "--seed 0 there, 3 now",
+                 "--val-subjects 1 there, 0 now", "--overwrite"):
+        assert flag in line, line
+    assert _files_of(out) == killed
+
+    # The same recipe resumes (--verbose cannot change the model, so it may differ).
+    monkeypatch.setattr(training, "ValidationCallback", scripted_validation(scores))
+    assert cli.main(command + ["--verbose", "2"]) == 0
+    results = _check_results_against_the_log(out)
+    assert len(results["history"]["loss"]) == 3  # all epochs, not the last process's one
+    assert results["selection"]["selected_epoch"] == 2
+    assert [h["epoch"] for h in results["selection"]["validation_history"]] == [1, 2, 3]
+    assert not (out / "backup").exists()
+
+    # A finished run: refused, every file left as it was.
+    finished = _files_of(out)
+    capsys.readouterr()
+    line = _one_line_error(command, capsys)
+    assert "holds a finished run (results.json)" in line and "--overwrite" in line, line
+    assert _files_of(out) == finished
+
+    # --overwrite starts over: no file of the old run is left, the log has one run.
+    assert cli.main(["train", *TINY, "--data-dir", tiny_data_dir, "--out", str(out),
+                     "--epochs", "1", "--steps-per-epoch", "1", "--val-subjects", "0",
+                     "--overwrite"]) == 0
+    assert [row["epoch"] for row in _log(out)] == ["0"]
+    assert not (out / "validation.json").exists()
+    assert json.loads((out / "run.json").read_text())["config"]["epochs"] == 1
+    assert _check_results_against_the_log(out, steps=1)["selection"]["selected_epoch"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_early_stopped_run_reports_the_epochs_it_ran(tiny_data_dir, tmp_path, monkeypatch,
+                                                     capsys):
+    """And a run killed after training, during the test, evaluates without training again."""
+    from tfversky import evaluation
+
+    out = tmp_path / "run"
+    command = ["train", *RUN, "--epochs", "4", "--patience", "1", "--data-dir", tiny_data_dir,
+               "--out", str(out)]
+    monkeypatch.setattr(training, "ValidationCallback",
+                        scripted_validation([0.5, 0.4, 0.9, 0.9]))
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation, "evaluate_fold", killed)
+        with pytest.raises(Killed):
+            cli.main(command)
+    assert json.loads((out / "run.json").read_text())["training_finished"]
+    log = (out / "training_log.csv").read_text()
+    capsys.readouterr()
+    assert cli.main(command) == 0
+    assert "finished before" in capsys.readouterr().out
+    assert (out / "training_log.csv").read_text() == log  # not trained again
+    results = _check_results_against_the_log(out)
+    assert len(results["history"]["loss"]) == 2  # stopped after epoch 2 of 4
+    assert results["selection"]["selected_epoch"] == 1
+    assert results["selection"]["stopped_epoch"] == 2
+    assert results["timing"]["patches_per_second"] == pytest.approx(
+        2 * 2 * 2 / results["timing"]["train_seconds"])
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("file", "is a file: give a folder"),
+    ("other", "is not empty and holds no tfversky run"),
+    ("unrecorded", "killed run with no record of its flags"),
+    ("version", "killed run of tfversky 0.0.1 and this is"),
+])
+def test_run_folders_that_cannot_be_resumed(setup, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    if setup == "file":
+        out.write_text("x")
+    else:
+        out.mkdir()
+        (out / {"other": "notes.txt", "unrecorded": "training_log.csv",
+                "version": "run.json"}[setup]).write_text(
+            json.dumps({"versions": {"tfversky": "0.0.1"}, "config": {}}))
+    before = _files_of(tmp_path)
+    extra = ["--overwrite"] if setup == "other" else []  # --overwrite removes runs only
+    line = _one_line_error(["train", *TINY, "--data-dir", str(tmp_path / "data"), "--out",
+                            str(out), *extra], capsys)
+    assert message in line, line
+    assert _files_of(tmp_path) == before

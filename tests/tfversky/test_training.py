@@ -165,6 +165,36 @@ def test_resume_keeps_the_validation_history_and_the_best(tmp_path):
     assert _same_weights(tmp_path / "model.keras", recorder.weights[1])
 
 
+def test_resume_after_a_kill_between_saving_the_best_and_the_backup(tmp_path):
+    """Epoch 3 validated best and saved model.keras, then the kill came before its backup:
+    epoch 3 is trained again, and the selection restarts there (the file no longer holds
+    the earlier best), so model.keras is always the selected epoch."""
+    volume = _volume()
+    x, y = _train_data()
+
+    def callbacks(found, *extra):
+        validation = training.ValidationCallback([volume], tmp_path,
+                                                 predict=Scripted(found, volume))
+        return validation, [validation, *extra,
+                            keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))]
+
+    _, first_callbacks = callbacks([0.5, 0.9])
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_model().fit(x, y, epochs=4, verbose=0, callbacks=first_callbacks + [KillAt(2)])
+    state = json.loads((tmp_path / "validation.json").read_text())
+    state["history"].append({"epoch": 3, **{m: 0.99 for m in training.VALIDATION_METRICS}})
+    state.update(selected_epoch=3, best=0.99)
+    (tmp_path / "validation.json").write_text(json.dumps(state))
+    _tiny_model(seed=2).save(tmp_path / "model.keras")  # the model of that lost epoch 3
+
+    recorder = WeightsPerEpoch()
+    second, second_callbacks = callbacks([0.6, 0.5], recorder)
+    _tiny_model(seed=1).fit(x, y, epochs=4, verbose=0, callbacks=second_callbacks)
+    assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
+    assert second.selected_epoch == 3 and second.best == pytest.approx(_dsc(0.6))
+    assert _same_weights(tmp_path / "model.keras", recorder.weights[3])
+
+
 def test_resume_with_another_monitor_is_an_error(tmp_path):
     volume = _volume()
     validation = training.ValidationCallback([volume], tmp_path, predict=Scripted([0.5], volume))
