@@ -577,8 +577,8 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
     Raises:
         ValueError: (``io.ScanError`` for a file) for modalities that do not fit the plan; a
             missing, unreadable, 4D or NaN file; modalities on different grids; a scan that
-            is not skull-stripped for a model not trained on raw scans; a bad output name; a model that does not fit its plan.
-            Nothing is written then.
+            is not skull-stripped for a model not trained on raw scans; a bad output name; a
+            model that does not fit its plan. Nothing is written then.
 
     Example:
 

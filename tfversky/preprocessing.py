@@ -18,8 +18,8 @@ trained network is prepared exactly like the volumes it was trained on:
    a model was trained on.
 
 ``keep_brain_region`` comes first; ``prepare_volume`` chains 1-3. Volumes are NumPy arrays
-with a 4x4 voxel-to-world (RAS+ mm) affine, as nibabel gives them. ``tfversky.inference.segment`` runs the whole path for a
-model's plan (``tfversky.plan``).
+with a 4x4 voxel-to-world (RAS+ mm) affine, as nibabel gives them.
+``tfversky.inference.segment`` runs the whole path for a model's plan (``tfversky.plan``).
 """
 
 from __future__ import annotations
