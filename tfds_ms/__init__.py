@@ -27,8 +27,10 @@ del _module
 from tfds_ms.load import builder, load_dataset, parse_grid
 from tfds_ms.ms_lesions import (MANUAL_DOWNLOAD_INSTRUCTIONS, CacheMismatchError, MsLesions,
                                  MsLesionsConfig, assign_folds, dataset_grid,
-                                 dataset_ignore_index, dataset_modalities, user_config)
+                                 dataset_ignore_index, dataset_modalities,
+                                 dataset_preparation, user_config)
 
 __all__ = ["MANUAL_DOWNLOAD_INSTRUCTIONS", "CacheMismatchError", "MsLesions", "MsLesionsConfig",
            "assign_folds", "builder", "dataset_grid", "dataset_ignore_index",
-           "dataset_modalities", "load_dataset", "parse_grid", "user_config"]
+           "dataset_modalities", "dataset_preparation", "load_dataset", "parse_grid",
+           "user_config"]

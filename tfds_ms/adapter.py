@@ -112,3 +112,13 @@ def describe(builder):
                  else "brain_bbox")
     return (tfds_ms.dataset_modalities(builder), tfds_ms.dataset_grid(builder),
             tfds_ms.dataset_ignore_index(builder), placement)
+
+
+def preparation(builder) -> dict:
+    """How a dataset made its volumes, as ``tfversky.plan.Plan`` fields: the intensity
+    normalisation and whether its scans were skull-stripped (``tfds_ms.dataset_preparation``).
+    A model trained on it records them in its plan, so ``predict`` prepares a scan the same
+    way and knows whether the model has seen raw scans."""
+    import tfds_ms
+
+    return tfds_ms.dataset_preparation(builder)

@@ -25,7 +25,9 @@ Configs:
 
 The image's channels are the config's modalities, in order; the prepared dataset records
 them, its grid and its ignore label in ``info.metadata`` (``dataset_modalities``,
-``dataset_grid``, ``dataset_ignore_index``).
+``dataset_grid``, ``dataset_ignore_index``), and how its volumes were prepared: the
+intensity normalisation the config asked for and whether every scan was skull-stripped
+(``dataset_preparation``, which a trained model's plan copies).
 
 Other choices (grid, rater, number of folds, phantom seed) are a ``MsLesionsConfig`` away::
 
@@ -50,7 +52,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tfds_ms import layouts, realistic, scans, synth
-from tfversky import modalities as mods
+from tfversky import modalities as mods, preprocessing
 from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
 _CITATION = """\
@@ -145,6 +147,10 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
         folds_by: ``"subject"`` (subject i of the sorted ids in fold i % k) or ``"centre"``
             (MSSEG layout: one fold per centre, ``num_folds`` = the number of centres).
             Defaults to ``"subject"``.
+        intensity_normalization, clip_percentiles: How ``image`` is normalised
+            (``tfversky.preprocessing.normalize_intensity``): the one place these are set;
+            the metadata records them and a trained model's plan copies them. Default
+            ``"zscore"`` and ``preprocessing.DEFAULT_CLIP_PERCENTILES`` (0.5, 99.5).
     """
 
     layout: str = "msseg2016"
@@ -169,6 +175,8 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
     difficulty: float = realistic.DEFAULT_DIFFICULTY
     synth_centres: tuple = realistic.DEFAULT_CENTRES
     folds_by: str = "subject"
+    intensity_normalization: str = preprocessing.INTENSITY_NORMALIZATIONS[0]
+    clip_percentiles: tuple = preprocessing.DEFAULT_CLIP_PERCENTILES
 
     def __post_init__(self):
         if self.layout not in layouts.READERS:
@@ -202,6 +210,9 @@ class MsLesionsConfig(tfds.core.BuilderConfig):
                              f"Received: synth_subjects={self.synth_subjects!r}")
         if self.modalities is not None:
             self.modalities = mods.canonical_list(self.modalities)
+        self.intensity_normalization, self.clip_percentiles = \
+            preprocessing.check_intensity_normalization(self.intensity_normalization,
+                                                        self.clip_percentiles)
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -367,12 +378,17 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
         CacheMismatchError: the prepared copy in ``data_dir`` was built from other files.
     """
 
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {"1.0.0": "First release: synthetic, ISBI 2015 and MSSEG 2016 configs.",
                      "1.1.0": "nnunet and bids configs; any set of modalities; the modality "
                               "names, grid and ignore label in the metadata.",
                      "1.2.0": "The realistic phantom's configs; their default difficulty is "
-                              "calibrated for the Table 1 reproduction."}
+                              "calibrated for the Table 1 reproduction.",
+                     "1.3.0": "Raw (not skull-stripped) scans are cut to their foreground, "
+                              "not taken whole; each example says whether its scan was "
+                              "skull-stripped (skull_stripped), and the metadata records it "
+                              "and the intensity normalisation. Skull-stripped scans are "
+                              "prepared as in 1.2.0."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [
         MsLesionsConfig(name="synthetic", source="synthetic",
@@ -461,7 +477,8 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
                 "MR volumes of multiple sclerosis patients (the config's modalities, channels "
                 "last: see metadata['modalities']), each reoriented to RAS+, resampled onto "
                 "one reference grid centred on the brain (linear for images, thresholded "
-                "linear for masks) and z-scored per modality inside the brain, with a lesion "
+                "linear for masks) and z-scored per modality inside the brain (the non-zero "
+                "voxels of a skull-stripped scan, the foreground of a raw one), with a lesion "
                 "mask. `affine`/`shape` describe the scan's own voxels and `grid_affine` the "
                 "grid's, so a prediction maps back with `tfversky.preprocessing.to_native`."),
             features=tfds.features.FeaturesDict({
@@ -483,6 +500,9 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
                                                     doc="voxel-to-world affine of image/label"),
                 "lesion_voxels": tfds.features.Scalar(dtype=np.int64,
                                                       doc="lesion voxels in `label`"),
+                "skull_stripped": tfds.features.Scalar(
+                    dtype=np.bool_, doc="the scan looked skull-stripped (else its brain "
+                                        "region is its foreground)"),
             }),
             supervised_keys=("image", "label"),
             homepage="https://doi.org/10.1007/978-3-319-67389-9_44",
@@ -491,7 +511,11 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
                 modalities=list(channels), grid_shape=list(grid.shape),
                 grid_spacing=list(grid.spacing), ignore_index=ignore, layout=config.layout,
                 num_folds=config.num_folds, fingerprint=config.fingerprint,
-                manual_dir=config.manual_dir),
+                manual_dir=config.manual_dir,
+                # How the volumes were prepared: the plan of a model trained on them copies it.
+                intensity_normalization=config.intensity_normalization,
+                clip_percentiles=list(config.clip_percentiles),
+                skull_stripped=None),  # set while the scans are read: all of them stripped?
         )
 
     def _source_dir(self, dl_manager) -> pathlib.Path:
@@ -546,9 +570,14 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, fold_scans):
         # One scan at a time: memory stays bounded by one subject, whatever the dataset's size.
+        config, metadata = self.builder_config, self.info.metadata
         for scan in fold_scans:
-            yield scan.scan_id, scans.make_example(scan, self.builder_config.grid,
-                                                   self.builder_config.register)
+            example = scans.make_example(scan, config.grid, config.register,
+                                         config.clip_percentiles)
+            # Saved with the metadata once every split is written.
+            metadata["skull_stripped"] = example["skull_stripped"] and \
+                metadata.get("skull_stripped") is not False
+            yield scan.scan_id, example
 
 
 def dataset_modalities(builder_or_info) -> tuple[str, ...]:
@@ -589,6 +618,27 @@ def dataset_ignore_index(builder_or_info) -> int | None:
     >>> dataset_ignore_index(tfds.builder("ms_lesions/synthetic", data_dir=tempfile.mkdtemp()))
     """
     return _metadata(builder_or_info).get("ignore_index")
+
+
+def dataset_preparation(builder_or_info) -> dict:
+    """How a prepared ``ms_lesions`` dataset's volumes were made, as ``tfversky.plan.Plan``
+    fields: ``intensity_normalization``, ``clip_percentiles`` and ``skull_stripped`` (True:
+    every scan was skull-stripped; False: some were raw, cut to their foreground; None: not
+    recorded). Datasets built before 1.3.0 recorded none of them: they were all z-scored
+    with the default clipping, and whether they were stripped is unknown (None).
+
+    Example:
+
+    >>> import tempfile  # not built yet: the scans have not been looked at
+    >>> dataset_preparation(tfds.builder("ms_lesions/synthetic_tiny", data_dir=tempfile.mkdtemp()))
+    {'intensity_normalization': 'zscore', 'clip_percentiles': (0.5, 99.5), 'skull_stripped': None}
+    """
+    metadata = _metadata(builder_or_info)
+    return {"intensity_normalization": metadata.get(
+                "intensity_normalization", preprocessing.INTENSITY_NORMALIZATIONS[0]),
+            "clip_percentiles": tuple(metadata.get("clip_percentiles",
+                                                   preprocessing.DEFAULT_CLIP_PERCENTILES)),
+            "skull_stripped": metadata.get("skull_stripped")}
 
 
 def _metadata(builder_or_info) -> dict:

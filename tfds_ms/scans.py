@@ -135,11 +135,16 @@ def load_scan(scan: Scan) -> LoadedScan:
     return LoadedScan(image, label, ref[3], ref[4], ref[5])
 
 
-def make_example(scan: Scan, grid: preprocessing.ReferenceGrid, register: bool = False) -> dict:
+def make_example(scan: Scan, grid: preprocessing.ReferenceGrid, register: bool = False,
+                 clip_percentiles=preprocessing.DEFAULT_CLIP_PERCENTILES) -> dict:
     """One ``ms_lesions`` example: the scan on ``grid``, normalised, with its provenance.
 
-    With ``register``, the grid is placed by rigid registration of the T1 to the MNI152
-    template (``tfds_ms.registration``, needs SimpleITK) instead of centred on the brain.
+    The scan is cut to its brain region first (``preprocessing.keep_brain_region``: the
+    non-zero voxels of a skull-stripped scan, the foreground of a raw one), and whether it
+    looked skull-stripped is recorded (``skull_stripped``). With ``register``, the grid is
+    placed by rigid registration of the T1 to the MNI152 template (``tfds_ms.registration``,
+    needs SimpleITK) instead of centred on the brain. The intensities are z-scored inside
+    the brain after clipping to ``clip_percentiles``.
 
     Example:
 
@@ -159,6 +164,7 @@ def make_example(scan: Scan, grid: preprocessing.ReferenceGrid, register: bool =
         FieldOfViewWarning: part of the brain lies outside the grid, which crops it.
     """
     loaded = load_scan(scan)
+    image, stripping = preprocessing.keep_brain_region(loaded.image, loaded.affine)
     first = next(iter(scan.images.values()))
     grid_affine = None
     if register:
@@ -169,15 +175,16 @@ def make_example(scan: Scan, grid: preprocessing.ReferenceGrid, register: bool =
                                    f"MNI152 T1 template, but the modalities are "
                                    f"{', '.join(scan.images)}. Add T1 or pass register=False.")
         grid_affine = registration.registered_grid_affine(
-            loaded.image[..., list(scan.images).index("T1")], loaded.affine, grid)
+            image[..., list(scan.images).index("T1")], loaded.affine, grid)
     try:
         # resample_label carries lesion and IGNORE_LABEL apart (a lesion keeps a shared voxel).
-        image, label, grid_affine = preprocessing.prepare_volume(
-            loaded.image, loaded.affine, grid, loaded.label, grid_affine=grid_affine)
+        on_grid, label, grid_affine = preprocessing.prepare_volume(
+            image, loaded.affine, grid, loaded.label, grid_affine=grid_affine,
+            clip_percentiles=clip_percentiles)
     except ValueError as err:
         raise InvalidScanError(f"Case {scan.scan_id} ({first}): {err}") from err
-    outside, extent = preprocessing.brain_outside_grid(loaded.image, loaded.affine,
-                                                       grid_affine, grid.shape)
+    outside, extent = preprocessing.brain_outside_grid(image, loaded.affine, grid_affine,
+                                                       grid.shape)
     if outside > 0:
         warnings.warn(
             f"Case {scan.scan_id} ({first}): {100 * outside:.2f} % of the brain lies outside "
@@ -186,7 +193,7 @@ def make_example(scan: Scan, grid: preprocessing.ReferenceGrid, register: bool =
             f"For a larger grid pass MsLesionsConfig(grid=ReferenceGrid(shape, spacing)) "
             f"(train_ms.py: --grid-shape, --grid-spacing).", FieldOfViewWarning, stacklevel=2)
     return {
-        "image": image,
+        "image": on_grid,
         "label": label,
         "subject": scan.subject,
         "scan_id": scan.scan_id,
@@ -194,4 +201,5 @@ def make_example(scan: Scan, grid: preprocessing.ReferenceGrid, register: bool =
         "shape": np.array(loaded.native_shape, np.int32),
         "grid_affine": grid_affine.astype(np.float64),
         "lesion_voxels": int((label == 1).sum()),
+        "skull_stripped": stripping.stripped,
     }

@@ -5,8 +5,8 @@ them through the entry points they declare in ``pyproject.toml``:
 
 * ``tfversky.datasets``: ``--dataset NAME/CONFIG`` of ``tfversky train``/``evaluate``; the
   entry point is a module with ``open_dataset(args)``, ``num_folds(args, builder=None)``,
-  ``read_split(args, builder, split, flag)`` and ``describe(builder)`` (``tfds_ms.adapter``
-  for ``ms_lesions``);
+  ``read_split(args, builder, split, flag)``, ``describe(builder)`` and
+  ``preparation(builder)`` (``tfds_ms.adapter`` for ``ms_lesions``);
 * ``tfversky.grid_placements``: a plan's ``placement`` other than the brain's bounding box;
   the entry point is ``f(image, affine, grid) -> grid affine`` (``registration``:
   ``tfds_ms.registration.registered_grid_affine``).

@@ -46,8 +46,9 @@ def _add_predict(subparsers) -> None:
                     "reorientation, resampling onto the grid, z-score, sliding windows, "
                     "probabilities mapped back onto the scans' own grid and thresholded. "
                     "Writes a uint8 lesion mask (1 = lesion) with the first modality's affine "
-                    "and header. Scans must be co-registered and skull-stripped (or given "
-                    "--brain-mask).")
+                    "and header. Scans must be co-registered, and skull-stripped (or given "
+                    "--brain-mask) unless the plan records that the model was trained on "
+                    "raw scans.")
     parser.add_argument("--model", required=True, metavar="FILE",
                         help="trained Keras model (.keras), e.g. from examples/train_ms.py")
     parser.add_argument("--image", type=_image, action="append", default=[],
@@ -73,7 +74,9 @@ def _add_predict(subparsers) -> None:
                         help="brain mask on the scans' grid (non-zero = brain), for scans that "
                              "are not skull-stripped; with -i a folder holding CASE.nii.gz")
     parser.add_argument("--no-skull-check", action="store_true",
-                        help="do not refuse scans that do not look skull-stripped")
+                        help="do not refuse scans that do not look skull-stripped (needed "
+                             "only for a model trained on raw scans whose plan does not "
+                             "record it)")
     parser.add_argument("--threshold", type=_flag(arguments.threshold), default=None,
                         metavar="P", help="lesion if its probability is >= P (default: the "
                                           "model's plan, 0.5 as in the paper)")

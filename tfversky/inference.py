@@ -4,7 +4,8 @@
 grid, exactly as the model's training prepared its volumes (``tfversky.plan``):
 
 1. load the modalities named by the plan, in its channel order (``tfversky.io``), and
-   check them: one 3D grid, finite, skull-stripped or given a brain mask;
+   check them: one 3D grid, finite, skull-stripped (or given a brain mask) unless the model
+   was trained on raw scans; keep the brain region (``preprocessing.keep_brain_region``);
 2. ``prepare_scan``: reorient to RAS+, place the reference grid as the plan says,
    resample, normalise (``tfversky.preprocessing``);
 3. ``segment_on_grid``: sliding-window class probabilities on the reference grid; the
@@ -365,7 +366,8 @@ def prepare_scan(image: np.ndarray, affine: np.ndarray, plan: plan_lib.Plan, *,
     and normalises (``preprocessing.prepare_volume``), as the ``ms_lesions`` builder did.
 
     Args:
-        image: (X, Y, Z, M) skull-stripped (or masked) modalities in the plan's order.
+        image: (X, Y, Z, M) modalities in the plan's order, zero outside the brain
+            (skull-stripped, masked, or ``preprocessing.keep_brain_region``).
         affine: Their voxel-to-world affine.
         plan: The model's plan.
         grid_affine: Where to place the grid: None (the plan's ``brain_bbox`` placement), a
@@ -520,12 +522,14 @@ class Segmentation:
     inputs: dict
 
 
-def _masked(image, reference, brain_mask, check_skull):
-    """The image with zero outside the brain mask; or, without one, checked to be stripped."""
+def _masked(image, reference, brain_mask, check_skull, plan):
+    """The image with zero outside the brain mask; or, without one, checked against the
+    training scans (skull-stripped or raw, as the plan records) and cut to its brain region."""
     if brain_mask is None:
         if check_skull:
-            preprocessing.check_skull_stripped(image, reference.affine, "the input scans")
-        return image
+            preprocessing.check_skull_stripped(image, reference.affine, "the input scans",
+                                               plan.skull_stripped)
+        return preprocessing.keep_brain_region(image, reference.affine)[0]
     mask, mask_image = io.load_scan(brain_mask, "brain mask")
     if not io.same_grid(mask.shape, mask_image.affine, image.shape, reference.affine):
         raise io.ScanError(f"brain mask file {str(brain_mask)!r} is not on the scans' voxel grid "
@@ -552,15 +556,20 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
         probabilities_out: Also write the float32 lesion probabilities here. Defaults to None.
         plan: Defaults to ``tfversky.plan.read_plan(model)`` (with a warning if it has none).
         brain_mask: NIfTI brain mask on the scans' grid; voxels outside it are zeroed, as
-            skull-stripping would. Defaults to None: the scans must be skull-stripped.
+            skull-stripping would. Defaults to None: the scans must be skull-stripped,
+            unless the plan records raw training scans (``plan.skull_stripped`` False);
+            a raw scan's brain region is then its foreground
+            (``preprocessing.keep_brain_region``).
         resample_to_first: Resample modalities on another grid onto the first one's,
             instead of refusing them. Defaults to False.
         grid_affine: See ``prepare_scan``. Defaults to None (the plan's placement).
         threshold: Defaults to the plan's.
         min_lesion_mm3: Drop lesions smaller than this (mm^3). Defaults to 0.
         patch_size, overlap, batch_size, progress: See ``segment_on_grid``.
-        check_skull: Refuse scans that do not look skull-stripped (when no ``brain_mask``
-            is given; ``preprocessing.check_skull_stripped``). Defaults to True.
+        check_skull: Refuse scans that do not look skull-stripped when the model was
+            trained on skull-stripped scans, or nothing records what it was trained on
+            (when no ``brain_mask`` is given; ``preprocessing.check_skull_stripped``).
+            Defaults to True.
 
     Returns:
         A ``Segmentation``.
@@ -568,8 +577,8 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
     Raises:
         ValueError: (``io.ScanError`` for a file) for modalities that do not fit the plan; a
             missing, unreadable, 4D or NaN file; modalities on different grids; a scan that
-            is not skull-stripped; a bad output name; a model that does not fit its plan.
-            Nothing is written then.
+            is not skull-stripped for a model not trained on raw scans; a bad output name; a
+            model that does not fit its plan. Nothing is written then.
 
     Example:
 
@@ -601,7 +610,7 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
             io.check_nifti_name(path)
     try:
         image, reference = io.load_modalities(ordered, resample_to_first=resample_to_first)
-        image = _masked(image, reference, brain_mask, check_skull)
+        image = _masked(image, reference, brain_mask, check_skull, plan)
     except io.ScanError as err:
         raise io.ScanError(f"{err} (This model takes {', '.join(plan.modalities)}: one 3D "
                            f"scan each.)") from None

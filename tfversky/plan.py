@@ -7,7 +7,9 @@ model carries:
 * the reference grid (``grid``: shape and spacing; axes along RAS+, as every
   ``ReferenceGrid``) and how it is placed on a scan (``placement``: the centre of the brain's
   bounding box, or rigid registration to the MNI152 template);
-* the normalisation (per-modality z-score inside the brain, clipped to percentiles);
+* the intensity normalisation (per-modality z-score inside the brain, clipped to
+  percentiles) and whether the training scans were skull-stripped, as the dataset recorded
+  them (``tfds_ms.dataset_preparation``);
 * the training patch (``training_patch_size``) and the sliding-window settings
   (``patch_size``: the training patch unless set, ``overlap``) and the ``threshold``;
 * the run record (``record``): the dataset (name, version, the options that decide its
@@ -37,10 +39,12 @@ import keras
 
 from tfversky import arguments, modalities as modalities_lib
 from tfversky._version import __version__
+from tfversky import preprocessing
 from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
 PLACEMENTS = ("brain_bbox", "registration")
-NORMALIZATIONS = ("zscore",)
+# Plans saved before the field was renamed (it was confused with the U-Net's --normalization).
+_RENAMED = {"normalization": "intensity_normalization"}
 
 
 class PlanWarning(UserWarning):
@@ -60,10 +64,12 @@ class Plan:
             i.e. brain, voxels; axis-aligned) or ``"registration"`` (placed by rigid
             registration of the T1 to the MNI152 template, ``tfds_ms.registration``).
             Defaults to ``"brain_bbox"``.
-        normalization: ``"zscore"``: per modality, clipped to ``clip_percentiles`` and
-            scaled to mean 0, std 1 inside the brain (``preprocessing.normalize_intensity``).
-            Defaults to ``"zscore"``.
-        clip_percentiles: Defaults to (0.5, 99.5).
+        intensity_normalization: ``"zscore"``: per modality, clipped to
+            ``clip_percentiles`` and scaled to mean 0, std 1 inside the brain
+            (``preprocessing.normalize_intensity``; ``preprocessing.INTENSITY_NORMALIZATIONS``
+            lists what it can do). Training copies it from the dataset. Defaults to
+            ``"zscore"``. (Plans saved as ``normalization`` are read too.)
+        clip_percentiles: Defaults to ``preprocessing.DEFAULT_CLIP_PERCENTILES``, (0.5, 99.5).
         patch_size: Sliding-window patch (int or (d, h, w)); None: the training patch
             (``training_patch_size``), else the model's static size, else
             ``inference.DEFAULT_PATCH_SIZE``. A network that normalises per window (instance
@@ -84,10 +90,14 @@ class Plan:
             flags that change the model, the seed) and ``splits`` (the training, validation
             and test subjects). Empty for a model not trained by ``tfversky train``.
             Defaults to {}.
+        skull_stripped: Whether the training scans were skull-stripped (True: all of them;
+            False: some were raw, so raw scans are accepted; None: unknown). Training copies
+            it from the dataset. Defaults to None.
 
     Raises:
-        ValueError: for an unknown modality, placement or normalisation, or an out-of-range
-            window setting or threshold.
+        ValueError: for an unknown modality, placement or normalisation, out-of-range
+            percentiles, window setting or threshold, or a ``skull_stripped`` that is not
+            True, False or None.
 
     Example:
 
@@ -101,8 +111,8 @@ class Plan:
     modalities: tuple = modalities_lib.DEFAULT_MODALITIES
     grid: ReferenceGrid = PAPER_GRID
     placement: str = "brain_bbox"
-    normalization: str = "zscore"
-    clip_percentiles: tuple = (0.5, 99.5)
+    intensity_normalization: str = preprocessing.INTENSITY_NORMALIZATIONS[0]
+    clip_percentiles: tuple = preprocessing.DEFAULT_CLIP_PERCENTILES
     patch_size: object = None
     training_patch_size: object = None
     overlap: float = 0.5
@@ -112,6 +122,8 @@ class Plan:
     loss: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
     tfversky_version: str = ""
     record: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
+    # How the training data were prepared (the dataset's record, not a default of this class).
+    skull_stripped: bool | None = None
 
     def __post_init__(self):
         setattr_ = object.__setattr__  # frozen: normalise the fields once, here
@@ -119,16 +131,17 @@ class Plan:
         if not isinstance(self.grid, ReferenceGrid):
             raise ValueError(f"Invalid value for argument `grid`: expected a "
                              f"preprocessing.ReferenceGrid. Received: grid={self.grid!r}")
-        for name, allowed in (("placement", PLACEMENTS), ("normalization", NORMALIZATIONS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"Invalid value for argument `{name}`: expected one of "
-                                 f"{allowed}. Received: {name}={getattr(self, name)!r}")
-        low, high = (float(p) for p in self.clip_percentiles)
-        if not 0 <= low < high <= 100:
-            raise ValueError(f"Invalid value for argument `clip_percentiles`: expected "
-                             f"0 <= low < high <= 100. Received: "
-                             f"clip_percentiles={self.clip_percentiles!r}")
-        setattr_(self, "clip_percentiles", (low, high))
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"Invalid value for argument `placement`: expected one of "
+                             f"{PLACEMENTS}. Received: placement={self.placement!r}")
+        setattr_(self, "clip_percentiles", preprocessing.check_intensity_normalization(
+            self.intensity_normalization, self.clip_percentiles)[1])
+        if self.skull_stripped not in (True, False, None):
+            raise ValueError(f"Invalid value for argument `skull_stripped`: expected True, "
+                             f"False or None (unknown). Received: "
+                             f"skull_stripped={self.skull_stripped!r}")
+        setattr_(self, "skull_stripped", None if self.skull_stripped is None
+                 else bool(self.skull_stripped))
         for name in ("patch_size", "training_patch_size"):
             if getattr(self, name) is not None:
                 setattr_(self, name, arguments.patch_size(getattr(self, name), name))
@@ -160,6 +173,9 @@ class Plan:
             ValueError: for a field this version does not know, or an invalid value.
         """
         config = dict(config)
+        for old, new in _RENAMED.items():
+            if old in config and new not in config:
+                config[new] = config.pop(old)
         unknown = sorted(set(config) - {field.name for field in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"The model's plan has fields {unknown} that tfversky "
@@ -289,7 +305,8 @@ def read_plan(source) -> Plan:
     A file's plan is read from its config without loading the weights. A model without a
     plan gets ``DEFAULT_PLAN`` (T1, T2, FLAIR on ``PAPER_GRID``, placed on the brain's
     bounding box, z-score normalisation, windows as ``predict_volume``'s defaults, threshold
-    0.5) and one ``PlanWarning`` saying so.
+    0.5; ``skull_stripped`` unknown, so raw scans are refused) and one ``PlanWarning``
+    saying so.
 
     Args:
         source: A Keras model, or the path of a ``.keras`` file.
@@ -318,7 +335,8 @@ def read_plan(source) -> Plan:
     warnings.warn(
         f"The {where} carries no plan (saved before tfversky plans, or a bare Keras model): "
         f"assuming the defaults of earlier training: {DEFAULT_PLAN.describe()}, z-score "
-        f"normalisation, threshold {DEFAULT_PLAN.threshold}. Attach the right plan with "
+        f"normalisation, threshold {DEFAULT_PLAN.threshold}; whether it was trained on "
+        f"skull-stripped scans is unknown. Attach the right plan with "
         f"tfversky.plan.attach(model, Plan(...)) and save the model again.",
         PlanWarning, stacklevel=2)
     return DEFAULT_PLAN

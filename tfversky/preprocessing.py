@@ -11,12 +11,15 @@ trained network is prepared exactly like the volumes it was trained on:
    coarser than the scan, and one edge rule: a volume's voxels fill its field of view.
 3. ``normalize_intensity``: per-modality z-score inside the brain.
 4. ``to_native``: a prediction on the grid back onto the scan's own voxels.
-5. ``check_skull_stripped``: the brain is "the non-zero voxels" (as in the public data's
-   preprocessed, skull-stripped scans); a scan with skull or background noise is refused.
+5. ``keep_brain_region``: the brain region of a scan, zero outside: its non-zero voxels
+   when it is skull-stripped (as the public data's preprocessed scans are), else its
+   foreground (``foreground_mask``, for raw scans). ``measure_skull_stripping`` tells the
+   two apart; the dataset records it and ``check_skull_stripped`` compares a scan with what
+   a model was trained on.
 
-``prepare_volume`` chains 1-3. Volumes are NumPy arrays with a 4x4 voxel-to-world (RAS+ mm)
-affine, as nibabel gives them. ``tfversky.inference.segment`` runs the whole path for a
-model's plan (``tfversky.plan``).
+``keep_brain_region`` comes first; ``prepare_volume`` chains 1-3. Volumes are NumPy arrays
+with a 4x4 voxel-to-world (RAS+ mm) affine, as nibabel gives them.
+``tfversky.inference.segment`` runs the whole path for a model's plan (``tfversky.plan``).
 """
 
 from __future__ import annotations
@@ -107,60 +110,203 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
 
 # A skull-stripped adult brain (with its CSF) is 1.0-2.0 L; a head with skull and scalp is
 # 3.5-5 L. Skull-stripped scans also leave the field of view's faces almost all zero, while
-# raw scans hold background noise there. Either sign alone refuses a scan.
+# raw scans hold background noise there. Either sign alone marks a scan as not stripped.
 MAX_BRAIN_ML = 2500.0
 MAX_BORDER_FRACTION = 0.5
 
 
-def check_skull_stripped(image: np.ndarray, affine: np.ndarray, name: str = "the scan") -> None:
-    """Refuse a scan that is not skull-stripped: the pipeline takes its brain to be its
-    non-zero voxels (``brain_mask``), as in the training data.
+@dataclasses.dataclass(frozen=True)
+class SkullStripping:
+    """What ``measure_skull_stripping`` found in a scan.
 
-    A scan is refused if its non-zero voxels (any modality) fill more than ``MAX_BRAIN_ML``
-    mL (no brain is that large: skull, scalp or background noise are in), or cover more than
+    Attributes:
+        volume_ml: Volume of the non-zero voxels (any modality), mL.
+        border_fraction: Fraction of the voxels on the field of view's faces that are
+            non-zero.
+    """
+
+    volume_ml: float
+    border_fraction: float
+
+    @property
+    def stripped(self) -> bool:
+        """Whether the scan looks skull-stripped: at most ``MAX_BRAIN_ML`` of non-zero
+        signal and at most ``MAX_BORDER_FRACTION`` of its border non-zero."""
+        return self.volume_ml <= MAX_BRAIN_ML and self.border_fraction <= MAX_BORDER_FRACTION
+
+    def __str__(self) -> str:
+        return (f"{self.volume_ml:.0f} mL of non-zero signal (a brain is 1000-2000 mL) and "
+                f"{100 * self.border_fraction:.0f}% of the field of view's border non-zero")
+
+
+def measure_skull_stripping(image: np.ndarray, affine: np.ndarray) -> SkullStripping:
+    """Whether a scan looks skull-stripped (zero outside the brain), with the measurements.
+
+    A skull-stripped scan's non-zero voxels (any modality) fill at most ``MAX_BRAIN_ML`` mL
+    (no brain is larger: skull, scalp or background noise would be in) and cover at most
     ``MAX_BORDER_FRACTION`` of the voxels on the faces of its field of view (background
-    noise around a raw head; a stripped brain touches a face at most where the field of
-    view cuts through it).
+    noise surrounds a raw head; a stripped brain touches a face at most where the field of
+    view cuts through it). The ``ms_lesions`` builder records it per scan; inference
+    compares it with what the model was trained on (``check_skull_stripped``).
+
+    Args:
+        image: (X, Y, Z) or (X, Y, Z, M) volume.
+        affine: Its 4x4 voxel-to-world affine (for the voxel volume).
+
+    Example:
+
+    >>> head = np.ones((200, 200, 150))           # 1 mm voxels, non-zero everywhere: 6 L
+    >>> measure_skull_stripping(head, np.eye(4)).stripped
+    False
+    >>> brain = np.zeros((200, 200, 150)); brain[40:160, 30:170, 20:130] = 1  # 1.8 L
+    >>> found = measure_skull_stripping(brain, np.eye(4))
+    >>> found.stripped, round(found.volume_ml), found.border_fraction
+    (True, 1848, 0.0)
+    """
+    mask = image != 0 if image.ndim == 3 else brain_mask(image)
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
+    faces = [mask[index] for axis in range(3) for index in
+             ((slice(None),) * axis + (0,), (slice(None),) * axis + (-1,))]
+    return SkullStripping(
+        volume_ml=float(mask.sum(dtype=np.int64)) * voxel_ml,
+        border_fraction=sum(int(face.sum()) for face in faces) / sum(f.size for f in faces))
+
+
+def check_skull_stripped(image: np.ndarray, affine: np.ndarray, name: str = "the scan",
+                         trained_on_stripped: bool | None = None) -> SkullStripping:
+    """Refuse a scan that does not look skull-stripped unless the model was trained on such
+    scans (``measure_skull_stripping``).
 
     Args:
         image: (X, Y, Z) or (X, Y, Z, M) volume.
         affine: Its 4x4 voxel-to-world affine (for the voxel volume).
         name: What the scan is, for the message. Defaults to "the scan".
+        trained_on_stripped: What the model's training scans were (its plan's
+            ``skull_stripped``): True (all skull-stripped: a raw scan is refused), False
+            (raw scans among them: any scan passes), None (nothing records it: a raw scan
+            is refused, and the message says so). Defaults to None.
+
+    Returns:
+        The measurement.
 
     Raises:
-        ValueError: naming the measured volume and border fraction and the fix (skull-strip
-            the scan, or give a brain mask).
+        ValueError: naming the measured volume and border fraction, what is known of the
+            training scans, and the fix (skull-strip the scan, or give a brain mask).
 
     Example:
 
     >>> head = np.ones((200, 200, 150))           # 1 mm voxels, non-zero everywhere: 6 L
-    >>> check_skull_stripped(head, np.eye(4))
+    >>> check_skull_stripped(head, np.eye(4), trained_on_stripped=True)
     Traceback (most recent call last):
     ...
     ValueError: the scan does not look skull-stripped: ...
-    >>> brain = np.zeros((200, 200, 150)); brain[40:160, 30:170, 20:130] = 1  # 1.8 L
-    >>> check_skull_stripped(brain, np.eye(4))
+    >>> check_skull_stripped(head, np.eye(4), trained_on_stripped=False).stripped
+    False
     """
-    mask = image != 0 if image.ndim == 3 else brain_mask(image)
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
-    volume_ml = float(mask.sum(dtype=np.int64)) * voxel_ml
-    faces = [mask[index] for axis in range(3) for index in
-             ((slice(None),) * axis + (0,), (slice(None),) * axis + (-1,))]
-    border = sum(int(face.sum()) for face in faces) / sum(face.size for face in faces)
-    if volume_ml > MAX_BRAIN_ML or border > MAX_BORDER_FRACTION:
-        raise ValueError(
-            f"{name} does not look skull-stripped: {volume_ml:.0f} mL of non-zero signal (a "
-            f"brain is 1000-2000 mL) and {100 * border:.0f}% of the field of view's border "
-            f"non-zero. The model was trained on skull-stripped scans (zero outside the "
-            f"brain): skull-strip the scans first (e.g. SynthStrip, HD-BET, FSL BET), or "
-            f"give a brain mask (command line: --brain-mask FILE).")
+    found = measure_skull_stripping(image, affine)
+    if found.stripped or trained_on_stripped is False:
+        return found
+    fix = ("skull-strip the scans first (e.g. SynthStrip, HD-BET, FSL BET), or give a brain "
+           "mask (command line: --brain-mask FILE)")
+    if trained_on_stripped:
+        why = "The model was trained on skull-stripped scans (zero outside the brain; its " \
+              "plan records it)"
+    else:
+        why = ("No plan records whether the model was trained on skull-stripped scans (it has "
+               "no plan, or one saved before tfversky recorded it)")
+        fix += ("; if it was trained on scans like these (not skull-stripped), skip this "
+                "check (command line: --no-skull-check)")
+    raise ValueError(f"{name} does not look skull-stripped: {found}. {why}: {fix}.")
+
+
+def foreground_mask(image: np.ndarray) -> np.ndarray:
+    """The head in a raw (not skull-stripped) scan: (X, Y, Z) or (X, Y, Z, M) -> (X, Y, Z) bool.
+
+    Each modality is thresholded at Otsu's threshold (the intensity that best splits its
+    histogram in two: background noise and tissue); a voxel above it in any modality is
+    foreground. The largest connected part is kept (noise specks outside go) and its
+    enclosed holes are filled (dark tissue inside the head stays in). This is the brain
+    region of a raw scan, as cropping to the non-zero voxels is nnU-Net's for
+    skull-stripped data; nnU-Net z-scores raw scans over every voxel instead, which lets the
+    background's share of the field of view shift every intensity.
+
+    Example:
+
+    >>> rng = np.random.default_rng(0)
+    >>> head = rng.uniform(0, 5, (30, 30, 30)); head[5:25, 5:25, 5:25] = 100
+    >>> head[12:18, 12:18, 12:18] = 1             # a dark region inside the head
+    >>> int(foreground_mask(head).sum()) == 20 ** 3
+    True
+    """
+    image = np.asarray(image, np.float32)
+    channels = image[..., None] if image.ndim == 3 else image
+    mask = np.zeros(channels.shape[:3], bool)
+    for channel in np.moveaxis(channels, -1, 0):
+        mask |= channel > _otsu_threshold(channel)
+    parts, count = ndimage.label(mask)
+    if count > 1:
+        mask = parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1
+    return ndimage.binary_fill_holes(mask)
+
+
+def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold: the histogram cut that maximises the between-class variance.
+
+    The histogram spans the 99.9th percentile, so a few very bright voxels do not squeeze
+    everything else into its first bins.
+    """
+    low, high = float(values.min()), float(np.percentile(values, 99.9))
+    if high <= low:
+        return high
+    counts, edges = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    below = np.cumsum(counts)[:-1].astype(np.float64)  # voxels at or below each cut
+    above = counts.sum() - below
+    mass = np.cumsum(counts * centres)[:-1]
+    mean_below = mass / np.maximum(below, 1)
+    mean_above = ((counts * centres).sum() - mass) / np.maximum(above, 1)
+    between = below * above * (mean_below - mean_above) ** 2
+    return float(edges[1:-1][np.argmax(between)])
+
+
+def keep_brain_region(image: np.ndarray, affine: np.ndarray):
+    """The scan with zero outside its brain region, and whether it looked skull-stripped.
+
+    The brain region centres the grid and is where the z-score is computed. A skull-stripped
+    scan (``measure_skull_stripping``) is returned as it is: its region is its non-zero
+    voxels. A raw scan's region is its foreground (``foreground_mask``: the head, with skull
+    and scalp), and the background noise outside is set to 0. Both the ``ms_lesions``
+    builder and inference call this before ``prepare_volume``, so a raw scan reaches the
+    network as the raw scans of a training set did.
+
+    Args:
+        image: (X, Y, Z, M) volume.
+        affine: Its 4x4 voxel-to-world affine.
+
+    Returns:
+        ``(image, skull_stripping)``: float32 (X, Y, Z, M), and the ``SkullStripping``
+        measured on the scan as given.
+
+    Example:
+
+    >>> rng = np.random.default_rng(0)
+    >>> raw = rng.uniform(0, 5, (30, 30, 30, 1)); raw[5:25, 5:25, 5:25] = 100
+    >>> region, found = keep_brain_region(raw, np.eye(4))
+    >>> found.stripped, int((region != 0).sum()) == 20 ** 3
+    (False, True)
+    """
+    image = np.asarray(image, np.float32)
+    found = measure_skull_stripping(image, affine)
+    if not found.stripped:
+        image = np.where(foreground_mask(image)[..., None], image, np.float32(0))
+    return image, found
 
 
 def brain_center(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """World coordinates (mm) of the centre of the brain's bounding box.
 
     Args:
-        image: (D, H, W) or (D, H, W, M) skull-stripped volume (zero background).
+        image: (D, H, W) or (D, H, W, M) volume, zero outside the brain (``keep_brain_region``).
         affine: Its 4x4 voxel-to-world affine.
 
     Raises:
@@ -188,7 +334,7 @@ def brain_outside_grid(image: np.ndarray, affine: np.ndarray, grid_affine: np.nd
     outside it, and the brain's extent (mm) along the grid's axes.
 
     Args:
-        image: (X, Y, Z) or (X, Y, Z, M) skull-stripped volume (zero background).
+        image: (X, Y, Z) or (X, Y, Z, M) volume, zero outside the brain (``keep_brain_region``).
         affine: Its 4x4 voxel-to-world affine.
         grid_affine: The grid's voxel-to-world affine.
         grid_shape: The grid's 3D shape.
@@ -396,8 +542,42 @@ def check_image(image, name: str = "image") -> np.ndarray:
     return image
 
 
+# What ``normalize_intensity`` can do, and its default clipping: the one source of the
+# ``ms_lesions`` builder's normalisation options, which a model's plan records.
+INTENSITY_NORMALIZATIONS = ("zscore",)
+DEFAULT_CLIP_PERCENTILES = (0.5, 99.5)
+
+
+def check_intensity_normalization(scheme: str, clip_percentiles) -> tuple[str, tuple]:
+    """``(scheme, (low, high))`` checked: a scheme ``normalize_intensity`` knows
+    (``INTENSITY_NORMALIZATIONS``) and percentiles 0 <= low < high <= 100.
+
+    Raises:
+        ValueError: naming the argument (``intensity_normalization`` or
+            ``clip_percentiles``) and the value.
+
+    Example:
+
+    >>> check_intensity_normalization("zscore", [1, 99])
+    ('zscore', (1.0, 99.0))
+    """
+    if scheme not in INTENSITY_NORMALIZATIONS:
+        raise ValueError(f"Invalid value for argument `intensity_normalization`: expected one "
+                         f"of {INTENSITY_NORMALIZATIONS}. Received: "
+                         f"intensity_normalization={scheme!r}")
+    try:
+        low, high = (float(p) for p in clip_percentiles)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"Invalid value for argument `clip_percentiles`: expected two "
+                         f"percentiles 0 <= low < high <= 100. Received: "
+                         f"clip_percentiles={clip_percentiles!r}")
+    return scheme, (low, high)
+
+
 def normalize_intensity(image: np.ndarray, mask: np.ndarray | None = None,
-                        clip_percentiles=(0.5, 99.5)) -> np.ndarray:
+                        clip_percentiles=DEFAULT_CLIP_PERCENTILES) -> np.ndarray:
     """Per-modality z-score inside the brain; the background stays 0.
 
     Each channel is clipped to its ``clip_percentiles`` inside the mask (bright artefacts
@@ -422,6 +602,7 @@ def normalize_intensity(image: np.ndarray, mask: np.ndarray | None = None,
     (0.0, 0.0)
     """
     image = check_image(image, "image")
+    _, clip_percentiles = check_intensity_normalization("zscore", clip_percentiles)
     mask = brain_mask(image) if mask is None else np.asarray(mask, bool)
     if mask.shape != image.shape[:-1]:
         raise ValueError(f"`mask` shape {mask.shape} does not match image shape {image.shape[:-1]}")
@@ -440,13 +621,14 @@ def normalize_intensity(image: np.ndarray, mask: np.ndarray | None = None,
 
 def prepare_volume(image: np.ndarray, affine: np.ndarray, grid: ReferenceGrid = PAPER_GRID,
                    label: np.ndarray | None = None, *, grid_affine: np.ndarray | None = None,
-                   clip_percentiles=(0.5, 99.5)):
+                   clip_percentiles=DEFAULT_CLIP_PERCENTILES):
     """Scan -> network input: centre the grid on the brain, resample, normalise.
 
     Args:
-        image: (X, Y, Z, M) skull-stripped, co-registered modalities (T1, T2, FLAIR) on the
-            scan's own voxels; canonical orientation is not required but makes resampling
-            faster (``nibabel.as_closest_canonical``).
+        image: (X, Y, Z, M) co-registered modalities (T1, T2, FLAIR) on the scan's own
+            voxels, zero outside the brain region (skull-stripped, or ``keep_brain_region``);
+            canonical orientation is not required but makes resampling faster
+            (``nibabel.as_closest_canonical``).
         affine: The scan's 4x4 voxel-to-world affine.
         grid: The reference grid. Defaults to ``PAPER_GRID`` (128x224x256).
         label: Optional (X, Y, Z) label map on the same voxels (0, 1 = lesion, and e.g.

@@ -426,7 +426,9 @@ def run_record(args, builder, description, splits: tuple[str, str], validation_i
                     "modalities": list(modalities),
                     "grid": {"shape": list(grid.shape), "spacing": list(grid.spacing)},
                     "placement": placement, "num_folds": args.num_folds,
-                    "digest": digest},
+                    "digest": digest,
+                    # Intensity normalisation, skull-stripped: the plan copies them.
+                    "preparation": dataset_adapter(args).preparation(builder)},
         "recipe": json.loads(json.dumps({k: v for k, v in vars(args).items()
                                          if k not in NOT_RECIPE_FLAGS}, default=str)),
         "tfversky_version": __version__,
@@ -544,13 +546,17 @@ def build_model(args, modalities=None, ignore_index=None):
 
 def training_plan(args, modalities, grid, placement: str = "brain_bbox", record=None):
     """What this run trains with, for the model's plan: the dataset's modalities and grid
-    (and how the grid was placed), the normalisation, the training patch and the
-    evaluation's window settings, and the run record (``run_record``)."""
+    (and how the grid was placed), the dataset's record of how it prepared its volumes
+    (``record["dataset"]["preparation"]``: the intensity normalisation, whether the scans
+    were skull-stripped), the training patch and the evaluation's window settings, and the
+    run record (``run_record``)."""
     from tfversky import plan
 
     loss = {"name": "TverskyLoss", "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma,
             "batch": args.batch_dice}  # alpha weighs false positives, beta false negatives
+    preparation = (record or {}).get("dataset", {}).get("preparation", {})
     return plan.Plan(modalities=tuple(modalities), grid=grid, placement=placement,
+                     **preparation,  # what the dataset did, not the plan's defaults
                      training_patch_size=args.patch_size,  # the window (check_window)
                      overlap=args.overlap,
                      threshold=args.threshold, loss=loss, record=record or {})

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_ms
-from tfds_ms import MsLesions, MsLesionsConfig, assign_folds
+from tfds_ms import MsLesions, MsLesionsConfig, assign_folds, layouts, scans
 from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
 DUMMY = pathlib.Path(__file__).parent / "dummy_data"
@@ -412,3 +412,45 @@ def test_a_longitudinal_pair_chosen_by_bids_filters_builds_as_two_channels(tmp_p
     np.testing.assert_array_equal(example["image"][..., 0], example["image"][..., 1])
     with pytest.raises(ValueError, match="the nnunet layout has none.*--bids-filter"):
         _user_build(tmp_path / "data", "nnunet", DUMMY / "nnunet", bids_filter=["FLAIR:acq=3D"])
+
+
+def test_raw_scans_are_recorded_and_cut_to_their_foreground(tmp_path,
+                                                           keep_noise_outside_the_brain):
+    """The same phantom written skull-stripped and raw (noise outside the brain): each
+    dataset records what its scans were, per example and in the metadata the plan copies,
+    and the raw scans' foreground is their brain, so both give the same volumes."""
+    builders = {}
+    for raw in (False, True):
+        root = tmp_path / f"raw{raw}" / "Dataset503_MS"
+        tfds_ms.synth.synthesize(root, subjects=4, layout="nnunet", resolution=8,
+                                 progress=False)
+        if raw:
+            keep_noise_outside_the_brain(sorted((root / "imagesTr").glob("*.nii.gz")))
+        builders[raw] = _user_build(tmp_path / f"data{raw}", "nnunet", root)
+    for raw, builder in builders.items():
+        assert tfds_ms.dataset_preparation(builder) == {
+            "intensity_normalization": "zscore", "clip_percentiles": (0.5, 99.5),
+            "skull_stripped": not raw}
+        flags = [ex["skull_stripped"] for ex in tfds.as_numpy(builder.as_dataset("fold0"))]
+        assert flags == [not raw] * 2
+    for stripped, raw in zip(*(tfds.as_numpy(builders[key].as_dataset("fold0"))
+                               for key in (False, True))):
+        assert stripped["scan_id"] == raw["scan_id"]
+        np.testing.assert_allclose(raw["image"], stripped["image"], atol=1e-4)  # float32
+        np.testing.assert_array_equal(raw["grid_affine"], stripped["grid_affine"])
+
+
+def test_the_config_is_the_one_place_of_the_normalisation(tmp_path):
+    """The builder normalises with its config's percentiles, and its metadata says so."""
+    config = MsLesionsConfig(name="isbi2015_clip1_tiny", layout="isbi2015", grid=TINY,
+                             clip_percentiles=(1, 99))
+    builder = _build(tmp_path, config, DUMMY / "isbi2015")
+    assert tfds_ms.dataset_preparation(builder)["clip_percentiles"] == (1.0, 99.0)
+    example = next(iter(tfds.as_numpy(builder.as_dataset(split="fold1"))))
+    scan = next(s for s in layouts.find_scans(DUMMY / "isbi2015", "isbi2015")
+                if s.scan_id == example["scan_id"].decode())
+    np.testing.assert_allclose(
+        example["image"], scans.make_example(scan, TINY, clip_percentiles=(1, 99))["image"])
+    assert not np.allclose(example["image"], scans.make_example(scan, TINY)["image"])
+    with pytest.raises(ValueError, match="`clip_percentiles`"):
+        MsLesionsConfig(name="bad", clip_percentiles=(99, 1))

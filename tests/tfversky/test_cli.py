@@ -7,6 +7,7 @@ second; one plan-less model checks the defaults and their warning.
 """
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -264,14 +265,19 @@ def test_output_folder_that_is_a_file_is_refused_before_any_work(files, tmp_path
     assert out.read_text() == "a file"
 
 
+def _heads(files, folder):
+    """'Heads': the scans with noise everywhere around the brain, as raw scans keep it."""
+    rng = np.random.default_rng(1)
+    brain = nib.load(files["t1"]).get_fdata() != 0
+    return brain, {name: _write_scan(folder / f"{name}.nii.gz", np.where(
+        brain, nib.load(files[name]).get_fdata(), rng.uniform(5, 50, SHAPE)))
+        for name in ("t1", "t2", "flair")}
+
+
 def test_brain_mask_makes_an_unstripped_scan_usable(files, tmp_path, capsys):
     """A 'head': noise everywhere around the brain. Refused; with the brain mask it gives
     the stripped scan's mask."""
-    rng = np.random.default_rng(1)
-    brain = nib.load(files["t1"]).get_fdata() != 0
-    heads = {name: _write_scan(tmp_path / f"{name}.nii.gz", np.where(
-        brain, nib.load(files[name]).get_fdata(), rng.uniform(5, 50, SHAPE)))
-        for name in ("t1", "t2", "flair")}
+    brain, heads = _heads(files, tmp_path)
     mask_file = _write_scan(tmp_path / "brain.nii.gz", brain.astype("float32"))
     out = tmp_path / "seg.nii.gz"
     err = _error(capsys, _args(files, out, **heads))
@@ -282,6 +288,30 @@ def test_brain_mask_makes_an_unstripped_scan_usable(files, tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj),
                                   np.asarray(nib.load(tmp_path / "stripped.nii.gz").dataobj))
     assert main(_args(files, tmp_path / "forced.nii.gz", "--no-skull-check", **heads)) == 0
+
+
+def test_raw_scans_are_refused_or_taken_as_the_plan_records(files, tmp_path, capsys):
+    """Whether the training scans were skull-stripped is the plan's record: raw scans are
+    refused for a model trained on stripped ones, and for a model nothing records it of
+    (without claiming how it was trained); a model trained on raw scans takes them."""
+    _, heads = _heads(files, tmp_path)
+    out = tmp_path / "seg.nii.gz"
+    for record, reason in ((True, "The model was trained on skull-stripped scans"),
+                           (None, "No plan records whether the model was trained on "
+                                  "skull-stripped scans")):
+        model = _save_model(tmp_path / f"{record}.keras",
+                            dataclasses.replace(PLAN, skull_stripped=record))
+        err = _error(capsys, _args(files, out, model=model, **heads))
+        assert "does not look skull-stripped" in err and reason in err, err
+        assert "--brain-mask" in err and ("--no-skull-check" in err) == (record is None)
+    # A model without a plan: the warning that says so, then the refusal.
+    assert main(_args(files, out, "--from-logits", model=files["logits_model"], **heads)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "No plan records whether" in err and "The model was trained on" not in err, err
+    assert not out.exists()
+    raw = _save_model(tmp_path / "raw.keras", dataclasses.replace(PLAN, skull_stripped=False))
+    assert main(_args(files, out, model=raw, **heads)) == 0
+    assert nib.load(out).shape == SHAPE
 
 
 def test_folder_mode_brain_masks_come_from_a_folder_of_cases(files, tmp_path, capsys):

@@ -58,8 +58,10 @@ def test_old_model_loads_with_the_defaults_and_one_warning(tmp_path):
         assert [w.category for w in caught] == [plan.PlanWarning]
         assert "carries no plan" in str(caught[0].message)
         assert found.modalities == ("T1", "T2", "FLAIR") and found.grid == PAPER_GRID
-        assert (found.placement, found.normalization, found.threshold) == (
+        assert (found.placement, found.intensity_normalization, found.threshold) == (
             "brain_bbox", "zscore", 0.5)
+        # Nothing records what it was trained on: it must not claim skull-stripped scans.
+        assert found.skull_stripped is None
 
 
 def test_a_planned_model_built_without_a_plan_still_warns(tmp_path):
@@ -69,6 +71,18 @@ def test_a_planned_model_built_without_a_plan_still_warns(tmp_path):
     assert loaded.plan is None
     with pytest.warns(plan.PlanWarning, match="carries no plan"):
         assert plan.read_plan(loaded) == plan.DEFAULT_PLAN
+
+
+def test_a_plan_saved_before_the_rename_reads_its_normalization():
+    """Plans saved as `normalization` (the z-score, not the U-Net's --normalization layers)
+    still load, under the new name; a plan records the skull-stripping it was given."""
+    stored = PLAN.to_dict()
+    assert "normalization" not in stored and stored["intensity_normalization"] == "zscore"
+    stored["normalization"] = stored.pop("intensity_normalization")
+    assert plan.Plan.from_dict(stored) == PLAN
+    raw = plan.Plan(skull_stripped=False)
+    assert plan.Plan.from_dict(raw.to_dict()).skull_stripped is False
+    assert plan.Plan.from_dict(plan.Plan(skull_stripped=True).to_dict()) != raw
 
 
 def test_to_dict_is_json_and_names_the_orientation():
@@ -83,11 +97,13 @@ def test_to_dict_is_json_and_names_the_orientation():
     ({"modalities": ("T1", "T9@first")}, "Invalid channel name 'T9@first'"),
     ({"modalities": ("T1", "T1w")}, "more than once"),
     ({"placement": "atlas"}, "`placement`"),
-    ({"normalization": "minmax"}, "`normalization`"),
+    ({"intensity_normalization": "minmax"}, "`intensity_normalization`"),
+    ({"skull_stripped": "yes"}, "`skull_stripped`"),
     ({"threshold": 1.0}, "`threshold`"),
     ({"overlap": 1.0}, "`overlap`"),
     ({"patch_size": (8, 8)}, "`patch_size`"),
     ({"clip_percentiles": (50, 10)}, "`clip_percentiles`"),
+    ({"clip_percentiles": (1, 99, 100)}, "`clip_percentiles`"),
     ({"grid": (64, 64, 64)}, "`grid`"),
 ])
 def test_invalid_plans(kwargs, match):

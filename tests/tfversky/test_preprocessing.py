@@ -238,3 +238,61 @@ def test_resampled_labels_keep_their_values_and_stay_aligned(seed, degrees, spac
     sigma = preprocessing._antialias_sigma(grid)  # grid voxels -> source voxels
     reach = int(4 * sigma.max() + 0.5) if sigma.max() > 0.25 else 0
     label_checks.check_moved(probe, out, label, spread=reach)
+
+
+def test_skull_check_says_what_is_known_of_the_training_scans():
+    """A raw scan is refused for a model trained on stripped scans, or one nothing is known
+    of (which must not claim to know), and accepted for a model trained on raw scans."""
+    raw = np.ones((60, 60, 60), np.float32)  # non-zero up to every face
+    with pytest.raises(ValueError, match=r"The model was trained on skull-stripped scans "
+                                         r"\(zero outside the brain; its plan records it\)"):
+        preprocessing.check_skull_stripped(raw, np.eye(4), trained_on_stripped=True)
+    with pytest.raises(ValueError) as unknown:
+        preprocessing.check_skull_stripped(raw, np.eye(4))
+    message = str(unknown.value)
+    assert "No plan records whether the model was trained on skull-stripped scans" in message
+    assert "--brain-mask" in message and "--no-skull-check" in message
+    assert "The model was trained on" not in message
+    found = preprocessing.check_skull_stripped(raw, np.eye(4), trained_on_stripped=False)
+    assert not found.stripped and found.border_fraction == 1.0 and found.volume_ml == 216.0
+
+
+def _raw_head(rng, shape=(48, 48, 48)):
+    """Two modalities of an ellipsoidal head with a dark core (CSF), in background noise,
+    and a bright speck of artefact outside the head."""
+    index = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1)
+    head = (((index - np.array(shape) / 2) / (18, 20, 16)) ** 2).sum(-1) <= 1
+    core = (((index - np.array(shape) / 2) / (5, 6, 4)) ** 2).sum(-1) <= 1
+    tissue = np.where(core[..., None], rng.normal(3, 1, (*shape, 2)),
+                      rng.normal([100, 50], [10, 5], (*shape, 2)))
+    image = np.where(head[..., None], tissue, np.abs(rng.normal(0, 4, (*shape, 2))))
+    image[1:3, 1:3, 1:3] = 200
+    return image.astype(np.float32), head
+
+
+def test_a_raw_scans_brain_region_is_its_foreground(rng):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    image, head = _raw_head(rng)
+    region, found = preprocessing.keep_brain_region(image, affine)
+    assert not found.stripped and found.border_fraction > 0.99
+    np.testing.assert_array_equal(np.any(region != 0, axis=-1), head)  # core in, specks out
+    np.testing.assert_array_equal(region[head], image[head])
+    # A skull-stripped scan's region is its non-zero voxels: it comes back unchanged.
+    stripped = np.where(head[..., None], image, 0)
+    again, found = preprocessing.keep_brain_region(stripped, affine)
+    assert found.stripped and found.border_fraction == 0
+    np.testing.assert_array_equal(again, stripped)
+
+
+@pytest.mark.parametrize("scheme, clip, match", [
+    ("minmax", (0.5, 99.5), "`intensity_normalization`.*minmax"),
+    ("zscore", (99.5, 0.5), "`clip_percentiles`"),
+    ("zscore", (-1, 99), "`clip_percentiles`"),
+    ("zscore", "high", "`clip_percentiles`"),
+])
+def test_normalisation_options_have_one_check(scheme, clip, match):
+    with pytest.raises(ValueError, match=match):
+        preprocessing.check_intensity_normalization(scheme, clip)
+    if scheme == "zscore":  # normalize_intensity refuses what it cannot do, by the same rule
+        with pytest.raises(ValueError, match=match):
+            preprocessing.normalize_intensity(np.ones((4, 4, 4, 1)), clip_percentiles=clip)

@@ -498,3 +498,43 @@ def test_run_folders_that_cannot_be_resumed(setup, message, tmp_path, capsys):
                             str(out), *extra], capsys)
     assert message in line, line
     assert _files_of(tmp_path) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("raw_training", [True, False], ids=["raw", "stripped"])
+def test_a_model_takes_scans_like_its_training_scans(raw_training, tmp_path, capsys,
+                                                    keep_noise_outside_the_brain):
+    """nnU-Net data with noise outside the brain (raw scans) train a model that predicts on
+    a raw test scan; a model trained on skull-stripped scans still refuses it. The dataset
+    records what its scans were, and the plan copies it with the normalisation."""
+    from tfds_ms import synth
+
+    root = tmp_path / "Dataset503_MS"
+    synth.synthesize(root, subjects=4, layout="nnunet", resolution=8, progress=False,
+                     test_subjects=1)
+    keep_noise_outside_the_brain(sorted((root / "imagesTs").glob("*.nii.gz")))
+    if raw_training:
+        keep_noise_outside_the_brain(sorted((root / "imagesTr").glob("*.nii.gz")), seed=1)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "ms_lesions/nnunet", "--manual-dir", str(root),
+                     "--data-dir", str(tmp_path / "data"), "--out", str(out),
+                     "--grid-shape", "16,24,24", "--grid-spacing", "10,8.4,8",
+                     "--patch-size", "16", "--depth", "3", "--base-filters", "4",
+                     "--verbose", "0", "--epochs", "1",
+                     "--steps-per-epoch", "2", "--val-subjects", "0"]) == 0
+    model_plan = plan.read_plan(out / "model.keras")
+    assert model_plan.skull_stripped is not raw_training
+    assert model_plan.record["dataset"]["preparation"]["skull_stripped"] is not raw_training
+    assert (model_plan.intensity_normalization, model_plan.clip_percentiles) == (
+        "zscore", (0.5, 99.5))
+    capsys.readouterr()
+    predicted = tmp_path / "predictions"
+    code = cli.main(["predict", "--model", str(out / "model.keras"), "-i",
+                     str(root / "imagesTs"), "-o", str(predicted), "--quiet"])
+    err = capsys.readouterr().err
+    if raw_training:
+        assert code == 0, err
+        assert sorted(path.name for path in predicted.glob("*.nii.gz")) == ["MS_005.nii.gz"]
+    else:
+        assert code == 2 and "does not look skull-stripped" in err, err
+        assert "The model was trained on skull-stripped scans" in err
