@@ -290,8 +290,12 @@ def test_reproduce_table1_takes_the_user_dataset_flags(tmp_path):
     assert reproduce.main(argv) == 0
     runs = sorted(out.glob("seed*/alpha0.3_beta0.7/fold*/results.json"))
     assert len(runs) == 2
-    tested = [s["subject"] for run in runs for s in json.loads(run.read_text())["subjects"]]
-    assert sorted(tested) == ["MS_001_s1", "MS_001_s2", "MS_002_s1", "MS_003_s1", "MS_004_s1"]
+    tested = [(s["subject"], s["scan_id"]) for run in runs
+              for s in json.loads(run.read_text())["subjects"]]
+    assert sorted(tested) == [("MS_001", "MS_001_s1"), ("MS_001", "MS_001_s2"),
+                              ("MS_002", "MS_002_s1"), ("MS_003", "MS_003_s1"),
+                              ("MS_004", "MS_004_s1")]  # one subject's two scans, one unit
+    assert "4 subjects (5 scans)" in (out / "table1.md").read_text()
     assert all(json.loads(run.read_text())["modalities"] == ["FLAIR"] for run in runs)
 
 
