@@ -218,7 +218,7 @@ def write_statistics(subjects: dict, out: pathlib.Path, sample: str = "subjects"
         report["against_dice"] = [{"alpha": k[0], "beta": k[1], "metric": m,
                                    **dataclasses.asdict(c)} for (k, m), c in comparisons.items()]
     claims = statistics.paper_claims(subjects)
-    lines += ["", "The paper's claims, tested here:", ""] + [f"* {c}" for c in claims]
+    lines += ["", f"The paper's claims, tested over {sample}:", ""] + [f"* {c}" for c in claims]
     report["claims"] = claims
     (out / "statistics.json").write_text(json.dumps(report, indent=1))
     return lines
