@@ -380,7 +380,8 @@ def flags_differing(saved: dict, args, ignore=()) -> list[str]:
 # The flags that choose a dataset's content and folds (the rest of ``add_data_arguments``,
 # --data-dir, only says where TFDS keeps the built copy).
 DATASET_FLAGS = ("dataset", "manual_dir", "modalities", "subject_pattern", "mask_folder",
-                 "mask_pattern", "grid_shape", "grid_spacing", "num_folds")
+                 "mask_pattern", "grid_shape", "grid_spacing", "num_folds", "bids_filter",
+                 "bids_filter_file", "require_labels")
 # Flags that change neither the data nor the trained model: left out of the recipe.
 NOT_RECIPE_FLAGS = DATASET_FLAGS + OUTPUT_ONLY_FLAGS
 
