@@ -36,12 +36,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=int, nargs=3, default=(64, 112, 128),
                         help="volume shape (default: synthetic_lowres's 64 112 128)")
-    parser.add_argument("--inference-patch", type=int, default=128)
+    parser.add_argument("--inference-patch", type=int, default=None,
+                        help="sliding window (default: --patch-size; tfversky runs an "
+                             "instance-normalised U-Net on its training patch only)")
     parser.add_argument("--overlap", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--patch-size", type=int, default=48, help="training patch edge")
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    args.inference_patch = args.inference_patch or args.patch_size
 
     rng = np.random.default_rng(0)
     volume = {"image": rng.normal(size=(*args.grid, 3)).astype(np.float32),
