@@ -218,6 +218,8 @@ def pool_folds(folders):
 
 CASES_FILE, LESIONS_FILE, SUMMARY_FILE = "cases.csv", "lesions.csv", "summary.json"
 SCORE_FILES = (CASES_FILE, LESIONS_FILE, SUMMARY_FILE)
+# Everything evaluate_fold writes besides them (and its figures and masks).
+FOLD_FILES = (RESULT_FILE, "evaluator.npz", "subject_curves.npz") + SCORE_FILES
 LESION_COLUMNS = ("case", "side", "lesion", "voxels", "volume_mm3", "centroid_x_mm",
                   "centroid_y_mm", "centroid_z_mm", "detected")
 _NIFTI = (".nii", ".nii.gz")
@@ -431,8 +433,9 @@ def lesion_table(case: str, lesions: dict, affine) -> dict:
             "detected": lesions["detected"]}
 
 
-def check_outputs(out, overwrite: bool = False) -> None:
-    """Refuses to write over ``SCORE_FILES`` already in ``out`` unless ``overwrite``.
+def check_outputs(out, overwrite: bool = False, names=SCORE_FILES) -> None:
+    """Refuses to write over ``names`` (default ``SCORE_FILES``) already in ``out`` unless
+    ``overwrite``.
 
     Raises:
         FolderError: naming the files found and ``--overwrite``.
@@ -440,7 +443,7 @@ def check_outputs(out, overwrite: bool = False) -> None:
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
         raise FolderError(f"--out {str(out)!r} is a file, not a folder")
-    existing = [name for name in SCORE_FILES if (out / name).exists()]
+    existing = [name for name in names if (out / name).exists()]
     if existing and not overwrite:
         raise FolderError(f"--out {str(out)!r} already holds {', '.join(existing)}: choose "
                           f"another folder or pass --overwrite")

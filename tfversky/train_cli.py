@@ -386,38 +386,42 @@ DATASET_FLAGS = ("dataset", "manual_dir", "modalities", "subject_pattern", "mask
 NOT_RECIPE_FLAGS = DATASET_FLAGS + OUTPUT_ONLY_FLAGS
 
 
-def split_members(adapter, args, builder, split: str) -> list[tuple[str, str]]:
-    """The (subject, scan id) pairs of one split, in the split's order."""
-    volumes = adapter.read_split(args, builder, split)
-    return [(subject.decode(), scan.decode()) for subject, scan in
-            volumes.map(lambda e: (e["subject"], e["scan_id"])).as_numpy_iterator()]
-
-
 def fold_members(args, builder) -> tuple[dict, str]:
-    """``{fold: [(subject, scan id), ...]}`` of every fold of a built dataset, and a digest
-    of it: two copies of a dataset with other scans or other folds get other digests."""
+    """``{fold: [(subject, scan id), ...]}`` of every fold of a built dataset (one pass over
+    its records), and a digest of it: two copies of a dataset with other scans or other
+    folds get other digests."""
     import hashlib
 
     adapter = dataset_adapter(args)
-    members = {f"fold{k}": split_members(adapter, args, builder, f"fold{k}")
-               for k in range(adapter.num_folds(args, builder))}
+    members = {}
+    for k in range(adapter.num_folds(args, builder)):
+        volumes = adapter.read_split(args, builder, f"fold{k}")
+        members[f"fold{k}"] = [(subject.decode(), scan.decode()) for subject, scan in volumes.map(
+            lambda e: (e["subject"], e["scan_id"])).as_numpy_iterator()]
     text = json.dumps({fold: sorted(pairs) for fold, pairs in members.items()}, sort_keys=True)
     return members, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_record(args, builder, description, splits: tuple[str, str], validation_ids=()) -> dict:
+def split_subjects(members: dict, split: str) -> list[str]:
+    """The subject of every scan of ``split`` (e.g. ``fold0+fold2``), from ``fold_members``."""
+    return [subject for part in split.split("+") for subject, _ in members[part]]
+
+
+def run_record(args, builder, description, splits: tuple[str, str], folds: tuple[dict, str],
+               validation_ids=()) -> dict:
     """A run's identity, written once into ``results.json`` and the model's plan: the dataset
     (name, version, the options that decide its content and folds, its modalities, grid,
     placement, folds and a digest of which scans sit in which fold), the recipe (every flag
     that changes the model, the seed among them), the tfversky version, and the subjects the
-    run trained, validated and tested on. ``tfversky evaluate`` checks data against it."""
+    run trained, validated and tested on (``folds``: ``fold_members``). ``tfversky
+    evaluate`` checks data against it."""
     from tfversky._version import __version__
 
     modalities, grid, _, placement = description
-    members, digest = fold_members(args, builder)
+    members, digest = folds
 
     def subjects(split):
-        return sorted({subject for part in split.split("+") for subject, _ in members[part]})
+        return sorted(set(split_subjects(members, split)))
 
     train_split, test_split = splits
     validation = sorted(map(str, validation_ids))
@@ -476,9 +480,10 @@ def load_splits(args, skip_batches: int = 0):
     train = adapter.read_split(args, builder, train_split, "--fold")
     test = adapter.read_split(args, builder, test_split, "--fold")
     description = adapter.describe(builder)
+    folds = fold_members(args, builder)  # one pass: the record's and validation's subjects
     validation, val_ids = None, ()
     if args.val_subjects:
-        subjects = [s.decode() for s in train.map(lambda e: e["subject"]).as_numpy_iterator()]
+        subjects = split_subjects(folds[0], train_split)
         try:
             _, val_ids = training.split_subjects(subjects, args.val_subjects, seed=args.seed)
         except ValueError as error:
@@ -495,7 +500,7 @@ def load_splits(args, skip_batches: int = 0):
                                  lesion_fraction=args.lesion_fraction, seed=args.seed,
                                  skip_batches=skip_batches,
                                  augment=augment_config(args, description[1].spacing))
-    record = run_record(args, builder, description, (train_split, test_split), val_ids)
+    record = run_record(args, builder, description, (train_split, test_split), folds, val_ids)
     return patches, test, description, validation, record
 
 
@@ -983,7 +988,8 @@ def add_folder_arguments(parser) -> None:
                          metavar="MM",
                          help="the normalised surface Dice's tolerance")
     folders.add_argument("--overwrite", action="store_true",
-                         help="replace cases.csv, lesions.csv, summary.json in --out")
+                         help="replace an earlier evaluation's files in --out (both modes; "
+                              "never a training run's)")
 
 
 def _evaluate_folders(args) -> int:
@@ -1025,6 +1031,15 @@ def _evaluate(args) -> int:
                              "DIR --truth DIR (folders of masks)")
     if not os.path.isfile(args.model):
         raise UsageError(f"--model file {args.model!r} does not exist")
+    # Before any work: never into a training run (its evaluation is part of its record),
+    # nor over an earlier evaluation without --overwrite.
+    if (pathlib.Path(args.out) / "results.json").exists():
+        raise UsageError(f"--out {args.out!r} holds a training run (results.json), whose "
+                         f"evaluation belongs to it: give another folder")
+    try:
+        evaluation.check_outputs(args.out, args.overwrite, evaluation.FOLD_FILES)
+    except evaluation.FolderError as err:
+        raise UsageError(str(err)) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", plan_lib.PlanWarning)
@@ -1053,8 +1068,8 @@ def _evaluate(args) -> int:
     builder = adapter.open_dataset(args)  # builds the dataset on first use (minutes)
     ignore_index = adapter.describe(builder)[2]
     volumes = adapter.read_split(args, builder, split)
+    members, digest = fold_members(args, builder)
     if record.get("dataset", {}).get("name") == args.dataset:
-        digest = fold_members(args, builder)[1]
         if digest != record["dataset"].get("digest", digest):
             raise UsageError(
                 f"--model {args.model}: {args.dataset} now holds other scans or other folds "
@@ -1063,8 +1078,7 @@ def _evaluate(args) -> int:
                 f"evaluate on the data it was trained on, or retrain")
     seen = set(record.get("splits", {}).get("train_subjects", [])) | set(
         record.get("splits", {}).get("validation_subjects", []))
-    overlap = sorted(seen & {subject for subject, _ in
-                             split_members(adapter, args, builder, split)}) if seen else []
+    overlap = sorted(seen & set(split_subjects(members, split)))
     if overlap:
         raise UsageError(
             f"--split {split} holds {len(overlap)} subject(s) the model was trained or "

@@ -277,6 +277,19 @@ def test_evaluate_refuses_training_folds_and_other_folds(tiny_data_dir, tmp_path
                             "--num-folds", "3", "--out", str(tmp_path / "e3")], capsys)
     assert "--num-folds 3 (trained on 2)" in line, line
     assert not any((tmp_path / f"e{k}").exists() for k in (1, 2, 3))
+    # Outputs: never into the training run, never over an earlier evaluation unless asked.
+    before = (out / "evaluation.json").read_bytes()
+    line = _one_line_error(["evaluate", "--model", model, "--data-dir", tiny_data_dir,
+                            "--out", str(out)], capsys)
+    assert "holds a training run (results.json)" in line, line
+    assert (out / "evaluation.json").read_bytes() == before
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "evaluation.json").write_text("{}")
+    line = _one_line_error(["evaluate", "--model", model, "--data-dir", tiny_data_dir,
+                            "--out", str(earlier)], capsys)
+    assert "already holds evaluation.json" in line and "--overwrite" in line, line
+    assert (earlier / "evaluation.json").read_text() == "{}"
 
 
 def test_evaluate_on_an_unknown_split_or_model_file(tiny_data_dir, capsys, tmp_path):
