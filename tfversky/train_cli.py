@@ -607,27 +607,27 @@ def check_run_folder(args) -> dict | None:
         return None
     if not any((out / name).exists() for name in _RUN_FILES):
         raise UsageError(f"--out {args.out!r} is not empty and holds no tfversky run: "
-                             f"choose a new or empty folder (--overwrite replaces runs only)")
+                         f"choose a new or empty folder (--overwrite replaces runs only)")
     if args.overwrite:
         return None
     again = "pass --overwrite to start over (its files are removed), or choose another --out"
     if (out / "results.json").exists():
         raise UsageError(f"--out {args.out!r} holds a finished run (results.json), left as "
-                             f"it is: {again}")
+                         f"it is: {again}")
     if not (out / RUN_JSON).exists():
         raise UsageError(f"--out {args.out!r} holds a killed run with no record of its "
-                             f"flags ({RUN_JSON}; made by an older tfversky), which cannot "
-                             f"be resumed safely: {again}")
+                         f"flags ({RUN_JSON}; made by an older tfversky), which cannot "
+                         f"be resumed safely: {again}")
     started = json.loads((out / RUN_JSON).read_text())
     version = started.get("versions", {}).get("tfversky")
     if version != tfversky.__version__:
         raise UsageError(f"--out {args.out!r} holds a killed run of tfversky {version} and "
-                             f"this is {tfversky.__version__}: a resumed run would mix two "
-                             f"versions; finish it with tfversky {version}, or {again}")
+                         f"this is {tfversky.__version__}: a resumed run would mix two "
+                         f"versions; finish it with tfversky {version}, or {again}")
     differ = flags_differing(started, args, ignore=OUTPUT_ONLY_FLAGS)
     if differ:
         raise UsageError(f"--out {args.out!r} holds a killed run made with other flags or "
-                             f"data ({'; '.join(differ)}): resume it with its own, or {again}")
+                         f"data ({'; '.join(differ)}): resume it with its own, or {again}")
     return started
 
 
@@ -948,13 +948,13 @@ def check_evaluation_data(args, model_plan, adapter, builder) -> str:
     split = args.split or record.get("splits", {}).get("test")
     if split is None:
         raise UsageError(f"--model {args.model} records no test split: give --split "
-                             f"(e.g. fold1)")
+                         f"(e.g. fold1)")
     names = [f"fold{k}" for k in range(folds or 0)]
     unknown = [part for part in split.split("+") if names and part not in names]
     if unknown:
         raise UsageError(f"--split {split!r}: {args.dataset} has no split "
-                             f"{unknown[0]!r}; its splits are {', '.join(names)} (join them "
-                             f"with +, e.g. {'+'.join(names[:2])})")
+                         f"{unknown[0]!r}; its splits are {', '.join(names)} (join them "
+                         f"with +, e.g. {'+'.join(names[:2])})")
     if same_dataset and record.get("splits"):
         training_folds = set(record["splits"]["train"].split("+"))
         used = sorted(training_folds & set(split.split("+")))
@@ -997,7 +997,7 @@ def _evaluate_folders(args) -> int:
 
     if args.model is not None:
         raise UsageError("--model scores a model on a dataset split, --predictions/--truth "
-                             "score folders of masks: give one or the other")
+                         "score folders of masks: give one or the other")
     if not (args.predictions and args.truth):
         raise UsageError("--predictions DIR and --truth DIR go together: give both")
     try:
@@ -1028,7 +1028,7 @@ def _evaluate(args) -> int:
         return _evaluate_folders(args)
     if args.model is None:
         raise UsageError("give --model FILE (a model on a dataset split) or --predictions "
-                             "DIR --truth DIR (folders of masks)")
+                         "DIR --truth DIR (folders of masks)")
     if not os.path.isfile(args.model):
         raise UsageError(f"--model file {args.model!r} does not exist")
     # Before any work: never into a training run (its evaluation is part of its record),
