@@ -520,6 +520,12 @@ def evaluate_folders(predictions, truth, out, *, allow_missing: bool = False,
         FolderError: one line naming what is wrong and the fix (see ``find_masks``,
             ``match_cases``, ``read_mask``, ``check_pairs``, ``check_outputs``).
     """
+    resolved = pathlib.Path(out).resolve()
+    for folder, flag in ((predictions, "--predictions"), (truth, "--truth")):
+        inputs = pathlib.Path(folder).resolve()
+        if resolved == inputs or inputs in resolved.parents:  # the outputs stay out of inputs
+            raise FolderError(f"--out {str(out)!r} lies in {flag} {str(folder)!r}, an input "
+                              f"folder: give the scores a folder of their own")
     check_outputs(out, overwrite)
     pairs, unmatched = match_cases(find_masks(predictions, "--predictions"),
                                    find_masks(truth, "--truth"), allow_missing)

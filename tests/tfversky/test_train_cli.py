@@ -334,6 +334,15 @@ def test_evaluate_scores_folders_of_masks(tmp_path, capsys):
     assert "already holds cases.csv, lesions.csv, summary.json" in line, line
 
 
+def test_evaluate_folders_never_write_into_an_input(tmp_path, capsys):
+    folders = _mask_folders(tmp_path)
+    for out in (tmp_path / "truth", tmp_path / "pred" / "scores"):
+        line = _one_line_error(["evaluate", *folders, "--out", str(out)], capsys)
+        assert "an input folder" in line, line
+    assert sorted(p.name for p in (tmp_path / "truth").iterdir()) == ["a.nii.gz", "b.nii.gz"]
+    assert not (tmp_path / "pred" / "scores").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "m.keras"], "give one or the other"),
     (["--truth", "only"], "--predictions DIR and --truth DIR go together"),
