@@ -11,7 +11,8 @@ model carries:
   percentiles) and whether the training scans were skull-stripped, as the dataset recorded
   them (``tfds_ms.dataset_preparation``);
 * the training patch (``training_patch_size``) and the sliding-window settings
-  (``patch_size``: the training patch unless set, ``overlap``) and the ``threshold``;
+  (``patch_size``: the training patch unless set, ``overlap``) and the operating point
+  (``threshold``, ``min_lesion_mm3``, and in ``operating_point`` how they were chosen);
 * the run record (``record``): the dataset (name, version, the options that decide its
   content and folds), the training recipe and seed, and the subjects and splits it was
   trained, validated and tested on, so ``tfversky evaluate`` can refuse data the model was
@@ -80,6 +81,12 @@ class Plan:
             None.
         overlap: Sliding-window overlap in [0, 1). Defaults to 0.5.
         threshold: Lesion where its probability is >= this, in (0, 1). Defaults to 0.5.
+        min_lesion_mm3: Lesions (26-connected components of the thresholded mask) smaller
+            than this, in mm^3 on the scan's own grid, are dropped. Defaults to 0 (all kept).
+        operating_point: How ``threshold`` and ``min_lesion_mm3`` were chosen: e.g.
+            ``{"criterion": "f2", "value": 0.81, "subjects": 4, "lesions": 37}`` when chosen
+            on validation subjects, or ``{"criterion": None, "reason": "..."}`` when the
+            defaults were kept. Empty: never chosen (the defaults). Defaults to {}.
         class_names: One name per output channel. Defaults to ("background", "lesion").
         from_logits: Whether the network outputs logits. Defaults to False.
         loss: The training loss's settings (e.g. ``TverskyLoss.get_config()``: alpha weighs
@@ -96,7 +103,7 @@ class Plan:
 
     Raises:
         ValueError: for an unknown modality, placement or normalisation, out-of-range
-            percentiles, window setting or threshold, or a ``skull_stripped`` that is not
+            percentiles, window setting, threshold or minimum lesion volume, or a ``skull_stripped`` that is not
             True, False or None.
 
     Example:
@@ -117,6 +124,8 @@ class Plan:
     training_patch_size: object = None
     overlap: float = 0.5
     threshold: float = 0.5
+    min_lesion_mm3: float = 0.0
+    operating_point: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
     class_names: tuple = ("background", "lesion")
     from_logits: bool = False
     loss: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
@@ -147,6 +156,9 @@ class Plan:
                 setattr_(self, name, arguments.patch_size(getattr(self, name), name))
         setattr_(self, "overlap", arguments.overlap(self.overlap))
         setattr_(self, "threshold", arguments.threshold(self.threshold))
+        setattr_(self, "min_lesion_mm3",
+                 arguments.non_negative_number(self.min_lesion_mm3, "min_lesion_mm3"))
+        setattr_(self, "operating_point", json.loads(json.dumps(self.operating_point)))
         setattr_(self, "class_names", tuple(str(name) for name in self.class_names))
         setattr_(self, "loss", dict(self.loss))
         setattr_(self, "record", json.loads(json.dumps(self.record)))  # JSON-ready, a copy
