@@ -26,6 +26,8 @@ from tfversky.preprocessing import ReferenceGrid, brain_center
 SHAPE = (20, 24, 28)
 GRID = ReferenceGrid((16, 16, 16), (2.0, 2.0, 2.0))
 PLAN = plan.Plan(grid=GRID, patch_size=16, overlap=0.25)
+# What folder mode writes for cases case_a and case_b.
+OUTPUTS = ["case_a.nii.gz", "case_b.nii.gz", "lesions.csv", "summary.csv"]
 # Keras's own saving code trips NumPy 2's copy-keyword deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -153,7 +155,7 @@ def test_resample_to_first(files, tmp_path, capsys):
 def test_min_lesion_size_in_mm3_uses_the_scans_voxel_size(files, tmp_path):
     everything, large = tmp_path / "all.nii.gz", tmp_path / "large.nii.gz"
     assert main(_args(files, everything, "--threshold", "0.3")) == 0
-    assert main(_args(files, large, "--threshold", "0.3", "--min-lesion-size", "30")) == 0
+    assert main(_args(files, large, "--threshold", "0.3", "--min-lesion-volume", "30")) == 0
     mask = np.asarray(nib.load(everything).dataobj) > 0
     expected, _ = metrics.remove_small_lesions(mask, 30.0, (1.0, 1.0, 1.2))  # 25 voxels
     np.testing.assert_array_equal(np.asarray(nib.load(large).dataobj) > 0, expected)
@@ -173,7 +175,7 @@ def test_folder_mode_writes_masks_and_summary(files, tmp_path, capsys):
     assert main(["predict", "--model", files["model"], "-i", str(images), "-o", str(out),
                  "--threshold", "0.3"]) == 0
     assert "predict" in capsys.readouterr().err  # the progress bar over the cases
-    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+    assert sorted(os.listdir(out)) == OUTPUTS
     with open(out / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["case"] for row in rows] == ["case_a", "case_b"]
@@ -192,7 +194,7 @@ def test_folder_mode_makes_a_new_output_folder_with_the_users_umask(files, tmp_p
                      str(out)]) == 0
     finally:
         os.umask(umask)
-    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+    assert sorted(os.listdir(out)) == OUTPUTS
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
     assert out.stat().st_mode & 0o777 == 0o750  # as mkdir makes it, not mkdtemp's 0700
 
@@ -244,8 +246,7 @@ def test_existing_outputs_are_replaced_only_with_overwrite(files, tmp_path, caps
     assert sorted(os.listdir(folder)) == ["notes.txt", "summary.csv"]
     assert (folder / "summary.csv").read_text() == "earlier work"
     assert main(argv + ["--overwrite"]) == 0
-    assert sorted(os.listdir(folder)) == ["case_a.nii.gz", "case_b.nii.gz", "notes.txt",
-                                          "summary.csv"]
+    assert sorted(os.listdir(folder)) == sorted(OUTPUTS + ["notes.txt"])
     assert (folder / "summary.csv").read_text().startswith("case,")
 
 
@@ -327,7 +328,7 @@ def test_folder_mode_brain_masks_come_from_a_folder_of_cases(files, tmp_path, ca
     assert "lacks case_b.nii.gz" in err and os.listdir(out) == []
     _write_scan(masks / "case_b.nii.gz", brain)
     assert main(argv) == 0
-    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+    assert sorted(os.listdir(out)) == OUTPUTS
 
 
 def test_registration_plan_places_the_grid_by_registering_the_t1(files, tmp_path, monkeypatch):
@@ -493,8 +494,10 @@ def test_folder_errors_write_nothing(files, tmp_path, capsys, case, expected):
                               "got '8,8'"),
     (["--patch-size", "0"], "--patch-size: expected a positive int or three of them"),
     (["--batch-size", "0"], "--batch-size: expected an int >= 1, got '0'"),
-    (["--min-lesion-size", "-1"], "--min-lesion-size: expected a finite number >= 0, got '-1'"),
-    (["--min-lesion-size", "inf"], "--min-lesion-size: expected a finite number >= 0, got 'inf'"),
+    (["--min-lesion-volume", "-1"], "--min-lesion-volume/--min-lesion-size: expected a finite "
+                                    "number >= 0, got '-1'"),
+    (["--min-lesion-size", "inf"], "--min-lesion-volume/--min-lesion-size: expected a finite "
+                                   "number >= 0, got 'inf'"),
     (["--image", "T1"], "--image: expected NAME=FILE"),
 ])
 def test_invalid_option_values_are_one_line_argparse_errors(files, tmp_path, capsys, extra,
