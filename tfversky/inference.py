@@ -621,7 +621,7 @@ def segment_on_grid(model, image: np.ndarray, plan: plan_lib.Plan | None = None,
             progress=progress, mirror=tta, keep_mirrorings=tta and uncertainty)
         lesion = probabilities[..., classes - 1]  # softmax: channel 1 is the lesion
         passes = lesion if tta and uncertainty else lesion[None]
-        total += passes.sum(axis=0)
+        total += passes.sum(axis=0, dtype=np.float64)
         if uncertainty:
             squares += np.square(passes, dtype=np.float64).sum(axis=0)
     count = len(members) * (len(MIRRORINGS) if tta and uncertainty else 1)
