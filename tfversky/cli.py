@@ -50,11 +50,12 @@ def _add_predict(subparsers) -> None:
                     "and header. Scans must be co-registered, and skull-stripped (or given "
                     "--brain-mask) unless the plan records that the model was trained on "
                     "raw scans.")
-    parser.add_argument("--model", required=True, nargs="+", metavar="FILE|DIR",
+    parser.add_argument("--model", required=True, nargs="+", metavar="FILE|DIR|ZIP",
                         help="trained Keras model (.keras); several make an ensemble that "
                              "averages their probabilities (they must share a plan); a run "
                              "folder of `tfversky train` gives its model.keras, one of "
-                             "`tfversky train --folds` every fold_*/model.keras")
+                             "`tfversky train --folds` every fold_*/model.keras; an archive "
+                             "of `tfversky export` (.zip) its members")
     parser.add_argument("--image", type=_image, action="append", default=[],
                         metavar="NAME=FILE",
                         help="one modality of one case (repeat for each modality the model "
@@ -232,15 +233,24 @@ def _folder_cases(folder: str, modalities) -> dict:
     return result
 
 
-def _model_files(given) -> list:
+def _model_files(given, unpack_into) -> list:
     """The .keras files of ``--model``: files as given; a run folder of ``tfversky train
     --folds`` gives every fold_K/model.keras (in fold order), a plain run folder its
-    model.keras."""
+    model.keras; an archive of ``tfversky export`` (.zip) its members, checked and unpacked
+    into the folder ``unpack_into()`` returns (``tfversky.export.open_archive``)."""
     import re
 
     files = []
     for path in given:
-        if os.path.isdir(path):
+        if path.endswith(".zip") and os.path.isfile(path):
+            from tfversky import export
+
+            try:
+                members, _ = export.open_archive(path, unpack_into())
+            except ValueError as err:
+                raise UsageError(f"--model {path!r}: {' '.join(str(err).split())}") from None
+            files += [str(member) for member in members]
+        elif os.path.isdir(path):
             folds = sorted((name for name in os.listdir(path) if re.fullmatch(r"fold_\d+", name)
                             and os.path.isdir(os.path.join(path, name))),
                            key=lambda name: int(name[len("fold_"):]))
@@ -297,6 +307,15 @@ def _ensemble_plan(files):
 
 
 def _predict(args) -> int:
+    import contextlib
+    import tempfile
+
+    with contextlib.ExitStack() as stack:  # an archive's members live until the end
+        return _predict_with(args, lambda: stack.enter_context(tempfile.TemporaryDirectory(
+            prefix="tfversky-model-")))
+
+
+def _predict_with(args, unpack_into) -> int:
     import dataclasses
     import shutil
 
@@ -318,7 +337,7 @@ def _predict(args) -> int:
         raise UsageError("--probabilities FILE and --save-probabilities both ask for the "
                          "probability map: give one (--save-probabilities names it "
                          "CASE_probabilities.nii.gz beside the mask)")
-    files = _model_files(args.model)
+    files = _model_files(args.model, unpack_into)
     plan = _ensemble_plan(files)
     try:
         inference.check_uncertainty(len(files), args.tta, args.save_uncertainty)
@@ -328,7 +347,7 @@ def _predict(args) -> int:
         plan = dataclasses.replace(plan, from_logits=True)
     point = inference.operating_point(plan, args.threshold, args.min_lesion_volume)
 
-    cases, masks = _cases(args, plan, folder_mode, files)
+    cases, masks = _cases(args, plan, folder_mode, files + list(args.model))
 
     models = [_load_model(path) for path in files]
     try:  # before any case: a window the model was not trained on is refused

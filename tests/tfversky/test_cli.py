@@ -735,3 +735,32 @@ def test_existing_report_files_are_replaced_only_with_overwrite(files, tmp_path,
     err = _error(capsys, _args(files, out, "--save-probabilities", "--probabilities",
                                str(tmp_path / "p.nii.gz")))
     assert "give one" in err
+
+
+def test_an_archive_is_opened_by_tfversky_export_into_a_folder_removed_afterwards(
+        files, members, tmp_path, monkeypatch):
+    """The wiring of --model MODEL.zip (the archive's checks are tests/tfversky/test_export.py's):
+    its members, unpacked by export.open_archive into a temporary folder, are the ensemble."""
+    export = pytest.importorskip("tfversky.export")
+    import shutil
+
+    folders = []
+
+    def open_archive(path, into_dir):
+        folders.append(into_dir)
+        copies = [shutil.copy(member, os.path.join(into_dir, f"fold_{k}.keras"))
+                  for k, member in enumerate(members["files"])]
+        return copies, plan.read_plan(copies[0])
+
+    monkeypatch.setattr(export, "open_archive", open_archive)
+    archive = tmp_path / "model.zip"
+    archive.write_bytes(b"checked by the stand-in")
+    assert main(_args(files, tmp_path / "zip.nii.gz", "--save-probabilities",
+                      model=archive)) == 0
+    argv = _args(files, tmp_path / "run.nii.gz", "--save-probabilities", model=members["run"])
+    assert main(argv) == 0
+    np.testing.assert_array_equal(
+        nib.load(tmp_path / "zip_probabilities.nii.gz").get_fdata(),
+        nib.load(tmp_path / "run_probabilities.nii.gz").get_fdata())
+    assert len(folders) == 1 and not os.path.exists(folders[0])
+    assert _read_csv(tmp_path / "zip_summary.csv")[0]["members"] == "2"
