@@ -10,7 +10,10 @@ filters, depth 4, instance normalisation) on the low-resolution grid of the real
 (64x112x128 voxels of 2.5x1.8x1.5 mm), each run on windows of its 48^3 training patch with
 overlap 0.5 (40 windows per pass): the time does not depend on the weights. Every member
 first runs once on a batch of 1 and of 8 windows (tracing its function), then each
-configuration runs ``--repeats`` times; the median is reported.
+configuration runs ``--repeats`` times; the median is reported, in CPU seconds of this
+process (``time.process_time``: on a shared machine the wall time measures the neighbours;
+with one TensorFlow thread the CPU time is about the wall time of an idle machine), with the
+wall time beside it.
 """
 
 from __future__ import annotations
@@ -67,13 +70,21 @@ def warm_up(models) -> None:
             model.predict_on_batch(np.zeros((batch, PATCH, PATCH, PATCH, 3), np.float32))
 
 
-def timed(run, repeats: int) -> float:
-    times = []
+def timed(run, repeats: int) -> tuple[float, float]:
+    """Median (CPU seconds, wall seconds) of ``repeats`` calls."""
+    cpu, wall = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start_cpu, start_wall = time.process_time(), time.perf_counter()
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start_wall)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def shown(seconds, baseline=None) -> str:
+    cpu, wall = seconds
+    ratio = f", {cpu / baseline[0]:.1f}x" if baseline else ""
+    return f"{cpu:.1f} s (wall {wall:.1f} s{ratio})"
 
 
 def main(argv=None) -> None:
@@ -103,12 +114,12 @@ def main(argv=None) -> None:
     separate = timed(lambda: [inference.segment_on_grid(one, np.flip(on_grid, axes))
                               for axes in ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2),
                                            (0, 1, 2))], args.repeats)
-    print("\ngrid stage, one member:")
-    print(f"| no mirroring | {plain:.1f} s |")
-    print(f"| 8 mirrorings batched (--tta) | {batched:.1f} s ({batched / plain:.1f}x) |")
-    print(f"| 8 mirrorings as 8 passes | {separate:.1f} s ({separate / plain:.1f}x) |")
+    print("\ngrid stage, one member (CPU s):")
+    print(f"| no mirroring | {shown(plain)} |")
+    print(f"| 8 mirrorings batched (--tta) | {shown(batched, plain)} |")
+    print(f"| 8 mirrorings as 8 passes | {shown(separate, plain)} |", flush=True)
 
-    print("\nper case, inference.segment + lesion table (s):")
+    print("\nper case, inference.segment + lesion table (CPU s):")
     print("| members | no --tta | --tta |")
     print("|---|---|---|")
     for count in sizes:
@@ -118,7 +129,7 @@ def main(argv=None) -> None:
                 result = inference.segment(models[:count], scans, tta=tta)
                 result.lesion_table("case")
             row.append(timed(run, args.repeats))
-        print(f"| {count} | {row[0]:.1f} | {row[1]:.1f} |", flush=True)
+        print(f"| {count} | {shown(row[0])} | {shown(row[1], row[0])} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -408,7 +408,7 @@ def _predict_with(args, unpack_into) -> int:
     if not args.quiet:
         final = _outputs(args, None, args.output)
         where = final["summary"] if folder_mode else ", ".join(
-            path for kind, path in final.items() if path and kind != "summary")
+            path for path in final.values() if path)
         total = sum(row["lesion_count"] for row in rows)
         volume = sum(row["lesion_volume_ml"] for row in rows)
         print(f"wrote {where}: {len(rows)} case(s), {total} lesion(s), {volume:.2f} mL at "
