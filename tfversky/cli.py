@@ -68,11 +68,11 @@ def _add_predict(subparsers) -> None:
                         help="folder of cases in nnU-Net naming: CASE_0000.nii.gz, "
                              "CASE_0001.nii.gz, ... in the model's channel order")
     parser.add_argument("-o", "--output", metavar="DIR",
-                        help="with -i: writes CASE.nii.gz per case and summary.csv (a new "
-                             "folder is made once every case succeeded)")
+                        help="with -i: writes CASE.nii.gz per case, lesions.csv and "
+                             "summary.csv (a new folder is made once every case succeeded)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace output files that exist (--out, --probabilities; with -o "
-                             "the cases' masks and summary.csv); never an input file")
+                        help="replace output files that exist (masks, maps, lesions.csv, "
+                             "summary.csv); never an input file")
     parser.add_argument("--probabilities", metavar="FILE",
                         help="one case: also write the lesion probability map (float32) here")
     parser.add_argument("--save-probabilities", action="store_true",

@@ -114,6 +114,10 @@ def test_memory_is_bounded_by_the_batch_of_patches(monkeypatch):
     shapes.clear()  # a batch larger than the number of windows shrinks to it
     predict_volume(model, np.ones((20, 16, 16, 3)), patch_size=16, batch_size=8, progress=False)
     assert shapes == [(2, 16, 16, 16, 3)]
+    shapes.clear()  # mirroring: the eight mirrorings of each window in the same call
+    predict_volume(model, np.ones((24, 16, 16, 3)), patch_size=16, overlap=0.5, batch_size=2,
+                   mirror=True, progress=False)
+    assert shapes == [(16, 16, 16, 16, 3)]  # 2 windows x 8 mirrorings
 
 
 def test_progress_bar(capsys):
@@ -498,16 +502,6 @@ def test_mirrorings_are_each_passes_flipped_back(odd_volume):
                                               progress=False), passes.mean(0), atol=1e-6)
     with pytest.raises(ValueError, match="keep_mirrorings"):
         predict_volume(model, volume, keep_mirrorings=True, progress=False)
-
-
-def test_the_eight_mirrorings_of_a_window_run_in_one_model_call(monkeypatch):
-    model, _ = _pointwise_model()
-    shapes = []
-    predict = model.predict_on_batch
-    monkeypatch.setattr(model, "predict_on_batch", lambda x: shapes.append(x.shape) or predict(x))
-    predict_volume(model, np.ones((24, 16, 16, 3)), patch_size=16, overlap=0.5, batch_size=2,
-                   mirror=True, progress=False)
-    assert shapes == [(16, 16, 16, 16, 3)]  # 2 windows x 8 mirrorings, one call
 
 
 def test_uncertainty_is_the_spread_over_members_and_mirrorings(odd_volume):
