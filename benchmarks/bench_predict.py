@@ -119,17 +119,20 @@ def main(argv=None) -> None:
     print(f"| 8 mirrorings batched (--tta) | {shown(batched, plain)} |")
     print(f"| 8 mirrorings as 8 passes | {shown(separate, plain)} |", flush=True)
 
-    print("\nper case, inference.segment + lesion table (CPU s):")
-    print("| members | no --tta | --tta |")
-    print("|---|---|---|")
-    for count in sizes:
-        row = []
-        for tta in (False, True):
+    print("\nper case, inference.segment + lesion table:")
+    print("| members | --tta | network passes | CPU s (wall s, x one model) |")
+    print("|---|---|---|---|")
+    single = None
+    for tta in (False, True):
+        for count in sizes:
             def run(tta=tta, count=count):
                 result = inference.segment(models[:count], scans, tta=tta)
                 result.lesion_table("case")
-            row.append(timed(run, args.repeats))
-        print(f"| {count} | {shown(row[0])} | {shown(row[1], row[0])} |", flush=True)
+            seconds = timed(run, args.repeats)
+            single = single or seconds
+            passes = count * (len(inference.MIRRORINGS) if tta else 1)
+            print(f"| {count} | {'on' if tta else 'off'} | {passes} | "
+                  f"{shown(seconds, single)} |", flush=True)
 
 
 if __name__ == "__main__":
