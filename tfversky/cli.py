@@ -84,7 +84,8 @@ def _add_predict(subparsers) -> None:
                              "and mirrorings (needs several members or --tta)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
                         help="test-time mirroring: average over the 8 mirrorings along the "
-                             "three axes (about 4-5x the time per case on a CPU; default: off)")
+                             "three axes, in one batch per window (about 6x the time per case "
+                             "on a CPU: benchmarks/RESULTS.md; default: off)")
     parser.add_argument("--brain-mask", metavar="FILE|DIR",
                         help="brain mask on the scans' grid (non-zero = brain), for scans that "
                              "are not skull-stripped; with -i a folder holding CASE.nii.gz")
