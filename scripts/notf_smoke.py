@@ -13,7 +13,8 @@ import of it fails as if it were not installed), checks that
 * a small ``models.unet3d`` trains for one epoch with the loss and ``metrics.DiceScore``,
   ``inference.predict_volume`` segments a volume and ``metrics.evaluate`` scores it;
 * the TensorFlow-only entry points refuse in one line naming ``pip install
-  'tfversky[tensorflow]'``: ``import tfds_ms`` (the TFDS builder), ``tfversky train``, and
+  'tfversky[tensorflow]'``: ``import tfds_ms`` (the TFDS builder), loading the TensorFlow op
+  library, ``tfversky train``, and
   ``examples/train_ms.py`` when run from a checkout; ``train`` creates nothing.
 
 Run it outside the checkout to check an installed tfversky (the script's folder, not the
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     import tfversky
-    from tfversky import _extras, cli, inference, metrics, models
+    from tfversky import _extras, _loader, cli, inference, metrics, models
 
     backend = keras.backend.backend()
     print(f"tfversky {tfversky.__version__} from {tfversky.__file__}, Keras {keras.__version__} "
@@ -120,6 +121,13 @@ def main(argv=None) -> int:
         print(f"import tfds_ms: {error}")
     else:
         raise AssertionError("import tfds_ms worked without TensorFlow")
+    try:
+        _loader.load()  # the TensorFlow op library
+    except _extras.MissingExtraError as error:
+        assert INSTALL_HINT in str(error), str(error)
+        print(f"the TensorFlow op: {error}")
+    else:
+        raise AssertionError("the TensorFlow op loaded without TensorFlow")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         _check_refused("tfversky train", *_refusal(lambda: cli.main(["train", "--out", str(out)])))
