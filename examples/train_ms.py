@@ -47,17 +47,18 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfversky import train_cli  # noqa: E402
-from tfversky.arguments import UsageError  # noqa: E402
+from tfversky.arguments import run_command  # noqa: E402
+
+
+def _train(args) -> int:
+    train_cli.run(args)  # sections 1-5 above, in this order
+    return 0
 
 
 def main(argv=None) -> int:
     args = train_cli.build_parser("train_ms.py").parse_args(argv)
-    try:
-        train_cli.run(args)  # sections 1-5 above, in this order
-    except UsageError as error:
-        print(f"train_ms.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    # A usage error, or TensorFlow missing (a JAX-only install): one line, exit code 2.
+    return run_command("train_ms.py", _train, args)
 
 
 if __name__ == "__main__":

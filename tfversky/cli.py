@@ -553,7 +553,7 @@ def _registration(plan):
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 usage error).
+    """Run the command line; returns the exit code (0 ok, 2 usage error or missing extra).
 
     Example (what ``python -m tfversky ...`` runs)::
 
@@ -563,8 +563,4 @@ def main(argv=None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except UsageError as err:
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return arguments.run_command(f"{parser.prog} {args.command}", args.handler, args)
