@@ -10,10 +10,11 @@
 3D U-Net with the Tversky loss (alpha weighs false positives, beta false negatives, as in
 Salehi et al. 2017) -> ``model.fit`` under a ``tf.distribute`` strategy, resumable
 (``BackupAndRestore``) -> on ``--val-subjects`` (a tenth of the training subjects by
-default), whole-volume validation and model selection
-(``tfversky.training.ValidationCallback`` on the reference-grid stage
-``tfversky.inference.segment_on_grid``) -> the selected model evaluated on the test fold
-(``tfversky.evaluation.evaluate_fold``). ``examples/train_ms.py`` is this, as a script.
+default), whole-volume validation and model selection (``--select``;
+``tfversky.training.ValidationCallback`` on the reference-grid stage
+``tfversky.inference.segment_on_grid``) -> the operating point chosen on the validation
+subjects (``--operating-point``, ``tfversky.operating_point``) into the model's plan -> the
+selected model evaluated on the test fold (``tfversky.evaluation.evaluate_fold``). ``examples/train_ms.py`` is this, as a script.
 
 ``evaluate``: a saved model on the test split of the data its run record names (or on data
 the record allows: the same grid, placement and modalities, never its training subjects), or
@@ -993,7 +994,7 @@ def add_evaluate(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: evaluation.json, evaluator.npz, subject_curves.npz, "
                              "pr_curve.png, overlays/, predictions/")
-    parser.add_argument("--min-lesion-size", type=_flag(arguments.non_negative_number),
+    parser.add_argument("--min-lesion-volume", type=_flag(arguments.non_negative_number),
                         default=None, metavar="MM3",
                         help="--model: drop lesions smaller than this (mm^3) from the masks "
                              "scored (default: the model's plan, chosen on validation by "
@@ -1116,9 +1117,10 @@ def _evaluate_folders(args) -> int:
                          "score folders of masks: give one or the other")
     if not (args.predictions and args.truth):
         raise UsageError("--predictions DIR and --truth DIR go together: give both")
-    if args.min_lesion_size is not None:
-        raise UsageError(f"--min-lesion-size {args.min_lesion_size:g}: applies to a --model's "
-                         f"probabilities; masks in --predictions are scored as they are")
+    if args.min_lesion_volume is not None:
+        raise UsageError(f"--min-lesion-volume {args.min_lesion_volume:g}: applies to a "
+                         f"--model's probabilities; masks in --predictions are scored as they "
+                         f"are")
     try:
         summary = evaluation.evaluate_folders(
             args.predictions, args.truth, args.out, allow_missing=args.allow_missing,
@@ -1210,7 +1212,7 @@ def _evaluate(args) -> int:
     try:
         results = evaluation.evaluate_fold(model, data.iterate_volumes(volumes), out,
                                            plan=model_plan, threshold=args.threshold,
-                                           min_lesion_mm3=args.min_lesion_size,
+                                           min_lesion_mm3=args.min_lesion_volume,
                                            ignore_index=ignore_index,
                                            total=int(volumes.cardinality()))
     except ValueError as err:

@@ -326,7 +326,7 @@ def test_the_operating_point_chosen_on_validation_rides_in_the_plan_to_evaluate(
     assert again["pooled"] == results["pooled"]
     assert cli.main(["evaluate", "--model", str(out / "model.keras"), "--data-dir",
                      tiny_data_dir, "--out", str(tmp_path / "flags"), "--threshold", "0.5",
-                     "--min-lesion-size", "0"]) == 0
+                     "--min-lesion-volume", "0"]) == 0
     flags = json.loads((tmp_path / "flags" / "evaluation.json").read_text())
     assert flags["operating_point"] == {"threshold": 0.5, "min_lesion_mm3": 0.0,
                                         "from": "arguments"}
@@ -423,12 +423,12 @@ def test_evaluate_folders_never_write_into_an_input(tmp_path, capsys):
     (["--model", "m.keras"], "give one or the other"),
     (["--truth", "only"], "--predictions DIR and --truth DIR go together"),
     ([], "give --model FILE (a model on a dataset split) or --predictions"),
-    (["--min-lesion-size", "10"], "--min-lesion-size 10: applies to a --model's "
-                                  "probabilities"),
+    (["--min-lesion-volume", "10"], "--min-lesion-volume 10: applies to a --model's "
+                                    "probabilities"),
 ])
 def test_evaluate_modes_do_not_mix(argv, message, tmp_path, capsys):
     folders = _mask_folders(tmp_path) if argv and argv[0] in ("--model",
-                                                             "--min-lesion-size") else []
+                                                             "--min-lesion-volume") else []
     line = _one_line_error(["evaluate", *folders, *argv, "--out", str(tmp_path / "o")], capsys)
     assert message in line, line
 
