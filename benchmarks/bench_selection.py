@@ -52,15 +52,18 @@ def main(argv=None) -> int:
             tfversky("train", *(args.train_flags or DATA), *data_dir, "--select", "last",
                      "--seed", str(seed), "--verbose", "2", "--out", str(run))
         results = json.loads((run / "results.json").read_text())
+        epochs = {rule: chosen["epoch"] for rule, chosen in
+                  results["selection"]["rules"].items()}
         for row, model, flags in ROWS:
-            scored = run / f"test_{model.removesuffix('.keras')}"
+            rule = row.split()[0]
+            # A rule that chose the last epoch holds the last epoch's weights: scored once.
+            same = "last" if rule != "last" and epochs[rule] == epochs["last"] else rule
+            scored = run / f"test_{model.removesuffix('.keras') if same == rule else same}"
             if not (scored / "evaluation.json").exists():
                 tfversky("evaluate", "--model", str(run / model), *data_dir, *flags,
                          "--out", str(scored), "--overwrite")
             pooled = json.loads((scored / "evaluation.json").read_text())["pooled"]
-            rule = row.split()[0]
-            table[seed, row] = {"epoch": results["selection"]["rules"][rule]["epoch"],
-                                **{m: pooled[m] for m in METRICS}}
+            table[seed, row] = {"epoch": epochs[rule], **{m: pooled[m] for m in METRICS}}
         point = results["operating_point"]
         print(f"seed {seed}: operating point {point['threshold']:g} / "
               f"{point['min_lesion_mm3']:g} mm^3 ({point.get('reason') or point['criterion']})")
