@@ -12,6 +12,9 @@ registered volumes:
   per scan on the reference grid, written as ``cases.csv``, ``lesions.csv`` and
   ``summary.json`` by ``write_scores``, the files ``tfversky evaluate --predictions
   --truth`` writes for any folder of masks;
+* at the model's operating point (its plan's ``threshold`` and ``min_lesion_mm3``, chosen on
+  validation by ``tfversky train``, unless the caller overrides them), the masks being
+  ``operating_point.lesion_mask``'s; the APR and the curves do not depend on it;
 * precision-recall curves, pooled and per subject;
 * voxels labelled ``ignore_index`` (nnU-Net's ``ignore`` label, e.g. 255) are left out of
   every count, not scored as background.
