@@ -50,8 +50,8 @@ LR_SCHEDULES = ("step", "poly")
 SELECTION_RULES = ("last", "best", "ema")  # training.SELECTION_RULES
 OPERATING_POINT_CRITERIA = ("dsc", "f2", "lesion_f1")  # operating_point.CRITERIA
 MIN_VALIDATION_SUBJECTS, MIN_VALIDATION_LESIONS = 2, 20  # training.MIN_VALIDATION_*
-AUTO_SELECT = "ema"  # what --select auto takes with enough validation data
-DEFAULT_OPERATING_POINT = "lesion_f1"
+AUTO_SELECT = "best"  # what --select auto takes with enough validation data (RESULTS.md)
+DEFAULT_OPERATING_POINT = "none"  # chosen on 2 validation subjects, it overfit (RESULTS.md)
 
 
 # --- flags ------------------------------------------------------------------------------------

@@ -234,8 +234,8 @@ def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir,
     out = tmp_path / "run"
     assert cli.main(["train", *TINY, "--data-dir", tiny_data_dir, "--out", str(out),
                      "--epochs", "3", "--steps-per-epoch", "2", "--val-subjects", "1",
-                     "--select", "best", "--augment", "default", "--augment-prob",
-                     "rotation=0.5"]) == 0
+                     "--select", "best", "--operating-point", "lesion_f1", "--augment",
+                     "default", "--augment-prob", "rotation=0.5"]) == 0
     results = json.loads((out / "results.json").read_text())
     # The data's version, so that runs on data a later release makes are not pooled with it.
     assert results["versions"]["dataset"] == str(tfds_ms.MsLesions.VERSION)
