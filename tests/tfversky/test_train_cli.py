@@ -512,8 +512,8 @@ def test_killed_run_resumes_only_with_its_flags_and_a_finished_one_is_kept(
     capsys.readouterr()
 
     # Other flags: refused, each named, before anything is built or touched.
-    line = _one_line_error(command + ["--alpha", "0.5", "--seed", "3", "--val-subjects", "0"],
-                           capsys)
+    line = _one_line_error(command + ["--alpha", "0.5", "--seed", "3", "--val-subjects", "0",
+                                      "--select", "last"], capsys)
     for flag in ("--alpha 0.3 there, 0.5 now", "--seed 0 there, 3 now",
                  "--val-subjects 1 there, 0 now", "--overwrite"):
         assert flag in line, line
