@@ -4,9 +4,9 @@ chosen on validation, or 0.5 and none (issue 22).
 
     python benchmarks/bench_selection.py --seeds 0 1 2 --out runs/selection
 
-One `tfversky train` per seed (every default but `--select last`, so that model.keras is
-the last epoch and the operating point, `--operating-point lesion_f1` by default, is chosen
-for it) keeps the model of every rule: best.keras, ema.keras and last.keras. Each is then
+One `tfversky train` per seed (every default but `--select last --operating-point
+lesion_f1`, so that model.keras is the last epoch with the operating point chosen for it)
+keeps the model of every rule: best.keras, ema.keras and last.keras. Each is then
 scored on the test fold with `tfversky evaluate` at 0.5 and no minimum (`--threshold 0.5
 --min-lesion-volume 0`), and model.keras (the last epoch) at the operating point its plan
 carries. With `--criteria dsc f2`, the last epoch is also scored at the operating point
@@ -82,7 +82,8 @@ def main(argv=None) -> int:
         run = pathlib.Path(args.out) / f"seed{seed}"
         if not (run / "results.json").exists():
             tfversky("train", *(args.train_flags or DATA), *data_dir, "--select", "last",
-                     "--seed", str(seed), "--verbose", "2", "--out", str(run))
+                     "--operating-point", "lesion_f1", "--seed", str(seed), "--verbose", "2",
+                     "--out", str(run))
         results = json.loads((run / "results.json").read_text())
         epochs = {rule: chosen["epoch"] for rule, chosen in
                   results["selection"]["rules"].items()}
