@@ -23,7 +23,9 @@ code, `tfversky.train_cli`):
    of the training folds (`--val-subjects`, a tenth of them by default);
 3. the U-Net with one input channel per modality, compiled with the Tversky loss;
 4. `model.fit`, resumable after a kill (reuse `--out`), validating on whole volumes every
-   `--val-every` epochs and keeping the best on `--monitor` as `model.keras`;
+   `--val-every` epochs; `model.keras` is the epoch `--select` picks (the last, unless
+   validation is enough to choose), at the operating point `--operating-point` chose on
+   validation;
 5. the selected model on the held-out fold: per-subject and pooled DSC, sensitivity,
    specificity, F2, APR, lesion-wise metrics, PR curves, overlays and masks on each scan.
 

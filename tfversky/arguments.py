@@ -162,6 +162,12 @@ def overlap(value, name: str = "overlap") -> float:
     return number(value, name, 0, 1, high_open=True)
 
 
+def smoothing_weight(value, name: str = "ema_alpha") -> float:
+    """An exponential moving average's weight of its past: [0, 1) (0: no smoothing; 1 would
+    never move from the first value)."""
+    return number(value, name, 0, 1, high_open=True)
+
+
 def threshold(value, name: str = "threshold") -> float:
     """A probability threshold in (0, 1): 0 or 1 would call every voxel, or none, lesion."""
     return number(value, name, 0, 1, low_open=True, high_open=True)
