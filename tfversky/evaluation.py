@@ -109,9 +109,9 @@ def evaluate_fold(model, volumes, out, *, plan=None, threshold=None, min_lesion_
     import tqdm
 
     model_plan = plan_lib.read_plan(model) if plan is None else plan
-    given = threshold is not None or min_lesion_mm3 is not None
-    threshold = model_plan.threshold if threshold is None else threshold
-    min_lesion_mm3 = model_plan.min_lesion_mm3 if min_lesion_mm3 is None else min_lesion_mm3
+    # The plan's operating point unless given, resolved as `tfversky predict` resolves it.
+    point = inference.operating_point(model_plan, threshold, min_lesion_mm3)
+    threshold, min_lesion_mm3 = point["threshold"], point["min_lesion_mm3"]
     out = pathlib.Path(out)
     evaluator = metrics.Evaluator(threshold)
     subjects, curves, cases, lesions = [], {}, [], []
@@ -174,7 +174,7 @@ def evaluate_fold(model, volumes, out, *, plan=None, threshold=None, min_lesion_
                          **{k: summary["pooled"][k] for k in _POOLED_LESION_SCORES}},
               "subjects": subjects,
               "operating_point": {"threshold": threshold, "min_lesion_mm3": min_lesion_mm3,
-                                  "from": "arguments" if given else "plan"}}
+                                  "from": point["source"]}}
     atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2, default=float))
     return result
 

@@ -118,13 +118,14 @@ def test_the_chosen_point_rides_in_the_plan_and_evaluate_applies_it(tmp_path, mo
     result = evaluation.evaluate_fold(model, test, tmp_path / "plan", plan=loaded,
                                       progress=False)
     apr = result["pooled"]["apr"]
-    assert result["operating_point"] == {"threshold": 0.4, "min_lesion_mm3": 5.0,
-                                         "from": "plan"}
+    point = result["operating_point"]
+    assert (point["threshold"], point["min_lesion_mm3"]) == (0.4, 5.0)
+    assert "threshold 0.4 from the plan (chosen by" in point["from"]
     assert result["pooled"]["dsc"] == 1.0 and result["pooled"]["lesion_f1"] == 1.0
     # Flags override it: the paper's 0.5 and every lesion kept.
     result = evaluation.evaluate_fold(model, test, tmp_path / "flags", plan=loaded,
                                       threshold=0.5, min_lesion_mm3=0.0, progress=False)
-    assert result["operating_point"]["from"] == "arguments"
+    assert result["operating_point"]["from"] == "threshold 0.5 given, min lesion 0 mm^3 given"
     assert result["pooled"]["dsc"] == pytest.approx(2 * 96 / (2 * 96 + 96 + 96))
     assert result["pooled"]["apr"] == apr  # the APR does not depend on the operating point
 
