@@ -1145,10 +1145,11 @@ def _evaluate_folders(args) -> int:
 def _evaluate(args) -> int:
     import warnings
 
+    if args.predictions is not None or args.truth is not None:
+        return _evaluate_folders(args)  # masks alone: no TensorFlow needed
+
     from tfversky import data, evaluation, plan as plan_lib
 
-    if args.predictions is not None or args.truth is not None:
-        return _evaluate_folders(args)
     if args.model is None:
         raise UsageError("give --model FILE (a model on a dataset split) or --predictions "
                          "DIR --truth DIR (folders of masks)")
