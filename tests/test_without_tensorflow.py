@@ -49,6 +49,25 @@ def test_keras_on_a_missing_tensorflow_backend_is_one_line(tmp_path):
     assert "pip install 'tfversky[tensorflow]', or set KERAS_BACKEND" in last, last
 
 
+def test_evaluate_folders_of_masks_needs_no_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    script = """if True:
+        import sys; sys.modules['tensorflow'] = None
+        import nibabel as nib, numpy as np
+        from tfversky import cli
+        mask = np.zeros((8, 8, 8), np.uint8); mask[2:5, 2:5, 2:5] = 1
+        for folder in ('p', 't'):
+            nib.save(nib.Nifti1Image(mask, np.eye(4)), f'{folder}/a.nii.gz')
+        sys.exit(cli.main(['evaluate', '--predictions', 'p', '--truth', 't', '--out', 'o']))
+    """
+    (tmp_path / "p").mkdir(), (tmp_path / "t").mkdir()
+    result = _run(sys.executable, ["-c", script], tmp_path, KERAS_BACKEND="jax",
+                  PYTHONPATH=str(ROOT))
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "cases.csv", "lesions.csv", "summary.json"]
+
+
 def _backends_of(python) -> list[str]:
     probe = ("import importlib.util as u; print(' '.join(b for b in ('jax', 'torch') "
              "if u.find_spec(b)))")
