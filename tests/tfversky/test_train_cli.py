@@ -321,15 +321,16 @@ def test_the_operating_point_chosen_on_validation_rides_in_the_plan_to_evaluate(
     assert cli.main(["evaluate", "--model", str(out / "model.keras"), "--data-dir",
                      tiny_data_dir, "--out", str(evaluated)]) == 0
     again = json.loads((evaluated / "evaluation.json").read_text())
-    assert again["operating_point"] == {"threshold": 0.3, "min_lesion_mm3": 40.0,
-                                        "from": "plan"}
+    point = again["operating_point"]
+    assert (point["threshold"], point["min_lesion_mm3"]) == (0.3, 40.0)
+    assert point["from"].startswith("threshold 0.3 from the plan (chosen by f2 on validation)")
     assert again["pooled"] == results["pooled"]
     assert cli.main(["evaluate", "--model", str(out / "model.keras"), "--data-dir",
                      tiny_data_dir, "--out", str(tmp_path / "flags"), "--threshold", "0.5",
                      "--min-lesion-volume", "0"]) == 0
     flags = json.loads((tmp_path / "flags" / "evaluation.json").read_text())
     assert flags["operating_point"] == {"threshold": 0.5, "min_lesion_mm3": 0.0,
-                                        "from": "arguments"}
+                                        "from": "threshold 0.5 given, min lesion 0 mm^3 given"}
 
 
 def test_evaluate_refuses_training_folds_and_other_folds(tiny_data_dir, tmp_path, capsys):
