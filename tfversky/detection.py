@@ -206,12 +206,24 @@ def detection_rates(lesions_reference: int, lesions_reference_detected: int,
 
 
 def _lesion_columns(side, ids, sizes, found, voxel_mm3):
-    inside = np.nonzero(ids)
-    labels = ids[inside]
-    # Mean voxel index per lesion: one pass over the lesion voxels, not the volume.
-    centroids = np.stack([np.bincount(labels, weights=axis, minlength=len(sizes))
-                          for axis in inside], axis=1) / np.maximum(sizes, 1)[:, None]
     count = len(sizes) - 1
     return {"side": np.full(count, side), "lesion": np.arange(1, count + 1),
             "voxels": sizes[1:], "volume_mm3": sizes[1:] * voxel_mm3,
-            "centroid_voxel": centroids[1:], "detected": found[1:]}
+            "centroid_voxel": lesion_centroids(ids, sizes), "detected": found[1:]}
+
+
+def lesion_centroids(ids, sizes) -> np.ndarray:
+    """(n, 3) mean voxel index of lesions 1..n of a label map (``sizes[k]``: lesion k's
+    voxel count, ``sizes[0]`` unused), in one pass over the lesion voxels, not the volume.
+
+    Example:
+
+    >>> ids = np.zeros((4, 4, 4), int); ids[0, 0, :2] = 1; ids[3, 3, 3] = 2
+    >>> lesion_centroids(ids, np.array([0, 2, 1])).tolist()
+    [[0.0, 0.0, 0.5], [3.0, 3.0, 3.0]]
+    """
+    inside = np.nonzero(ids)
+    labels = ids[inside]
+    centroids = np.stack([np.bincount(labels, weights=axis, minlength=len(sizes))
+                          for axis in inside], axis=1) / np.maximum(sizes, 1)[:, None]
+    return centroids[1:]

@@ -19,6 +19,13 @@ at least one patch, slides patches over it with the given overlap, weights every
 class probabilities by a Gaussian centred on the patch (voxels near a patch border see less
 context, so they count less), and divides by the summed weights. Memory is the volume, the
 batch of patches and two accumulators the size of the volume, whatever the number of windows.
+With ``mirror=True`` (test-time augmentation) each window also runs mirrored along every
+subset of the three spatial axes (``MIRRORINGS``, eight passes), all eight in one batch, and
+each output is flipped back before blending.
+
+An ensemble (several members sharing one plan, e.g. the folds of ``tfversky train --folds``)
+averages its members' lesion probabilities on the reference grid (``segment_on_grid``), and
+maps the average back to the scan once (``segment``), as nnU-Net does.
 """
 
 from __future__ import annotations
@@ -35,6 +42,11 @@ from tfversky._extras import require
 DEFAULT_PATCH_SIZE = 128
 
 _ACTIVATIONS = ("softmax", "sigmoid")
+# Lesions are 26-connected components: the small-lesion removal and the lesion report.
+LESION_CONNECTIVITY = 3
+# Test-time mirroring: every subset of the spatial axes (1, 2, 3 of a (B, D, H, W, C) batch),
+# the identity first.
+MIRRORINGS = ((), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3))
 # Below this fraction of its peak the Gaussian weight is floored, so a voxel covered only by
 # patch corners still has a well-conditioned weight sum.
 _MIN_WEIGHT = 1e-3
@@ -216,7 +228,8 @@ def _to_probabilities(output: np.ndarray, from_logits: bool, activation: str) ->
 
 def predict_volume(model, volume, patch_size=None, overlap: float = 0.5, batch_size: int = 1,
                    *, from_logits: bool = False, activation: str = "softmax",
-                   sigma_scale: float = 0.125, progress: bool = True) -> np.ndarray:
+                   sigma_scale: float = 0.125, progress: bool = True, mirror: bool = False,
+                   keep_mirrorings: bool = False) -> np.ndarray:
     """Class probabilities of a whole volume, (D, H, W, M) -> (D, H, W, C), by sliding windows.
 
     The volume is padded with 0 (the background of skull-stripped, normalised scans) to at
@@ -246,9 +259,17 @@ def predict_volume(model, volume, patch_size=None, overlap: float = 0.5, batch_s
             Defaults to ``"softmax"``.
         sigma_scale: Gaussian sigma as a fraction of the patch size. Defaults to 0.125.
         progress: Show a tqdm progress bar over the patches (on stderr). Defaults to True.
+        mirror: Test-time mirroring: each window also runs flipped along every subset of
+            the spatial axes (``MIRRORINGS``), the eight versions in one model call (so a
+            call holds ``8 * batch_size`` patches), each output flipped back; the result is
+            their mean. Defaults to False.
+        keep_mirrorings: With ``mirror``, return each mirroring's probabilities instead of
+            their mean (8x the memory of the output; for the spread between them).
+            Defaults to False.
 
     Returns:
-        float32 array (D, H, W, C) of class probabilities.
+        float32 array (D, H, W, C) of class probabilities; (8, D, H, W, C) with
+        ``keep_mirrorings`` (in ``MIRRORINGS`` order).
 
     Raises:
         ValueError: for a volume that is not 4D, holds NaN/Inf or has the wrong channel count;
@@ -281,6 +302,10 @@ def predict_volume(model, volume, patch_size=None, overlap: float = 0.5, batch_s
         raise ValueError(f"Invalid value for argument `sigma_scale`: expected a number > 0. "
                          f"Received: sigma_scale={sigma_scale!r}")
 
+    if keep_mirrorings and not mirror:
+        raise ValueError("Invalid arguments: `keep_mirrorings` keeps the passes of `mirror`; "
+                         "received keep_mirrorings=True with mirror=False. Pass mirror=True.")
+
     spatial = volume.shape[:3]
     patch = _patch_shape(model, spatial, patch_size)
     padding = [(0, max(p - s, 0)) for p, s in zip(patch, spatial)]
@@ -293,34 +318,45 @@ def predict_volume(model, volume, patch_size=None, overlap: float = 0.5, batch_s
     weights = gaussian_weights(patch, sigma_scale)
 
     weight_sum = np.zeros(padded, np.float32)
-    accumulated = None  # (D, H, W, C): C is known after the first batch
+    accumulated = None  # (P, D, H, W, C): C is known after the first batch
+    mirrorings = MIRRORINGS if mirror else MIRRORINGS[:1]
+    passes = len(mirrorings)
     batch_size = min(batch_size, len(corners))
-    batch = np.zeros((batch_size, *patch, volume.shape[-1]), np.float32)
+    batch = np.zeros((batch_size * passes, *patch, volume.shape[-1]), np.float32)
     with tqdm(total=len(corners), desc="predict_volume", unit="patch", disable=not progress,
               leave=False) as bar:
         for first in range(0, len(corners), batch_size):
             chunk = corners[first:first + batch_size]
             for i, (z, y, x) in enumerate(chunk):
-                batch[i] = volume[z:z + patch[0], y:y + patch[1], x:x + patch[2]]
+                window = volume[None, z:z + patch[0], y:y + patch[1], x:x + patch[2]]
+                for k, axes in enumerate(mirrorings):
+                    batch[i * passes + k] = np.flip(window, axes)[0]
             # A short last batch keeps the full (zero-filled) shape: one traced function.
-            batch[len(chunk):] = 0
+            batch[len(chunk) * passes:] = 0
             output = model.predict_on_batch(batch)
             if not isinstance(output, np.ndarray) or output.shape[1:4] != patch:
                 raise ValueError(
                     f"The model must return one (B, d, h, w, C) tensor of its input's spatial "
                     f"size; for input {batch.shape} it returned "
                     f"{getattr(output, 'shape', type(output).__name__)}.")
-            probs = _to_probabilities(np.asarray(output[:len(chunk)], np.float32),
+            probs = _to_probabilities(np.asarray(output[:len(chunk) * passes], np.float32),
                                       from_logits, activation)
+            probs = probs.reshape(len(chunk), passes, *probs.shape[1:])
+            for k, axes in enumerate(mirrorings):  # flipped back: a flip is its own inverse
+                probs[:, k] = np.flip(probs[:, k], axes)
             if accumulated is None:
-                accumulated = np.zeros((*padded, probs.shape[-1]), np.float32)
+                kept = passes if keep_mirrorings else 1
+                accumulated = np.zeros((kept, *padded, probs.shape[-1]), np.float32)
+            if not keep_mirrorings:
+                probs = probs.mean(axis=1, keepdims=True)
             for (z, y, x), prob in zip(chunk, probs):
-                window = np.s_[z:z + patch[0], y:y + patch[1], x:x + patch[2]]
+                window = np.s_[:, z:z + patch[0], y:y + patch[1], x:x + patch[2]]
                 accumulated[window] += prob * weights[..., None]
-                weight_sum[window] += weights
+                weight_sum[window[1:]] += weights
             bar.update(len(chunk))
     accumulated /= weight_sum[..., None]
-    return np.ascontiguousarray(accumulated[:spatial[0], :spatial[1], :spatial[2]])
+    result = accumulated[:, :spatial[0], :spatial[1], :spatial[2]]
+    return np.ascontiguousarray(result if keep_mirrorings else result[0])
 
 
 # --- The scan-to-mask path --------------------------------------------------------------------
@@ -405,30 +441,153 @@ def prepare_scan(image: np.ndarray, affine: np.ndarray, plan: plan_lib.Plan, *,
     return on_grid, grid_affine
 
 
+# What members of one ensemble must share: what decides their input, and how it is windowed.
+SHARED_PLAN_FIELDS = ("modalities", "grid", "placement", "intensity_normalization",
+                      "clip_percentiles", "skull_stripped", "training_patch_size",
+                      "patch_size", "class_names", "from_logits")
+
+
+def _members(model) -> list:
+    """A model, or a sequence of them, as a non-empty list."""
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not members:
+        raise ValueError("Invalid value for argument `model`: expected a model or a non-empty "
+                         "sequence of models (an ensemble). Received: model=[]")
+    return members
+
+
+def ensemble_plan(plans) -> plan_lib.Plan:
+    """The plan of an ensemble whose members have ``plans``: the first member's, with the
+    mean of the members' operating points where they differ.
+
+    Members must share ``SHARED_PLAN_FIELDS`` (modalities, grid, placement, normalisation,
+    skull stripping, training patch and window, classes): their probabilities are averaged
+    voxel by voxel on one grid, so each must see the scan prepared alike. Members chosen
+    apart (e.g. each fold's operating point on its own validation subjects) may differ in
+    ``threshold`` and ``min_lesion_mm3``: the ensemble takes their means, and its
+    ``operating_point`` says so.
+
+    Raises:
+        ValueError: naming the first field where a member differs from the first one.
+
+    Example:
+
+    >>> a, b = plan_lib.Plan(threshold=0.4), plan_lib.Plan(threshold=0.6)
+    >>> ensemble_plan([a, b]).threshold
+    0.5
+    >>> ensemble_plan([a, plan_lib.Plan(modalities=("T1", "FLAIR"))])
+    Traceback (most recent call last):
+    ...
+    ValueError: The ensemble's members do not share a plan: member 2 has modalities ...
+    """
+    plans = list(plans)
+    first = plans[0]
+    for number, other in enumerate(plans[1:], start=2):
+        for field in SHARED_PLAN_FIELDS:
+            mine, theirs = getattr(first, field), getattr(other, field)
+            if mine != theirs:
+                raise ValueError(
+                    f"The ensemble's members do not share a plan: member {number} has "
+                    f"{field} {_shown(theirs)}, member 1 {_shown(mine)}. Their probabilities "
+                    f"are averaged on one grid, so every member must be trained with the same "
+                    f"{', '.join(SHARED_PLAN_FIELDS)}: ensemble the models of one run (e.g. "
+                    f"the folds of one `tfversky train --folds`).")
+    points = {(p.threshold, p.min_lesion_mm3) for p in plans}
+    if len(points) == 1:
+        return first
+    thresholds = [p.threshold for p in plans]
+    volumes = [p.min_lesion_mm3 for p in plans]
+    return dataclasses.replace(
+        first, threshold=float(np.mean(thresholds)), min_lesion_mm3=float(np.mean(volumes)),
+        operating_point={"criterion": "mean of the members' operating points",
+                         "members": [p.operating_point for p in plans],
+                         "thresholds": thresholds, "min_lesion_mm3": volumes})
+
+
+def _shown(value) -> str:
+    if isinstance(value, preprocessing.ReferenceGrid):
+        return (f"{'x'.join(map(str, value.shape))} of "
+                f"{'x'.join(f'{s:g}' for s in value.spacing)} mm")
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) if all(isinstance(v, str) for v in value) else \
+            "x".join(map(str, value))
+    return repr(value)
+
+
+def operating_point(plan: plan_lib.Plan, threshold: float | None = None,
+                    min_lesion_mm3: float | None = None) -> dict:
+    """The threshold and smallest lesion volume a prediction uses, and where each came from:
+    the arguments where given (the command line's ``--threshold`` and
+    ``--min-lesion-volume``), else the plan's (``Plan.operating_point`` tells how they were
+    chosen).
+
+    Returns:
+        ``{"threshold", "min_lesion_mm3", "source"}``, ``source`` one line for people.
+
+    Raises:
+        ValueError: a threshold outside (0, 1) or a negative volume.
+
+    Example:
+
+    >>> operating_point(plan_lib.Plan(), min_lesion_mm3=3)["source"]
+    'threshold 0.5 from the plan (defaults, never chosen on validation), min lesion 3 mm^3 given'
+    """
+    if threshold is not None:
+        threshold = arguments.threshold(threshold)
+    if min_lesion_mm3 is not None:
+        min_lesion_mm3 = arguments.non_negative_number(min_lesion_mm3, "min_lesion_mm3")
+    chosen = plan.operating_point
+    if not chosen:
+        how = "defaults, never chosen on validation"
+    elif chosen.get("criterion"):
+        how = f"{chosen['criterion']}" if "mean" in str(chosen["criterion"]) else \
+            f"chosen by {chosen['criterion']} on validation"
+    else:
+        how = f"defaults kept: {chosen.get('reason', 'no reason recorded')}"
+    parts = [f"threshold {plan.threshold:g} from the plan ({how})" if threshold is None else
+             f"threshold {threshold:g} given",
+             f"min lesion {plan.min_lesion_mm3:g} mm^3 from the plan" +
+             (f" ({how})" if threshold is not None else "") if min_lesion_mm3 is None else
+             f"min lesion {min_lesion_mm3:g} mm^3 given"]
+    return {"threshold": plan.threshold if threshold is None else threshold,
+            "min_lesion_mm3": plan.min_lesion_mm3 if min_lesion_mm3 is None else min_lesion_mm3,
+            "source": ", ".join(parts)}
+
+
 def segment_on_grid(model, image: np.ndarray, plan: plan_lib.Plan | None = None, *,
                     patch_size=None, overlap: float | None = None, batch_size: int = 1,
-                    progress: bool = False) -> np.ndarray:
+                    tta: bool = False, uncertainty: bool = False, progress: bool = False):
     """Lesion probabilities of a volume on the reference grid: the stage that evaluation on
     ``ms_lesions`` records (``example["image"]``) shares with ``segment``.
 
+    An ensemble (``model`` a list) averages its members' probabilities here, on the grid;
+    with ``tta`` each member's are the mean over the eight mirrorings (``predict_volume``'s
+    ``mirror``).
+
     Args:
         model: Keras model, (B, d, h, w, M) -> (B, d, h, w, C) with C = 2 (background,
-            lesion) or 1 (lesion).
+            lesion) or 1 (lesion); or a list of them sharing a plan (``ensemble_plan``).
         image: (D, H, W, M) prepared volume (``prepare_scan``, or a dataset record).
-        plan: The model's plan. Defaults to ``plan.read_plan(model)``.
+        plan: The model's plan. Defaults to ``plan.read_plan(model)`` (an ensemble:
+            ``ensemble_plan`` of the members').
         patch_size, overlap: Override the plan's sliding-window settings (``patch_size``
             only where the network does not normalise per window: ``check_window``).
             Default None.
-        batch_size: Windows per model call. Defaults to 1.
+        batch_size: Windows per model call (each 8 patches with ``tta``). Defaults to 1.
+        tta: Average over the mirrorings along the three spatial axes. Defaults to False.
+        uncertainty: Also return the per-voxel standard deviation of the lesion
+            probability over members x mirrorings. Defaults to False.
         progress: tqdm bar over the windows. Defaults to False.
 
     Returns:
-        float32 (D, H, W) lesion probabilities; threshold them with ``plan.threshold``.
+        float32 (D, H, W) lesion probabilities, threshold them with ``plan.threshold``; with
+        ``uncertainty`` a pair ``(probabilities, standard_deviation)``.
 
     Raises:
-        ValueError: for a model whose channels or classes do not fit the plan, a window
-            the model was not trained on (``check_window``), or any ``predict_volume``
-            error.
+        ValueError: for members with different plans, ``uncertainty`` with one member and
+            no ``tta`` (nothing to measure), a model whose channels or classes do not fit the
+            plan, a window the model was not trained on (``check_window``), or any
+            ``predict_volume`` error.
 
     Example:
 
@@ -436,21 +595,55 @@ def segment_on_grid(model, image: np.ndarray, plan: plan_lib.Plan | None = None,
     >>> model = plan_lib.attach(unet3d(base_filters=2, depth=2), plan_lib.Plan(patch_size=8))
     >>> segment_on_grid(model, np.zeros((8, 8, 8, 3))).shape
     (8, 8, 8)
+    >>> mean, spread = segment_on_grid([model, model], np.zeros((8, 8, 8, 3)), tta=True,
+    ...                                uncertainty=True)
+    >>> mean.shape, spread.shape
+    ((8, 8, 8), (8, 8, 8))
     """
-    plan = plan_lib.read_plan(model) if plan is None else plan
-    plan_lib.check_channels(model, plan)
-    classes = model.outputs[0].shape[-1]
-    if classes not in (1, 2) or classes != len(plan.class_names):
-        raise ValueError(
-            f"The model outputs {classes} channel(s) and its plan names classes "
-            f"{list(plan.class_names)}: lesion segmentation needs 2 (background, lesion, "
-            f"softmax) or 1 (lesion, sigmoid).")
-    probabilities = predict_volume(
-        model, image, patch_size=check_window(model, plan, patch_size),
-        overlap=plan.overlap if overlap is None else overlap, batch_size=batch_size,
-        from_logits=plan.from_logits, activation="softmax" if classes == 2 else "sigmoid",
-        progress=progress)
-    return probabilities[..., classes - 1]  # softmax: channel 1 is the lesion
+    members = _members(model)
+    if plan is None:
+        plan = ensemble_plan([plan_lib.read_plan(member) for member in members])
+    check_uncertainty(len(members), tta, uncertainty)
+    total = np.zeros(image.shape[:3], np.float64)
+    squares = np.zeros(image.shape[:3], np.float64) if uncertainty else None
+    for member in members:
+        plan_lib.check_channels(member, plan)
+        classes = member.outputs[0].shape[-1]
+        if classes not in (1, 2) or classes != len(plan.class_names):
+            raise ValueError(
+                f"The model outputs {classes} channel(s) and its plan names classes "
+                f"{list(plan.class_names)}: lesion segmentation needs 2 (background, lesion, "
+                f"softmax) or 1 (lesion, sigmoid).")
+        probabilities = predict_volume(
+            member, image, patch_size=check_window(member, plan, patch_size),
+            overlap=plan.overlap if overlap is None else overlap, batch_size=batch_size,
+            from_logits=plan.from_logits, activation="softmax" if classes == 2 else "sigmoid",
+            progress=progress, mirror=tta, keep_mirrorings=tta and uncertainty)
+        lesion = probabilities[..., classes - 1]  # softmax: channel 1 is the lesion
+        passes = lesion if tta and uncertainty else lesion[None]
+        total += passes.sum(axis=0)
+        if uncertainty:
+            squares += np.square(passes, dtype=np.float64).sum(axis=0)
+    count = len(members) * (len(MIRRORINGS) if tta and uncertainty else 1)
+    mean = total / count
+    if not uncertainty:
+        return mean.astype(np.float32)
+    spread = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return mean.astype(np.float32), spread.astype(np.float32)
+
+
+def check_uncertainty(members: int, tta: bool, uncertainty: bool) -> None:
+    """Refuse an uncertainty map of one member without mirroring: one pass, nothing to
+    measure a spread over.
+
+    Raises:
+        ValueError: naming the fix (more members, or ``tta``).
+    """
+    if uncertainty and members == 1 and not tta:
+        raise ValueError("An uncertainty map is the spread over an ensemble's members and "
+                         "mirrorings: one model without test-time mirroring makes one "
+                         "prediction, with nothing to measure. Give several models, or "
+                         "turn on tta (command line: --model A.keras B.keras ..., or --tta).")
 
 
 def voxel_size_mm(affine) -> tuple[float, float, float]:
@@ -495,7 +688,7 @@ def back_to_scan(probabilities: np.ndarray, grid_affine, scan_affine, scan_shape
     on_scan = preprocessing.to_native(np.asarray(probabilities, np.float32), grid_affine,
                                       scan_affine, shape, order=1, antialias=True)
     mask, count = metrics.remove_small_lesions(on_scan >= threshold, min_lesion_mm3,
-                                               voxel_size_mm(scan_affine))
+                                               voxel_size_mm(scan_affine), LESION_CONNECTIVITY)
     return on_scan.astype(np.float32), mask.astype(np.uint8), count
 
 
@@ -505,12 +698,16 @@ class Segmentation:
 
     Attributes:
         mask: uint8 (X, Y, Z), 1 = lesion.
-        probabilities: float32 (X, Y, Z) lesion probabilities.
+        probabilities: float32 (X, Y, Z) lesion probabilities (an ensemble's mean).
         reference: The first modality's nibabel image (its affine and header).
         grid_affine: Where the reference grid was placed.
         lesion_count: Lesions (26-connected components) in ``mask``.
         lesion_volume_ml: Their volume, mL.
         inputs: Modality -> file, in the plan's order.
+        operating_point: ``operating_point(...)``: the threshold and smallest lesion
+            volume used, and where they came from.
+        uncertainty: float32 (X, Y, Z) standard deviation of the lesion probability over
+            members x mirrorings, or None (not asked for).
     """
 
     mask: np.ndarray
@@ -520,6 +717,16 @@ class Segmentation:
     lesion_count: int
     lesion_volume_ml: float
     inputs: dict
+    operating_point: dict = dataclasses.field(default_factory=dict)
+    uncertainty: np.ndarray | None = None
+
+    def lesion_table(self, case: str) -> dict:
+        """The mask's lesions as ``lesion_report.LESION_COLUMNS`` (world centroids, volumes
+        on the scan's grid, probabilities inside each lesion)."""
+        from tfversky import lesion_report
+
+        return lesion_report.lesion_table(case, self.mask, self.probabilities,
+                                          self.reference.affine)
 
 
 def _masked(image, reference, brain_mask, check_skull, plan):
@@ -540,21 +747,28 @@ def _masked(image, reference, brain_mask, check_skull, plan):
     return np.where((mask > 0)[..., None], image, 0.0).astype(np.float32)
 
 
-def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
+def segment(model, scans: Mapping, out=None, *, probabilities_out=None, uncertainty_out=None,
             plan: plan_lib.Plan | None = None, brain_mask=None, resample_to_first: bool = False,
-            grid_affine=None, threshold: float | None = None, min_lesion_mm3: float = 0.0,
-            patch_size=None, overlap: float | None = None, batch_size: int = 1,
-            check_skull: bool = True, progress: bool = False) -> Segmentation:
+            grid_affine=None, threshold: float | None = None,
+            min_lesion_mm3: float | None = None, tta: bool = False, patch_size=None,
+            overlap: float | None = None, batch_size: int = 1, check_skull: bool = True,
+            progress: bool = False) -> Segmentation:
     """One subject's scans -> lesion mask on their own grid, prepared as in training.
 
     Args:
-        model: Trained Keras model, ideally carrying its plan (``tfversky.plan.attach``).
+        model: Trained Keras model, ideally carrying its plan (``tfversky.plan.attach``); or
+            a list of them (an ensemble) sharing a plan (``ensemble_plan``): their lesion
+            probabilities are averaged on the reference grid and mapped back once.
         scans: Modality name (canonical or alias: ``T1w``, ``flair``, ...) -> NIfTI file,
             exactly the plan's modalities; co-registered on one grid.
         out: Write the uint8 mask here (.nii / .nii.gz), with the first modality's affine
             and header. Defaults to None (nothing written).
         probabilities_out: Also write the float32 lesion probabilities here. Defaults to None.
-        plan: Defaults to ``tfversky.plan.read_plan(model)`` (with a warning if it has none).
+        uncertainty_out: Also write the float32 standard deviation of the lesion probability
+            over members x mirrorings here (needs several members or ``tta``). Defaults to
+            None.
+        plan: Defaults to ``tfversky.plan.read_plan(model)`` (with a warning if it has none;
+            an ensemble: ``ensemble_plan`` of the members').
         brain_mask: NIfTI brain mask on the scans' grid; voxels outside it are zeroed, as
             skull-stripping would. Defaults to None: the scans must be skull-stripped,
             unless the plan records raw training scans (``plan.skull_stripped`` False);
@@ -564,7 +778,9 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
             instead of refusing them. Defaults to False.
         grid_affine: See ``prepare_scan``. Defaults to None (the plan's placement).
         threshold: Defaults to the plan's.
-        min_lesion_mm3: Drop lesions smaller than this (mm^3). Defaults to 0.
+        min_lesion_mm3: Drop lesions smaller than this (mm^3). Defaults to the plan's.
+        tta: Average over the eight mirrorings along the spatial axes
+            (``segment_on_grid``). Defaults to False.
         patch_size, overlap, batch_size, progress: See ``segment_on_grid``.
         check_skull: Refuse scans that do not look skull-stripped when the model was
             trained on skull-stripped scans, or nothing records what it was trained on
@@ -578,7 +794,8 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
         ValueError: (``io.ScanError`` for a file) for modalities that do not fit the plan; a
             missing, unreadable, 4D or NaN file; modalities on different grids; a scan that
             is not skull-stripped for a model not trained on raw scans; a bad output name; a
-            model that does not fit its plan. Nothing is written then.
+            model that does not fit its plan; members with different plans; an uncertainty
+            map of one member without ``tta``. Nothing is written then.
 
     Example:
 
@@ -594,18 +811,26 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
     >>> result = segment(model, scans, os.path.join(folder, "seg.nii.gz"))
     >>> result.mask.shape, nib.load(os.path.join(folder, "seg.nii.gz")).shape
     ((20, 20, 20), (20, 20, 20))
+    >>> other = plan_lib.attach(unet3d(base_filters=2, depth=2), plan)
+    >>> both = segment([model, other], scans, tta=True, uncertainty_out=os.path.join(
+    ...     folder, "spread.nii.gz"))
+    >>> both.uncertainty.shape
+    (20, 20, 20)
     """
     # The options' rules before any scan is read (the window's size against the model later).
-    for rule, value in ((arguments.threshold, threshold), (arguments.overlap, overlap),
-                        (arguments.patch_size, patch_size)):
+    for rule, value in ((arguments.overlap, overlap), (arguments.patch_size, patch_size)):
         if value is not None:
             rule(value)
-    arguments.non_negative_number(min_lesion_mm3, "min_lesion_mm3")
     arguments.positive_int(batch_size, "batch_size")
-    plan = plan_lib.read_plan(model) if plan is None else plan
-    plan_lib.check_channels(model, plan)
+    members = _members(model)
+    if plan is None:
+        plan = ensemble_plan([plan_lib.read_plan(member) for member in members])
+    point = operating_point(plan, threshold, min_lesion_mm3)
+    check_uncertainty(len(members), tta, uncertainty_out is not None)
+    for member in members:
+        plan_lib.check_channels(member, plan)
     ordered = match_modalities(scans, plan)
-    for path in (out, probabilities_out):
+    for path in (out, probabilities_out, uncertainty_out):
         if path is not None:
             io.check_nifti_name(path)
     try:
@@ -615,16 +840,21 @@ def segment(model, scans: Mapping, out=None, *, probabilities_out=None,
         raise io.ScanError(f"{err} (This model takes {', '.join(plan.modalities)}: one 3D "
                            f"scan each.)") from None
     on_grid, grid_affine = prepare_scan(image, reference.affine, plan, grid_affine=grid_affine)
-    probabilities = segment_on_grid(model, on_grid, plan, patch_size=patch_size,
-                                    overlap=overlap, batch_size=batch_size, progress=progress)
+    on_grid = segment_on_grid(members, on_grid, plan, patch_size=patch_size, overlap=overlap,
+                              batch_size=batch_size, tta=tta,
+                              uncertainty=uncertainty_out is not None, progress=progress)
+    probabilities, spread = on_grid if uncertainty_out is not None else (on_grid, None)
     probabilities, mask, count = back_to_scan(
         probabilities, grid_affine, reference.affine, image.shape[:3],
-        threshold=plan.threshold if threshold is None else threshold,
-        min_lesion_mm3=min_lesion_mm3)
-    if out is not None:
-        io.save_like(mask, reference, out)
-    if probabilities_out is not None:
-        io.save_like(probabilities, reference, probabilities_out)
+        threshold=point["threshold"], min_lesion_mm3=point["min_lesion_mm3"])
+    if spread is not None:  # interpolated as the probabilities are
+        spread = preprocessing.to_native(spread, grid_affine, reference.affine,
+                                         image.shape[:3], order=1,
+                                         antialias=True).astype(np.float32)
+    for data, path in ((mask, out), (probabilities, probabilities_out),
+                       (spread, uncertainty_out)):
+        if path is not None:
+            io.save_like(data, reference, path)
     voxel_ml = float(np.prod(voxel_size_mm(reference.affine))) / 1000.0
     return Segmentation(mask, probabilities, reference, grid_affine, count,
-                        float(mask.sum(dtype=np.int64)) * voxel_ml, ordered)
+                        float(mask.sum(dtype=np.int64)) * voxel_ml, ordered, point, spread)
