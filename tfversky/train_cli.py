@@ -4,6 +4,8 @@
     tfversky train --dataset ms_lesions/synthetic_lowres --val-every 2 --patience 5 \\
         --out runs/val
     tfversky evaluate --model runs/val/model.keras --out runs/val/test
+    tfversky train --dataset ms_lesions/synthetic_realistic_by_centre_lowres --folds all \\
+        --holdout-fold 3 --out runs/cv                         # cross-validation, fold 3 unseen
 
 ``train``: data (a ``ms_lesions`` config through the dataset adapter its entry point names,
 ``tfversky._adapters``) -> patches with nnU-Net's augmentations (``--augment default``) ->

@@ -1,0 +1,146 @@
+"""What a fold ensemble and test-time mirroring buy on subjects no model saw: one model vs
+the same with --tta vs the fold ensemble vs the ensemble with --tta (issue 23).
+
+    R=runs/ensemble; D="--dataset ms_lesions/synthetic_realistic_by_centre_lowres \\
+        --patch-size 32 --epochs 6 --steps-per-epoch 100"
+    tfversky train $D --seed 0 --folds all --holdout-fold 3 --out $R/cv_seed0
+    tfversky train $D --seed 0 --fold 3 --out $R/single_seed0      # optional
+    python benchmarks/bench_ensemble.py --root $R --seeds 0 --out $R/ensemble.json
+
+``ROOT/cv_seedS`` is a ``tfversky train --folds`` run with a holdout fold (every member
+trained on the other folds but its own test fold; none on the holdout); ``ROOT/single_seedS``
+(optional) one model trained on every fold but the holdout, tested on it. Each model is
+scored on the holdout fold's subjects on the reference grid (``inference.segment_on_grid``,
+the stage ``tfversky predict`` and ``evaluate`` share), alone and with ``tta`` (the eight
+mirrorings); the ensemble's probabilities are its members' mean (run through
+``segment_on_grid`` with the list of members and checked against that mean; with ``tta``
+the mean of the members' mirrored probabilities, each member's batched mirroring being the
+cost, so its time is the sum of theirs). Scores, pooled over the test subjects: DSC and APR
+(``metrics.Evaluator``), the MSSEG challenges' lesion F1 (``tfversky.detection``), and
+HD95 (mean over subjects, mm on the grid), at each plan's threshold; and the seconds per
+case. Refuses a run whose members trained on the holdout fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from tfversky import arguments, data, evaluation, inference, metrics, plan as plan_lib
+from tfversky import train_cli
+
+
+def _members(cv: pathlib.Path) -> tuple[list[pathlib.Path], str]:
+    results = json.loads((cv / "results.json").read_text())
+    holdout = results["cross_validation"]["holdout_fold"]
+    if holdout is None:
+        raise SystemExit(f"{cv}: no --holdout-fold, so every subject trained some member")
+    paths = [cv / f"fold_{k}" / "model.keras" for k in results["cross_validation"]["folds"]]
+    for path in paths:
+        trained = plan_lib.read_plan(path).record["splits"]["train"].split("+")
+        if f"fold{holdout}" in trained:
+            raise SystemExit(f"{path} trained on fold{holdout}")
+    return paths, f"fold{holdout}"
+
+
+def _volumes(run: pathlib.Path, split: str) -> list[dict]:
+    """The test volumes of ``split``, read as the run's own flags read its data."""
+    config = json.loads((run / "results.json").read_text())["config"]
+    args = argparse.Namespace(**config)
+    adapter = train_cli.dataset_adapter(args)
+    builder = adapter.open_dataset(args)
+    return list(data.iterate_volumes(adapter.read_split(args, builder, split)))
+
+
+def _scores(volumes, probabilities, threshold) -> dict:
+    evaluator, cases = metrics.Evaluator(threshold), []
+    for volume, prob in zip(volumes, probabilities):
+        truth = np.asarray(volume["label"]) == 1
+        evaluator.update(truth, prob)
+        case, _ = metrics.case_scores(truth, prob >= threshold,
+                                      evaluation.voxel_spacing(volume["grid_affine"]))
+        cases.append(case)
+    summary = metrics.summarize_cases(cases)
+    pooled = evaluator.result()
+    return {"dsc": pooled["dsc"], "lesion_f1": summary["pooled"]["lesion_f1"],
+            "apr": pooled["apr"], "hd95_mm": summary["mean"]["hd95_mm"]}
+
+
+def _predict(model, plan, volumes, tta, batch_size):
+    """(probabilities per volume, seconds per volume)."""
+    probabilities, seconds = [], []
+    for volume in volumes:
+        start = time.perf_counter()
+        probabilities.append(inference.segment_on_grid(model, volume["image"], plan, tta=tta,
+                                                       batch_size=batch_size))
+        seconds.append(time.perf_counter() - start)
+    return probabilities, seconds
+
+
+def measure_seed(root: pathlib.Path, seed: int, batch_size: int) -> dict:
+    cv = root / f"cv_seed{seed}"
+    paths, split = _members(cv)
+    volumes = _volumes(cv, split)
+    models = [arguments.load_model_file(str(p)) for p in paths]
+    plans = [plan_lib.read_plan(p) for p in paths]
+    rows, member_runs = {}, {}
+    for tta in (False, True):
+        runs = [_predict(m, p, volumes, tta, batch_size) for m, p in zip(models, plans)]
+        member_runs[tta] = runs
+        for k, (probabilities, seconds) in enumerate(runs):
+            rows[f"member {k}" + (" + tta" if tta else "")] = {
+                **_scores(volumes, probabilities, plans[k].threshold),
+                "seconds_per_case": float(np.mean(seconds))}
+    shared = inference.ensemble_plan(plans)
+    ensemble, seconds = _predict(models, shared, volumes, False, batch_size)
+    for mean, each in zip(ensemble, zip(*(p for p, _ in member_runs[False]))):
+        np.testing.assert_allclose(mean, np.mean(each, axis=0), atol=1e-5)
+    rows["ensemble"] = {**_scores(volumes, ensemble, shared.threshold),
+                        "seconds_per_case": float(np.mean(seconds))}
+    mirrored = [np.mean(each, axis=0) for each in zip(*(p for p, _ in member_runs[True]))]
+    rows["ensemble + tta"] = {
+        **_scores(volumes, mirrored, shared.threshold),
+        "seconds_per_case": float(sum(np.mean(s) for _, s in member_runs[True]))}
+    single = root / f"single_seed{seed}" / "model.keras"
+    if single.exists():
+        trained = plan_lib.read_plan(single).record["splits"]
+        if trained["test"] != split:
+            raise SystemExit(f"{single} was tested on {trained['test']}, not {split}")
+        model, model_plan = arguments.load_model_file(str(single)), plan_lib.read_plan(single)
+        for tta in (False, True):
+            probabilities, seconds = _predict(model, model_plan, volumes, tta, batch_size)
+            rows["single (all folds)" + (" + tta" if tta else "")] = {
+                **_scores(volumes, probabilities, model_plan.threshold),
+                "seconds_per_case": float(np.mean(seconds))}
+    return {"split": split, "subjects": len(volumes), "rows": rows}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="folder of cv_seedS (and single_seedS)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="windows per model call (x8 with tta)")
+    parser.add_argument("--out", required=True, help="JSON of every seed's rows")
+    args = parser.parse_args(argv)
+    root = pathlib.Path(args.root)
+    measured = {}
+    for seed in args.seeds:
+        measured[seed] = measure_seed(root, seed, args.batch_size)
+        pathlib.Path(args.out).write_text(json.dumps(measured, indent=2))
+        print(f"seed {seed}: {measured[seed]['subjects']} subjects of "
+              f"{measured[seed]['split']}")
+        print("| configuration | DSC | lesion F1 | APR | HD95 (mm) | s/case |\n|---|---|---|---|---|---|")
+        for name, row in measured[seed]["rows"].items():
+            print(f"| {name} | {100 * row['dsc']:.2f} | {100 * row['lesion_f1']:.2f} | "
+                  f"{100 * row['apr']:.2f} | {row['hd95_mm']:.2f} | "
+                  f"{row['seconds_per_case']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
