@@ -12,10 +12,9 @@ trained on the other folds but its own test fold; none on the holdout); ``ROOT/s
 (optional) one model trained on every fold but the holdout, tested on it. Each model is
 scored on the holdout fold's subjects on the reference grid (``inference.segment_on_grid``,
 the stage ``tfversky predict`` and ``evaluate`` share), alone and with ``tta`` (the eight
-mirrorings); the ensemble's probabilities are its members' mean (run through
-``segment_on_grid`` with the list of members and checked against that mean; with ``tta``
-the mean of the members' mirrored probabilities, each member's batched mirroring being the
-cost, so its time is the sum of theirs). Scores, pooled over the test subjects: DSC and APR
+mirrorings, batched). The ensemble's probabilities are its members' mean (what
+``segment_on_grid`` computes with the list of members: checked on the first subject), so
+they reuse the members' passes, and its time per case is the sum of theirs. Scores, pooled over the test subjects: DSC and APR
 (``metrics.Evaluator``), the MSSEG challenges' lesion F1 (``tfversky.detection``), and
 HD95 (mean over subjects, mm on the grid), at each plan's threshold; and the seconds per
 case. Refuses a run whose members trained on the holdout fold.
@@ -81,42 +80,55 @@ def _predict(model, plan, volumes, tta, batch_size):
     return probabilities, seconds
 
 
-def measure_seed(root: pathlib.Path, seed: int, batch_size: int) -> dict:
+def _mean_of_members(member_runs):
+    """The ensemble's probabilities per volume (the members' mean) and seconds per case (the
+    sum of the members')."""
+    probabilities = [np.mean(each, axis=0) for each in zip(*(p for p, _ in member_runs))]
+    return probabilities, float(sum(np.mean(s) for _, s in member_runs))
+
+
+def measure_seed(root: pathlib.Path, seed: int, batch_size: int, tta: bool = True,
+                 save=lambda measured: None) -> dict:
+    """Every configuration's scores on the holdout fold; ``save(partial result)`` after each
+    group, so a stopped measurement keeps what it finished."""
     cv = root / f"cv_seed{seed}"
     paths, split = _members(cv)
     volumes = _volumes(cv, split)
     models = [arguments.load_model_file(str(p)) for p in paths]
     plans = [plan_lib.read_plan(p) for p in paths]
-    rows, member_runs = {}, {}
-    for tta in (False, True):
-        runs = [_predict(m, p, volumes, tta, batch_size) for m, p in zip(models, plans)]
-        member_runs[tta] = runs
-        for k, (probabilities, seconds) in enumerate(runs):
-            rows[f"member {k}" + (" + tta" if tta else "")] = {
-                **_scores(volumes, probabilities, plans[k].threshold),
-                "seconds_per_case": float(np.mean(seconds))}
     shared = inference.ensemble_plan(plans)
-    ensemble, seconds = _predict(models, shared, volumes, False, batch_size)
-    for mean, each in zip(ensemble, zip(*(p for p, _ in member_runs[False]))):
-        np.testing.assert_allclose(mean, np.mean(each, axis=0), atol=1e-5)
-    rows["ensemble"] = {**_scores(volumes, ensemble, shared.threshold),
-                        "seconds_per_case": float(np.mean(seconds))}
-    mirrored = [np.mean(each, axis=0) for each in zip(*(p for p, _ in member_runs[True]))]
-    rows["ensemble + tta"] = {
-        **_scores(volumes, mirrored, shared.threshold),
-        "seconds_per_case": float(sum(np.mean(s) for _, s in member_runs[True]))}
+    # The ensemble path itself (segment_on_grid with the members) on the first subject: its
+    # probabilities are the members' mean, so the rest reuse the members' own passes.
+    check = inference.segment_on_grid(models, volumes[0]["image"], shared,
+                                      batch_size=batch_size)
+    rows = {}
+    result = {"split": split, "subjects": len(volumes), "members": [str(p) for p in paths],
+              "rows": rows}
+    for mirrored in (False, True) if tta else (False,):
+        runs = [_predict(m, p, volumes, mirrored, batch_size) for m, p in zip(models, plans)]
+        suffix = " + tta" if mirrored else ""
+        for k, (probabilities, seconds) in enumerate(runs):
+            rows[f"member {k}{suffix}"] = {**_scores(volumes, probabilities, plans[k].threshold),
+                                           "seconds_per_case": float(np.mean(seconds))}
+        probabilities, seconds = _mean_of_members(runs)
+        if not mirrored:
+            np.testing.assert_allclose(check, probabilities[0], atol=1e-5)
+        rows[f"ensemble{suffix}"] = {**_scores(volumes, probabilities, shared.threshold),
+                                     "seconds_per_case": seconds}
+        save(result)
     single = root / f"single_seed{seed}" / "model.keras"
     if single.exists():
         trained = plan_lib.read_plan(single).record["splits"]
         if trained["test"] != split:
             raise SystemExit(f"{single} was tested on {trained['test']}, not {split}")
         model, model_plan = arguments.load_model_file(str(single)), plan_lib.read_plan(single)
-        for tta in (False, True):
-            probabilities, seconds = _predict(model, model_plan, volumes, tta, batch_size)
-            rows["single (all folds)" + (" + tta" if tta else "")] = {
+        for mirrored in (False, True) if tta else (False,):
+            probabilities, seconds = _predict(model, model_plan, volumes, mirrored, batch_size)
+            rows["single (all folds)" + (" + tta" if mirrored else "")] = {
                 **_scores(volumes, probabilities, model_plan.threshold),
                 "seconds_per_case": float(np.mean(seconds))}
-    return {"split": split, "subjects": len(volumes), "rows": rows}
+            save(result)
+    return result
 
 
 def main(argv=None) -> int:
@@ -125,17 +137,23 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--batch-size", type=int, default=4,
                         help="windows per model call (x8 with tta)")
+    parser.add_argument("--no-tta", action="store_true", help="skip the mirrored passes")
     parser.add_argument("--out", required=True, help="JSON of every seed's rows")
     args = parser.parse_args(argv)
     root = pathlib.Path(args.root)
-    measured = {}
+    out = pathlib.Path(args.out)
+    measured = json.loads(out.read_text()) if out.exists() else {}  # other seeds kept
     for seed in args.seeds:
-        measured[seed] = measure_seed(root, seed, args.batch_size)
-        pathlib.Path(args.out).write_text(json.dumps(measured, indent=2))
-        print(f"seed {seed}: {measured[seed]['subjects']} subjects of "
-              f"{measured[seed]['split']}")
-        print("| configuration | DSC | lesion F1 | APR | HD95 (mm) | s/case |\n|---|---|---|---|---|---|")
-        for name, row in measured[seed]["rows"].items():
+        def save(result, seed=seed):
+            measured[str(seed)] = result
+            out.write_text(json.dumps(measured, indent=2))
+
+        measure_seed(root, seed, args.batch_size, tta=not args.no_tta, save=save)
+        print(f"seed {seed}: {measured[str(seed)]['subjects']} subjects of "
+              f"{measured[str(seed)]['split']}")
+        print("| configuration | DSC | lesion F1 | APR | HD95 (mm) | s/case |\n"
+              "|---|---|---|---|---|---|")
+        for name, row in measured[str(seed)]["rows"].items():
             print(f"| {name} | {100 * row['dsc']:.2f} | {100 * row['lesion_f1']:.2f} | "
                   f"{100 * row['apr']:.2f} | {row['hd95_mm']:.2f} | "
                   f"{row['seconds_per_case']:.1f} |")

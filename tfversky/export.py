@@ -45,8 +45,6 @@ MEMBERS = "members/"
 _MEMBER_NAME = re.compile(r"members/([A-Za-z0-9_.-]+)\.keras")
 # Layer classes that carry Python code: Keras runs it when it rebuilds the layer.
 CODE_LAYERS = ("Lambda",)
-# A run's fold folders (tfversky.train_cli.FOLD_FOLDER).
-_FOLD_FOLDER = re.compile(r"fold_(\d+)")
 
 
 class ArchiveError(ValueError):
@@ -72,16 +70,17 @@ def run_members(run_dir) -> tuple[list[tuple[str, pathlib.Path]], dict]:
     if not run_dir.is_dir():
         raise ArchiveError(f"{str(run_dir)!r} is not a folder: give the --out folder of "
                            f"tfversky train (a single run or a --folds run)")
+    from tfversky import train_cli
+
     results_path = run_dir / "results.json"
-    folds = {int(m[1]): p for p in run_dir.iterdir()
-             if p.is_dir() and (m := _FOLD_FOLDER.fullmatch(p.name))}
+    folds = train_cli.fold_folders(run_dir)
+    finish = f"finish it with the tfversky train --folds command that made it, --out {run_dir}"
     if not results_path.exists():
-        what = (f"an unfinished cross-validation ({', '.join(sorted(p.name for p in folds.values()))} "
-                f"but no results.json): finish it with tfversky train --folds ... --out "
-                f"{run_dir}" if folds else
-                "an unfinished run (no results.json): finish it with the tfversky train "
-                "command that started it" if (run_dir / "run.json").exists() else
-                "no tfversky run (no results.json)")
+        names = ", ".join(p.name for _, p in sorted(folds.items()))
+        what = (f"an unfinished cross-validation ({names}, no results.json): {finish}"
+                if folds else "an unfinished run (no results.json): finish it with the "
+                "tfversky train command that started it" if (run_dir / "run.json").exists()
+                else "no tfversky run (no results.json)")
         raise ArchiveError(f"{str(run_dir)!r} holds {what}")
     results = json.loads(results_path.read_text())
     cross_validation = results.get("cross_validation")
@@ -94,21 +93,22 @@ def run_members(run_dir) -> tuple[list[tuple[str, pathlib.Path]], dict]:
     holdout = cross_validation.get("holdout_fold")
     expected = [k for k in range(cross_validation["num_folds"]) if k != holdout]
     for fold in expected:
-        folder = run_dir / f"fold_{fold}"
+        folder = run_dir / train_cli.FOLD_FOLDER.format(fold)
         state = ("missing" if not folder.is_dir() else "unfinished (no results.json)"
                  if not (folder / "results.json").exists() else
                  "without model.keras" if not (folder / "model.keras").exists() else None)
         if state:
             raise ArchiveError(
-                f"{str(run_dir)!r}: fold_{fold} is {state}, and an ensemble takes every fold "
-                f"of its cross-validation: finish it with tfversky train --folds all --out "
-                f"{run_dir} (or export one fold's run: --model {folder})")
+                f"{str(run_dir)!r}: {folder.name} is {state}, and an ensemble takes every "
+                f"fold of its cross-validation: {finish} (finished folds are kept), or "
+                f"export one fold's run (--model {folder})")
     if sorted(cross_validation["folds"]) != expected:
         raise ArchiveError(
             f"{str(run_dir)!r}: results.json pools folds {cross_validation['folds']}, not every "
-            f"finished fold ({expected}): run tfversky train --folds all --out {run_dir} "
+            f"finished fold ({expected}): run the tfversky train --folds command that made it "
             f"again to pool them (finished folds are not trained again)")
-    return [(f"fold_{k}", run_dir / f"fold_{k}" / "model.keras") for k in expected], results
+    names = [train_cli.FOLD_FOLDER.format(k) for k in expected]
+    return [(name, run_dir / name / "model.keras") for name in names], results
 
 
 # --- what a .keras file holds -----------------------------------------------------------------
@@ -269,7 +269,8 @@ def export_run(run_dir, out, *, overwrite: bool = False) -> dict:
 
     Raises:
         ArchiveError: what ``run_members`` refuses; ``out`` not a ``.zip`` name, in a
-            missing folder, a folder, or existing (without ``overwrite``); members that do not share a plan or carry code (``check_keras_file``).
+            missing folder, a folder, or existing (without ``overwrite``); members that
+            do not share a plan or carry code (``check_keras_file``).
 
     Example::
 

@@ -946,8 +946,9 @@ def check_folds(args) -> list[int]:
     return requested
 
 
-def _fold_folders(out: pathlib.Path) -> dict[int, pathlib.Path]:
-    """``{K: OUT/fold_K}`` of the fold folders ``out`` holds."""
+def fold_folders(out) -> dict[int, pathlib.Path]:
+    """``{K: OUT/fold_K}`` of the fold folders ``out`` holds (a ``--folds`` run's)."""
+    out = pathlib.Path(out)
     if not out.is_dir():
         return {}
     return {int(m[1]): p for p in out.iterdir()
@@ -969,7 +970,7 @@ def check_cross_validation_folder(args, folds: list[int]) -> dict[int, bool]:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out!r} is a file: give a folder for the "
                          f"cross-validation")
-    existing = _fold_folders(out)
+    existing = fold_folders(out)
     if any((out / name).exists() for name in _RUN_FILES if name != "results.json"):
         raise UsageError(f"--out {args.out!r} holds a single run ({RUN_JSON}, model.keras): "
                          f"--folds writes one run per fold into OUT/fold_K; choose another "
@@ -1068,7 +1069,7 @@ def pool_cross_validation(args) -> dict:
     from tfversky import evaluation, metrics, statistics
 
     out = pathlib.Path(args.out)
-    done = {k: p for k, p in sorted(_fold_folders(out).items())
+    done = {k: p for k, p in sorted(fold_folders(out).items())
             if (p / "results.json").exists()}
     if not done:
         return {}
