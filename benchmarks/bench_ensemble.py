@@ -12,9 +12,11 @@ trained on the other folds but its own test fold; none on the holdout); ``ROOT/s
 (optional) one model trained on every fold but the holdout, tested on it. Each model is
 scored on the holdout fold's subjects on the reference grid (``inference.segment_on_grid``,
 the stage ``tfversky predict`` and ``evaluate`` share), alone and with ``tta`` (the eight
-mirrorings, batched). The ensemble's probabilities are its members' mean (what
-``segment_on_grid`` computes with the list of members: checked on the first subject), so
-they reuse the members' passes, and its time per case is the sum of theirs. Scores, pooled over the test subjects: DSC and APR
+mirrorings, batched), as soon as it has finished (its passes are kept beside it, so running
+this again while a cross-validation trains measures the new members only). The ensemble's
+probabilities are its members' mean (what ``segment_on_grid`` computes with the list of
+members: checked on the first subject), so they reuse the members' passes, and its time per
+case is the sum of theirs. Scores, pooled over the test subjects: DSC and APR
 (``metrics.Evaluator``), the MSSEG challenges' lesion F1 (``tfversky.detection``), and
 HD95 (mean over subjects, mm on the grid), at each plan's threshold; and the seconds per
 case. Refuses a run whose members trained on the holdout fold.
@@ -33,17 +35,23 @@ from tfversky import arguments, data, evaluation, inference, metrics, plan as pl
 from tfversky import train_cli
 
 
-def _members(cv: pathlib.Path) -> tuple[list[pathlib.Path], str]:
-    results = json.loads((cv / "results.json").read_text())
-    holdout = results["cross_validation"]["holdout_fold"]
+def _members(cv: pathlib.Path) -> tuple[list[pathlib.Path], str, bool]:
+    """The finished members of a ``--folds`` run, its holdout split, and whether every fold
+    has finished; refuses members that trained on the holdout fold."""
+    finished = [p / "model.keras" for _, p in sorted(train_cli.fold_folders(cv).items())
+                if (p / "results.json").exists()]
+    if not finished:
+        raise SystemExit(f"{cv}: no finished fold yet")
+    holdout = json.loads((finished[0].parent / "results.json").read_text())["config"][
+        "holdout_fold"]
     if holdout is None:
         raise SystemExit(f"{cv}: no --holdout-fold, so every subject trained some member")
-    paths = [cv / f"fold_{k}" / "model.keras" for k in results["cross_validation"]["folds"]]
-    for path in paths:
-        trained = plan_lib.read_plan(path).record["splits"]["train"].split("+")
-        if f"fold{holdout}" in trained:
+    for path in finished:
+        if f"fold{holdout}" in plan_lib.read_plan(path).record["splits"]["train"].split("+"):
             raise SystemExit(f"{path} trained on fold{holdout}")
-    return paths, f"fold{holdout}"
+    complete = (cv / "results.json").exists() and json.loads(
+        (cv / "results.json").read_text())["cross_validation"]["complete"]
+    return finished, f"fold{holdout}", complete
 
 
 def _volumes(run: pathlib.Path, split: str) -> list[dict]:
@@ -69,14 +77,22 @@ def _scores(volumes, probabilities, threshold) -> dict:
             "apr": pooled["apr"], "hd95_mm": summary["mean"]["hd95_mm"]}
 
 
-def _predict(model, plan, volumes, tta, batch_size):
-    """(probabilities per volume, seconds per volume)."""
+def _predict(path: pathlib.Path, volumes, tta, batch_size):
+    """(probabilities per volume, seconds per volume) of the model at ``path``, kept in
+    ``passes_tta.npz`` / ``passes.npz`` beside it: a member is measured once, as soon as it
+    has finished, and the ensembles reuse its passes."""
+    cache = path.parent / ("passes_tta.npz" if tta else "passes.npz")
+    if cache.exists():
+        with np.load(cache) as saved:
+            return list(saved["probabilities"]), list(saved["seconds"])
+    model, model_plan = arguments.load_model_file(str(path)), plan_lib.read_plan(path)
     probabilities, seconds = [], []
     for volume in volumes:
         start = time.perf_counter()
-        probabilities.append(inference.segment_on_grid(model, volume["image"], plan, tta=tta,
-                                                       batch_size=batch_size))
+        probabilities.append(inference.segment_on_grid(model, volume["image"], model_plan,
+                                                       tta=tta, batch_size=batch_size))
         seconds.append(time.perf_counter() - start)
+    np.savez_compressed(cache, probabilities=np.stack(probabilities), seconds=seconds)
     return probabilities, seconds
 
 
@@ -89,43 +105,44 @@ def _mean_of_members(member_runs):
 
 def measure_seed(root: pathlib.Path, seed: int, batch_size: int, tta: bool = True,
                  save=lambda measured: None) -> dict:
-    """Every configuration's scores on the holdout fold; ``save(partial result)`` after each
-    group, so a stopped measurement keeps what it finished."""
+    """Every configuration's scores on the holdout fold (the ensembles once every fold has
+    finished); ``save(partial result)`` after each group, so a stopped measurement keeps
+    what it finished."""
     cv = root / f"cv_seed{seed}"
-    paths, split = _members(cv)
-    volumes = _volumes(cv, split)
-    models = [arguments.load_model_file(str(p)) for p in paths]
+    paths, split, complete = _members(cv)
+    volumes = _volumes(paths[0].parent, split)
     plans = [plan_lib.read_plan(p) for p in paths]
-    shared = inference.ensemble_plan(plans)
-    # The ensemble path itself (segment_on_grid with the members) on the first subject: its
-    # probabilities are the members' mean, so the rest reuse the members' own passes.
-    check = inference.segment_on_grid(models, volumes[0]["image"], shared,
-                                      batch_size=batch_size)
     rows = {}
     result = {"split": split, "subjects": len(volumes), "members": [str(p) for p in paths],
               "rows": rows}
     for mirrored in (False, True) if tta else (False,):
-        runs = [_predict(m, p, volumes, mirrored, batch_size) for m, p in zip(models, plans)]
+        runs = [_predict(p, volumes, mirrored, batch_size) for p in paths]
         suffix = " + tta" if mirrored else ""
-        for k, (probabilities, seconds) in enumerate(runs):
-            rows[f"member {k}{suffix}"] = {**_scores(volumes, probabilities, plans[k].threshold),
-                                           "seconds_per_case": float(np.mean(seconds))}
-        probabilities, seconds = _mean_of_members(runs)
-        if not mirrored:
-            np.testing.assert_allclose(check, probabilities[0], atol=1e-5)
-        rows[f"ensemble{suffix}"] = {**_scores(volumes, probabilities, shared.threshold),
-                                     "seconds_per_case": seconds}
+        for path, model_plan, (probabilities, seconds) in zip(paths, plans, runs):
+            rows[f"member {path.parent.name}{suffix}"] = {
+                **_scores(volumes, probabilities, model_plan.threshold),
+                "seconds_per_case": float(np.mean(seconds))}
+        if complete:
+            shared = inference.ensemble_plan(plans)
+            probabilities, seconds = _mean_of_members(runs)
+            if not mirrored:  # what the ensemble path computes, on the first subject
+                models = [arguments.load_model_file(str(p)) for p in paths]
+                np.testing.assert_allclose(
+                    inference.segment_on_grid(models, volumes[0]["image"], shared,
+                                              batch_size=batch_size),
+                    probabilities[0], atol=1e-5)
+            rows[f"ensemble{suffix}"] = {**_scores(volumes, probabilities, shared.threshold),
+                                         "seconds_per_case": seconds}
         save(result)
     single = root / f"single_seed{seed}" / "model.keras"
     if single.exists():
         trained = plan_lib.read_plan(single).record["splits"]
         if trained["test"] != split:
             raise SystemExit(f"{single} was tested on {trained['test']}, not {split}")
-        model, model_plan = arguments.load_model_file(str(single)), plan_lib.read_plan(single)
         for mirrored in (False, True) if tta else (False,):
-            probabilities, seconds = _predict(model, model_plan, volumes, mirrored, batch_size)
+            probabilities, seconds = _predict(single, volumes, mirrored, batch_size)
             rows["single (all folds)" + (" + tta" if mirrored else "")] = {
-                **_scores(volumes, probabilities, model_plan.threshold),
+                **_scores(volumes, probabilities, plan_lib.read_plan(single).threshold),
                 "seconds_per_case": float(np.mean(seconds))}
             save(result)
     return result
