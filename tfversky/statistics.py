@@ -288,7 +288,8 @@ def _comparison_sentence(claim: str, c: Comparison) -> str:
 
 
 def compare_settings(per_setting: dict, reference=DICE, metrics=("dsc", "f2", "apr"),
-                     resamples: int = 10_000, seed: int = 0) -> dict:
+                     resamples: int = 10_000, seed: int = 0,
+                     common_subjects: bool = False) -> dict:
     """Every setting against ``reference`` on every metric, Holm-adjusted as one family.
 
     Args:
@@ -296,6 +297,10 @@ def compare_settings(per_setting: dict, reference=DICE, metrics=("dsc", "f2", "a
         reference: The reference setting's key. Defaults to Dice, (0.5, 0.5).
         metrics: Metrics to compare. Defaults to DSC, F2, APR (the paper's claims).
         resamples, seed: Of the bootstrap (``paired_comparison``).
+        common_subjects: Pair each comparison over the subjects both sides have (a metric
+            that is undefined for some subjects, e.g. HD95 where a mask is empty, leaves them
+            out; ``n_subjects`` says how many remain). False: the same subjects are required.
+            Defaults to False.
 
     Returns:
         ``{(setting, metric): Comparison}`` with ``p_holm`` set over all of them.
@@ -315,8 +320,14 @@ def compare_settings(per_setting: dict, reference=DICE, metrics=("dsc", "f2", "a
     if reference not in per_setting:
         raise ValueError(f"Invalid value for argument `reference`: {reference!r} is not among "
                          f"the settings {sorted(per_setting)}; train it too.")
-    raw = {(setting, metric): paired_comparison(values[metric], per_setting[reference][metric],
-                                                resamples=resamples, seed=seed)
+    def paired(values: dict, reference_values: dict) -> Comparison:
+        if common_subjects:
+            shared = set(values) & set(reference_values)
+            values = {s: v for s, v in values.items() if s in shared}
+            reference_values = {s: v for s, v in reference_values.items() if s in shared}
+        return paired_comparison(values, reference_values, resamples=resamples, seed=seed)
+
+    raw = {(setting, metric): paired(values[metric], per_setting[reference][metric])
            for setting, values in per_setting.items() if setting != reference
            for metric in metrics}
     adjusted = holm([c.p_value for c in raw.values()]) if raw else []
@@ -378,17 +389,18 @@ def paper_claims(per_setting: dict, resamples: int = 10_000, seed: int = 0) -> l
     return sentences
 
 
-def format_mean_sd(values) -> str:
-    """``"mean +- sd"`` in percent over seeds (sample sd, ddof=1; sd is "n/a" for one seed).
+def format_mean_sd(values, scale: float = 100) -> str:
+    """``"mean +- sd"`` over seeds, times ``scale`` (100: fractions shown in percent; 1: mm,
+    mL), sample sd (ddof=1; "n/a" for one seed).
 
     Example:
 
-    >>> format_mean_sd([0.5, 0.6, 0.7]), format_mean_sd([0.5])
-    ('60.00 +- 10.00', '50.00 +- n/a')
+    >>> format_mean_sd([0.5, 0.6, 0.7]), format_mean_sd([0.5]), format_mean_sd([2, 4], scale=1)
+    ('60.00 +- 10.00', '50.00 +- n/a', '3.00 +- 1.41')
     """
-    values = np.asarray(values, float)
-    mean = 100 * float(np.mean(values))
+    values = scale * np.asarray(values, float)
+    mean = float(np.mean(values))
     if len(values) < 2:
         return f"{mean:.2f} +- n/a"
-    sd = 100 * float(np.std(values, ddof=1))
+    sd = float(np.std(values, ddof=1))
     return f"{mean:.2f} +- {sd:.2f}" if math.isfinite(sd) else f"{mean:.2f} +- n/a"

@@ -402,15 +402,16 @@ DATASET_FLAGS = ("dataset", "manual_dir", "modalities", "subject_pattern", "mask
 NOT_RECIPE_FLAGS = DATASET_FLAGS + OUTPUT_ONLY_FLAGS
 
 
-def fold_members(args, builder) -> tuple[dict, str]:
+def fold_members(args, builder, num_folds: int | None = None) -> tuple[dict, str]:
     """``{fold: [(subject, scan id), ...]}`` of every fold of a built dataset (one pass over
     its records), and a digest of it: two copies of a dataset with other scans or other
-    folds get other digests."""
+    folds get other digests. ``num_folds``: where the builder cannot say (a copy opened with
+    ``tfds.builder_from_directory``), the run record's."""
     import hashlib
 
     adapter = dataset_adapter(args)
     members = {}
-    for k in range(adapter.num_folds(args, builder)):
+    for k in range(num_folds or adapter.num_folds(args, builder)):
         volumes = adapter.read_split(args, builder, f"fold{k}")
         members[f"fold{k}"] = [(subject.decode(), scan.decode()) for subject, scan in volumes.map(
             lambda e: (e["subject"], e["scan_id"])).as_numpy_iterator()]

@@ -42,7 +42,7 @@ def test_seeds_zero_is_an_error(reproduce, capsys, tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def _fake_run(reproduce, folder, config, rng, beta, offset):
+def _fake_run(reproduce, folder, config, rng, beta, offset, challenge=False):
     """One fold's run folder as train_ms.py writes it, from real metrics of random volumes:
     a larger beta gives a more sensitive, less specific prediction. A coarse APR histogram
     (4 mantissa bits) keeps the 30 saved evaluators small."""
@@ -58,6 +58,9 @@ def _fake_run(reproduce, folder, config, rng, beta, offset):
         name = f"s{offset + k}"
         subjects.append({"subject": name, "lesion_voxels": int(truth.sum()),
                          **{m: result[m] for m in metrics.PAPER_METRICS}})
+        if challenge:  # a larger beta: more lesions found, larger masks; s0 has no HD95
+            subjects[-1].update(lesion_f1=0.5 + beta / 4 + k / 50, volume_difference_ml=beta,
+                                hd95_mm=float("nan") if offset + k == 0 else 9 - beta - k)
         precision, recall, _ = one.precision_recall_curve()
         curves[f"{name}/precision"], curves[f"{name}/recall"] = precision, recall
     folder.mkdir(parents=True)
@@ -67,7 +70,7 @@ def _fake_run(reproduce, folder, config, rng, beta, offset):
                                                     default=float))
 
 
-def _fake_reproduction(reproduce, out, settings, seeds):
+def _fake_reproduction(reproduce, out, settings, seeds, challenge=False):
     args = reproduce.build_parser().parse_args(["--out", str(out)])
     runs = {}
     for seed in range(seeds):
@@ -78,7 +81,8 @@ def _fake_reproduction(reproduce, out, settings, seeds):
                 config = {**vars(args), "alpha": alpha, "beta": beta, "fold": fold,
                           "seed": seed, "out": str(folder)}
                 config.pop("settings"), config.pop("seeds")
-                _fake_run(reproduce, folder, config, rng, beta, offset=3 * fold)
+                _fake_run(reproduce, folder, config, rng, beta, offset=3 * fold,
+                          challenge=challenge)
                 runs.setdefault((alpha, beta), {}).setdefault(seed, []).append(folder)
     return args, runs
 
@@ -143,6 +147,48 @@ def test_mean_sd_over_seeds_and_statistics(reproduce, tmp_path):
     assert len(panels) == 3 and all(len(p) == 5 for p in panels.values())
 
 
+def test_the_challenges_metrics_in_the_table_and_against_dice(reproduce, tmp_path):
+    out = tmp_path / "table1"
+    _, runs = _fake_reproduction(reproduce, out, [(0.5, 0.5), (0.3, 0.7)], seeds=2,
+                                 challenge=True)
+    pooled, subjects, _, sample = reproduce.summarize(runs)
+    # Each seed's mean over subjects (s0's HD95 is undefined: left out, not zero).
+    assert pooled[(0.3, 0.7)]["hd95_mm"] == pytest.approx([9 - 0.7 - 1.2] * 2)
+    assert sorted(subjects[(0.3, 0.7)]["hd95_mm"]) == [f"s{k}" for k in range(1, 6)]
+    lines = reproduce.write_table(pooled, out)
+    assert "hd95_mm (mm: mean +- sd)" in lines[0] and "lesion_f1 (%: mean +- sd)" in lines[0]
+    assert "7.10 +- 0.00" in lines[3] and "69.50 +- 0.00" in lines[3]
+    with open(out / "table1.csv") as f:
+        row = list(csv.DictReader(f))[1]
+    assert float(row["volume_difference_ml"]) == pytest.approx(0.7)
+    text = "\n".join(reproduce.write_statistics(subjects, out, sample))
+    assert "| 0.3, 0.7 | hd95_mm | -0.20 |" in text and "| 5 |" in text  # 5 subjects paired
+    assert "| 0.3, 0.7 | lesion_f1 | +5.00 |" in text
+    saved = json.loads((out / "statistics.json").read_text())
+    assert [c["metric"] for c in saved["challenge_metrics_against_dice"]] == list(
+        reproduce.CHALLENGE_METRICS)
+    # The paper's claims keep their own family of three: its Holm p-values are unchanged.
+    assert len(saved["against_dice"]) == 3
+
+
+def test_runs_scored_before_the_challenges_metrics_say_so(reproduce, tmp_path):
+    out = tmp_path / "table1"
+    _, runs = _fake_reproduction(reproduce, out, [(0.5, 0.5)], seeds=1)
+    pooled, *_ = reproduce.summarize(runs)
+    assert set(pooled[(0.5, 0.5)]) == set(metrics.PAPER_METRICS)
+    assert "--rescore" in reproduce.write_table(pooled, out)[-1]
+
+
+def test_rescore_refuses_a_missing_run_before_any_work(reproduce, tmp_path, capsys):
+    out = tmp_path / "table1"
+    _fake_reproduction(reproduce, out, [(0.5, 0.5)], seeds=1)
+    assert reproduce.main(["--out", str(out), "--rescore", "--settings", "0.5,0.5",
+                           "--seeds", "2", "--num-folds", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed1" in err[0] and "holds no finished run" in err[0]
+    assert not list(out.rglob("rescored"))
+
+
 @pytest.mark.slow  # 8 tiny trainings: 2 settings x 2 folds x 2 seeds (~1-5 min on 2 cores)
 def test_end_to_end_with_two_seeds(reproduce, tiny_data_dir, tmp_path):
     out = tmp_path / "table1"
@@ -161,3 +207,10 @@ def test_end_to_end_with_two_seeds(reproduce, tiny_data_dir, tmp_path):
     started = time.monotonic()  # a second call reuses every finished run
     assert reproduce.main(argv) == 0
     assert time.monotonic() - started < 30
+    # Scored again with today's metrics: the same models give the same DSC, plus HD95 etc.
+    assert reproduce.main(argv + ["--rescore"]) == 0
+    for folder in out.glob("seed*/alpha*/fold*"):
+        before = json.loads((folder / "results.json").read_text())["subjects"]
+        after = json.loads((folder / "rescored" / "evaluation.json").read_text())["subjects"]
+        assert [s["dsc"] for s in after] == pytest.approx([s["dsc"] for s in before])
+    assert "hd95_mm" in (out / "rescored" / "table1.md").read_text()
