@@ -104,12 +104,14 @@ def _mean_of_members(member_runs):
 
 
 def measure_seed(root: pathlib.Path, seed: int, batch_size: int, tta: bool = True,
-                 save=lambda measured: None) -> dict:
+                 save=lambda measured: None, finished_members: bool = False) -> dict:
     """Every configuration's scores on the holdout fold (the ensembles once every fold has
-    finished); ``save(partial result)`` after each group, so a stopped measurement keeps
-    what it finished."""
+    finished, or with ``finished_members`` of the finished folds, 2 or more);
+    ``save(partial result)`` after each group, so a stopped measurement keeps what it
+    finished."""
     cv = root / f"cv_seed{seed}"
     paths, split, complete = _members(cv)
+    complete = complete or finished_members and len(paths) > 1
     volumes = _volumes(paths[0].parent, split)
     plans = [plan_lib.read_plan(p) for p in paths]
     rows = {}
@@ -155,6 +157,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=4,
                         help="windows per model call (x8 with tta)")
     parser.add_argument("--no-tta", action="store_true", help="skip the mirrored passes")
+    parser.add_argument("--finished-members", action="store_true",
+                        help="ensemble the folds finished so far (2 or more) of a "
+                             "cross-validation that has not run every fold")
     parser.add_argument("--out", required=True, help="JSON of every seed's rows")
     args = parser.parse_args(argv)
     root = pathlib.Path(args.root)
@@ -165,7 +170,8 @@ def main(argv=None) -> int:
             measured[str(seed)] = result
             out.write_text(json.dumps(measured, indent=2))
 
-        measure_seed(root, seed, args.batch_size, tta=not args.no_tta, save=save)
+        measure_seed(root, seed, args.batch_size, tta=not args.no_tta, save=save,
+                     finished_members=args.finished_members)
         print(f"seed {seed}: {measured[str(seed)]['subjects']} subjects of "
               f"{measured[str(seed)]['split']}")
         print("| configuration | DSC | lesion F1 | APR | HD95 (mm) | s/case |\n"
