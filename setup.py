@@ -15,8 +15,11 @@ or an sdist install; no C++ compiler; a failed build) the package installs witho
 ``tfversky/_lib/NOT_BUILT.txt`` records why; the loader then names that reason and the
 command that builds the op. Environment:
 
-* ``CMAKE_ARGS``: extra CMake arguments, e.g. ``-DTFVERSKY_CUDA=OFF`` (skip the CUDA
-  kernels), ``-DTFVERSKY_CUDA=ON`` (fail without nvcc), ``-DCMAKE_CUDA_ARCHITECTURES=90``.
+* ``TFVERSKY_CUDA``: unset, the CUDA kernels are built where nvcc and an NVIDIA driver are
+  found (a machine that can run them); ``1`` builds them wherever nvcc is (fails without
+  it: CI's compile check, a build for another machine); ``0`` never.
+* ``CMAKE_ARGS``: extra CMake arguments (after the above), e.g.
+  ``-DCMAKE_CUDA_ARCHITECTURES=90``.
 * ``TFVERSKY_PORTABLE=1``: build for any x86-64 CPU (no ``-march=native``), for environments
   that move between machines.
 * ``TFVERSKY_REQUIRE_OP=1``: fail the install when the op cannot be built (``make`` sets it).
@@ -48,6 +51,14 @@ def _flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "on", "true", "yes")
 
 
+def _cuda_option():
+    """CMake's TFVERSKY_CUDA from the environment's: AUTO unless set (1 is ON, 0 is OFF)."""
+    value = os.environ.get("TFVERSKY_CUDA", "").strip().lower()
+    if not value or value == "auto":
+        return "AUTO"
+    return "ON" if _flag("TFVERSKY_CUDA") else "OFF"
+
+
 class OpNotBuilt(Exception):
     """Why the op was not built, in one sentence for NOT_BUILT.txt."""
 
@@ -66,9 +77,9 @@ class CMakeBuild(build_ext):
         except OpNotBuilt as reason:
             if _flag("TFVERSKY_REQUIRE_OP"):
                 raise RuntimeError(f"tfversky: the fused op was not built: {reason}") from None
-            print(f"\ntfversky: installing WITHOUT the fused op: {reason}\n  The pure TensorFlow "
-                  f"loss works. To build the op, install TensorFlow and a C++ compiler, then, "
-                  f"from the source tree:\n    {BUILD_COMMAND}\n", file=sys.stderr)
+            print(f"\ntfversky: installing WITHOUT the fused op: {reason}\n  The pure keras.ops "
+                  f"loss works. To build the op, install TensorFlow, JAX or PyTorch and a C++ "
+                  f"compiler, then, from the source tree:\n    {BUILD_COMMAND}\n", file=sys.stderr)
             note.parent.mkdir(parents=True, exist_ok=True)
             note.write_text(f"{reason}\n")
             self._cmake_outputs = [(package_parent, note)]
@@ -94,7 +105,8 @@ class CMakeBuild(build_ext):
                      f"-DTFVERSKY_TF_OP={'ON' if frameworks['tensorflow'] else 'OFF'}",
                      f"-DTFVERSKY_JAX={'ON' if frameworks['jax'] else 'OFF'}",
                      f"-DTFVERSKY_TORCH={'ON' if frameworks['torch'] else 'OFF'}",
-                     f"-DTFVERSKY_PORTABLE={'ON' if _flag('TFVERSKY_PORTABLE') else 'OFF'}"]
+                     f"-DTFVERSKY_PORTABLE={'ON' if _flag('TFVERSKY_PORTABLE') else 'OFF'}",
+                     f"-DTFVERSKY_CUDA={_cuda_option()}"]
         ninja = _tool("ninja")
         if ninja and "CMAKE_GENERATOR" not in os.environ and not (build_temp / "CMakeCache.txt").exists():
             configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]

@@ -23,7 +23,9 @@ code, `tfversky.train_cli`):
    of the training folds (`--val-subjects`, a tenth of them by default);
 3. the U-Net with one input channel per modality, compiled with the Tversky loss;
 4. `model.fit`, resumable after a kill (reuse `--out`), validating on whole volumes every
-   `--val-every` epochs and keeping the best on `--monitor` as `model.keras`;
+   `--val-every` epochs; `model.keras` is the epoch `--select` picks (the last, unless
+   validation is enough to choose), at the operating point `--operating-point` chose on
+   validation;
 5. the selected model on the held-out fold: per-subject and pooled DSC, sensitivity,
    specificity, F2, APR, lesion-wise metrics, PR curves, overlays and masks on each scan.
 
@@ -47,17 +49,18 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfversky import train_cli  # noqa: E402
-from tfversky.arguments import UsageError  # noqa: E402
+from tfversky.arguments import run_command  # noqa: E402
+
+
+def _train(args) -> int:
+    train_cli.run(args)  # sections 1-5 above, in this order
+    return 0
 
 
 def main(argv=None) -> int:
     args = train_cli.build_parser("train_ms.py").parse_args(argv)
-    try:
-        train_cli.run(args)  # sections 1-5 above, in this order
-    except UsageError as error:
-        print(f"train_ms.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    # A usage error, or TensorFlow missing (a JAX-only install): one line, exit code 2.
+    return run_command("train_ms.py", _train, args)
 
 
 if __name__ == "__main__":

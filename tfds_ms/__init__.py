@@ -19,9 +19,10 @@ examples ``tfversky.data`` takes), ``layouts`` (each dataset's files),
 
 from tfversky._extras import require
 
-# The builder needs the `data` extra: say so once, here, rather than fail deep in an import.
-for _module in ("tensorflow_datasets", "nibabel", "scipy"):
-    require(_module)
+# The builder needs TensorFlow and the `data` extra: say so once, here, rather than fail deep
+# in an import.
+for _module in ("tensorflow", "tensorflow_datasets", "nibabel", "scipy"):
+    require(_module, "tfds_ms, the ms_lesions TFDS builder,")
 del _module
 
 from tfds_ms.load import builder, load_dataset, parse_grid

@@ -1,10 +1,13 @@
 """Optional dependencies: which pip extra brings each, and one clear error when it is missing.
 
-The loss needs only TensorFlow and NumPy (``pip install tfversky``). The rest comes in
-extras: ``tfversky[data]`` (TFDS, NIfTI I/O, resampling, the phantom, progress bars),
-``tfversky[viz]`` (figures), ``tfversky[registration]`` (rigid registration),
-``tfversky[jax]`` and ``tfversky[torch]`` (Keras's other backends) and ``tfversky[all]``
-(data, viz and registration). Code that needs one imports it through ``require``.
+The loss, the metrics, the U-Net and sliding-window inference need only Keras and NumPy, plus
+one Keras backend, which is an extra: ``tfversky[tensorflow]``, ``tfversky[jax]`` or
+``tfversky[torch]`` (the fused loss's binding for it is built where it is installed). The rest
+comes in extras too: ``tfversky[data]`` (TFDS, NIfTI I/O, resampling, the phantom, progress
+bars), ``tfversky[viz]`` (figures), ``tfversky[registration]`` (rigid registration) and
+``tfversky[all]`` (TensorFlow, data, viz and registration). What needs TensorFlow (the
+``ms_lesions`` TFDS builder, the ``tf.data`` pipeline, ``tfversky train`` with its
+``tf.distribute`` strategies) imports it through ``require`` like any other extra.
 
 Example:
 
@@ -28,19 +31,28 @@ EXTRAS = {
     "tqdm": "data",
     "matplotlib": "viz",
     "SimpleITK": "registration",
-    # Keras backends besides TensorFlow (the fused loss has a binding for each).
+    # Keras's backends (the fused loss has a binding for each). The dataset, its tf.data
+    # pipeline and `tfversky train` need TensorFlow.
+    "tensorflow": "tensorflow",
     "jax": "jax",
     "torch": "torch",
 }
-CORE = {"numpy", "tensorflow", "keras"}
+CORE = {"numpy", "keras"}
+# What ``tfversky[all]`` installs (not the other backends: one Keras installs one of them).
+ALL = ("tensorflow", "data", "viz", "registration")
 
 
 class MissingExtraError(ModuleNotFoundError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
-def require(module: str):
+def require(module: str, needed_by: str | None = None):
     """Imports ``module`` (e.g. ``"scipy.ndimage"``) or raises MissingExtraError naming its extra.
+
+    Args:
+        module: The module to import; its top-level package must be listed in EXTRAS.
+        needed_by: What needs it, for the message (e.g. ``"the ms_lesions TFDS builder"``).
+            Defaults to None (the message names only the module).
 
     Raises:
         MissingExtraError: the module's package is not installed.
@@ -52,9 +64,28 @@ def require(module: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
-        if error.name is None or error.name.split(".")[0] != top or top in CORE:
+        missing = missing_extra(error, needed_by)
+        if missing is None or missing.name != top:
             raise  # something else is missing: not ours to explain
-        extra = EXTRAS[top]
-        raise MissingExtraError(
-            f"{module} is not installed: it comes with tfversky's `{extra}` extra. Install it "
-            f"with: pip install 'tfversky[{extra}]' (or 'tfversky[all]').", name=top) from error
+        raise missing from error
+
+
+def missing_extra(error: ModuleNotFoundError, needed_by: str | None = None):
+    """The MissingExtraError that explains ``error`` (a failed import of a package that one of
+    tfversky's extras installs), or None when the missing module is not an extra's.
+
+    The command line turns an import that fails deep inside a command into this one line.
+
+    >>> print(missing_extra(ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow"),
+    ...                     "tfversky train"))
+    tensorflow is not installed (tfversky train needs it): it comes with tfversky's `tensorflow` extra. Install it with: pip install 'tfversky[tensorflow]' (or 'tfversky[all]').
+    """
+    top = (error.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    extra = EXTRAS[top]
+    why = f" ({needed_by} needs it)" if needed_by else ""
+    alternative = " (or 'tfversky[all]')" if extra in ALL else ""
+    return MissingExtraError(
+        f"{top} is not installed{why}: it comes with tfversky's `{extra}` extra. Install it "
+        f"with: pip install 'tfversky[{extra}]'{alternative}.", name=top)

@@ -87,7 +87,8 @@ def load() -> dict:
 def unsupported(y_pred) -> str | None:
     """Why the loaded binding cannot run y_pred's device, or None."""
     device = getattr(y_pred, "device", torch.device("cpu"))
-    if device.type == "cpu" or (device.type == "cuda" and _info.get("cuda")):
+    # "meta": Keras's shape inference (compute_output_spec); the registered fake runs it.
+    if device.type in ("cpu", "meta") or (device.type == "cuda" and _info.get("cuda")):
         return None
     return (f"the PyTorch binding {_info.get('path')} has no kernels for y_pred's device "
             f"{device} (CUDA kernels need a CUDA PyTorch and nvcc at build time: "

@@ -36,6 +36,7 @@ import os
 import warnings
 from pathlib import Path
 
+from tfversky._extras import require
 from tfversky._version import __version__
 
 LIBRARY_NAME = "_tfversky_ops.so"
@@ -78,9 +79,9 @@ def read_build_info(path) -> dict | None:
 
 
 def _tensorflow_version() -> str:
-    import tensorflow as tf
-
-    return tf.__version__
+    # The first thing the TensorFlow op's loading does: without TensorFlow (a JAX or PyTorch
+    # install), one line naming the extra.
+    return require("tensorflow", "the fused TensorFlow op").__version__
 
 
 def _jaxlib_version() -> str:

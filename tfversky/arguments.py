@@ -18,7 +18,9 @@ one rule wherever it enters:
   Combinations (``--patch-size`` against ``--depth``) are checked by the commands with the
   same rules, before a dataset is built or a model loaded.
 
-``UsageError`` is a mistake a command-line user can fix: one line on stderr, exit code 2.
+``UsageError`` is a mistake a command-line user can fix: one line on stderr, exit code 2
+(``run_command``, which reports a missing extra, such as TensorFlow on a JAX-only install, the
+same way).
 ``ArgumentParser`` reports argparse's own errors (a bad value, a missing flag) in one line too.
 ``load_model_file`` loads the file of ``--model`` (``predict`` and ``evaluate``).
 """
@@ -29,10 +31,32 @@ import argparse
 import math
 import numbers
 import re
+import sys
+
+from tfversky import _extras
 
 
 class UsageError(Exception):
     """A mistake the user can fix; reported in one line, exit code 2."""
+
+
+def run_command(prog: str, handler, args) -> int:
+    """Runs a command line's ``handler(args)`` and returns its exit code.
+
+    A ``UsageError``, or a module of an extra that is not installed (``tfversky train``
+    without TensorFlow), ends as one line on stderr, ``{prog}: error: ...``, and exit code 2
+    instead of a traceback.
+    """
+    try:
+        return handler(args)
+    except UsageError as error:
+        message = error
+    except ModuleNotFoundError as error:
+        message = _extras.missing_extra(error, prog)
+        if message is None:
+            raise
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 class InvalidArgument(ValueError):
@@ -135,6 +159,12 @@ def probability(value, name: str) -> float:
 
 def overlap(value, name: str = "overlap") -> float:
     """The fraction of a sliding window shared with the next one: [0, 1) (1 never moves)."""
+    return number(value, name, 0, 1, high_open=True)
+
+
+def smoothing_weight(value, name: str = "ema_alpha") -> float:
+    """An exponential moving average's weight of its past: [0, 1) (0: no smoothing; 1 would
+    never move from the first value)."""
     return number(value, name, 0, 1, high_open=True)
 
 

@@ -34,7 +34,10 @@ import itertools
 import math
 
 import numpy as np
-import tensorflow as tf
+
+from tfversky._extras import require
+
+tf = require("tensorflow", "tfversky.augmentation")
 
 _SEED_SALT = 0xA06  # separates the augmentation's random streams from the patch positions'
 

@@ -7,6 +7,7 @@ one-line message on stderr and exit code 2, without a traceback.
     tfversky predict --model model.keras --image T1=T1.nii.gz --image T2=T2.nii.gz \\
         --image FLAIR=FLAIR.nii.gz --out seg.nii.gz --probabilities lesion_prob.nii.gz
     tfversky predict --model model.keras -i imagesTs -o predictions   # CASE_0000.nii.gz, ...
+    tfversky predict --model runs/cv --tta -i imagesTs -o predictions  # a fold ensemble
     tfversky train --out runs/demo                 # tfversky.train_cli: validated, augmented
     tfversky evaluate --model runs/demo/model.keras --out runs/demo/test   # its own test split
 """
@@ -25,7 +26,7 @@ from tfversky.arguments import UsageError, flag_type as _flag, load_model_file a
 _MODALITY_FLAGS = (("t1", "T1"), ("t2", "T2"), ("flair", "FLAIR"))
 # nnU-Net's file names: CASE_XXXX.nii.gz (or another ending tfversky.io reads), XXXX the channel.
 _CASE_FILE = r"^(?P<case>.+)_(?P<channel>\d{4})$"
-SUMMARY_FILE = "summary.csv"  # folder mode's table of the cases
+# A run folder of `tfversky train --folds`: one model per fold folder.
 
 
 def _image(text: str):
@@ -49,8 +50,12 @@ def _add_predict(subparsers) -> None:
                     "and header. Scans must be co-registered, and skull-stripped (or given "
                     "--brain-mask) unless the plan records that the model was trained on "
                     "raw scans.")
-    parser.add_argument("--model", required=True, metavar="FILE",
-                        help="trained Keras model (.keras), e.g. from examples/train_ms.py")
+    parser.add_argument("--model", required=True, nargs="+", metavar="FILE|DIR|ZIP",
+                        help="trained Keras model (.keras); several make an ensemble that "
+                             "averages their probabilities (they must share a plan); a run "
+                             "folder of `tfversky train` gives its model.keras, one of "
+                             "`tfversky train --folds` every fold_*/model.keras; an archive "
+                             "of `tfversky export` (.zip) its members")
     parser.add_argument("--image", type=_image, action="append", default=[],
                         metavar="NAME=FILE",
                         help="one modality of one case (repeat for each modality the model "
@@ -63,13 +68,24 @@ def _add_predict(subparsers) -> None:
                         help="folder of cases in nnU-Net naming: CASE_0000.nii.gz, "
                              "CASE_0001.nii.gz, ... in the model's channel order")
     parser.add_argument("-o", "--output", metavar="DIR",
-                        help="with -i: writes CASE.nii.gz per case and summary.csv (a new "
-                             "folder is made once every case succeeded)")
+                        help="with -i: writes CASE.nii.gz per case, lesions.csv and "
+                             "summary.csv (a new folder is made once every case succeeded)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace output files that exist (--out, --probabilities; with -o "
-                             "the cases' masks and summary.csv); never an input file")
+                        help="replace output files that exist (masks, maps, lesions.csv, "
+                             "summary.csv); never an input file")
     parser.add_argument("--probabilities", metavar="FILE",
-                        help="one case: also write the lesion probability map (float32)")
+                        help="one case: also write the lesion probability map (float32) here")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="write CASE_probabilities.nii.gz (float32 lesion probability on "
+                             "the scan's grid) beside each mask")
+    parser.add_argument("--save-uncertainty", action="store_true",
+                        help="write CASE_uncertainty.nii.gz beside each mask: the per-voxel "
+                             "standard deviation of the lesion probability over the members "
+                             "and mirrorings (needs several members or --tta)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                        help="test-time mirroring: average over the 8 mirrorings along the "
+                             "three axes, in one batch per window (about 6x the time per case "
+                             "on a CPU: benchmarks/RESULTS.md; default: off)")
     parser.add_argument("--brain-mask", metavar="FILE|DIR",
                         help="brain mask on the scans' grid (non-zero = brain), for scans that "
                              "are not skull-stripped; with -i a folder holding CASE.nii.gz")
@@ -79,11 +95,12 @@ def _add_predict(subparsers) -> None:
                              "record it)")
     parser.add_argument("--threshold", type=_flag(arguments.threshold), default=None,
                         metavar="P", help="lesion if its probability is >= P (default: the "
-                                          "model's plan, 0.5 as in the paper)")
-    parser.add_argument("--min-lesion-size", type=_flag(arguments.non_negative_number),
-                        default=0.0, metavar="MM3",
-                        help="drop lesions smaller than this many mm^3 (converted with each "
-                             "scan's voxel size; default: 0, keep all)")
+                                          "model's plan: chosen on validation, else 0.5)")
+    parser.add_argument("--min-lesion-volume", "--min-lesion-size", dest="min_lesion_volume",
+                        type=_flag(arguments.non_negative_number), default=None, metavar="MM3",
+                        help="drop lesions smaller than this many mm^3, measured with each "
+                             "scan's voxel size (default: the model's plan, else 0: keep all; "
+                             "--min-lesion-size is its older name)")
     parser.add_argument("--patch-size", type=_flag(arguments.patch_size, arguments.parse_size),
                         default=None, metavar="N|D,H,W",
                         help="sliding-window patch, an int or D,H,W; multiples of the model's "
@@ -141,11 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_output(path: str, flag: str, inputs, overwrite: bool) -> None:
-    """One output file, before any work: a NIfTI name in a writable folder, none of the
-    ``inputs`` (what a model, scan or brain mask flag names), and new unless ``overwrite``."""
-    if not path.endswith((".nii", ".nii.gz")):
-        raise UsageError(f"{flag} {path!r}: the file name must end in .nii or .nii.gz")
+def _check_output(path: str, flag: str, inputs, overwrite: bool,
+                  endings=(".nii", ".nii.gz")) -> None:
+    """One output file, before any work: a name with one of ``endings`` in a writable folder,
+    none of the ``inputs`` (what a model, scan or brain mask flag names), and new unless
+    ``overwrite``."""
+    if not path.endswith(endings):
+        raise UsageError(f"{flag} {path!r}: the file name must end in {' or '.join(endings)}")
     _check_folder(os.path.dirname(os.path.abspath(path)), f"{flag} {path!r}: the folder")
     _check_not_input(path, f"{flag} {path!r}", inputs)
     if os.path.isdir(path):
@@ -221,15 +240,95 @@ def _folder_cases(folder: str, modalities) -> dict:
     return result
 
 
+def _model_files(given, unpack_into) -> list:
+    """The .keras files of ``--model``: files as given; a run folder of ``tfversky train
+    --folds`` gives every fold_K/model.keras (in fold order), a plain run folder its
+    model.keras; an archive of ``tfversky export`` (.zip) its members, checked and unpacked
+    into the folder ``unpack_into()`` returns (``tfversky.export.open_archive``)."""
+    import re
+
+    files = []
+    for path in given:
+        if path.endswith(".zip") and os.path.isfile(path):
+            from tfversky import export
+
+            try:
+                members, _ = export.open_archive(path, unpack_into())
+            except ValueError as err:
+                raise UsageError(f"--model {path!r}: {' '.join(str(err).split())}") from None
+            files += [str(member) for member in members]
+        elif os.path.isdir(path):
+            folds = sorted((name for name in os.listdir(path) if re.fullmatch(r"fold_\d+", name)
+                            and os.path.isdir(os.path.join(path, name))),
+                           key=lambda name: int(name[len("fold_"):]))
+            if folds:
+                unfinished = [name for name in folds
+                              if not os.path.isfile(os.path.join(path, name, "model.keras"))]
+                if unfinished:
+                    raise UsageError(f"--model {path!r}: {unfinished[0]} has no model.keras "
+                                     f"(an unfinished fold?): finish the run (tfversky train "
+                                     f"--folds resumes it), or give the fold models as files")
+                files += [os.path.join(path, name, "model.keras") for name in folds]
+            elif os.path.isfile(os.path.join(path, "model.keras")):
+                files.append(os.path.join(path, "model.keras"))
+            else:
+                raise UsageError(f"--model {path!r} is a folder holding neither fold_K/model."
+                                 f"keras (a run of tfversky train --folds) nor model.keras (a "
+                                 f"run): give a run folder or .keras files")
+        elif not os.path.isfile(path):
+            raise UsageError(f"--model file {path!r} does not exist")
+        else:
+            files.append(path)
+    seen = {}
+    for path in files:
+        if os.path.realpath(path) in seen:
+            raise UsageError(f"--model {path!r} is given twice (also as "
+                             f"{seen[os.path.realpath(path)]!r}): an ensemble takes each "
+                             f"member once")
+        seen[os.path.realpath(path)] = path
+    return files
+
+
+def _ensemble_plan(files):
+    """The members' shared plan (``inference.ensemble_plan``); a plan-less model's warning
+    shown once, even with --quiet (the defaults may not be how the model was trained)."""
+    import warnings
+
+    from tfversky import inference, plan as plan_lib
+
+    plans = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", plan_lib.PlanWarning)
+            for path in files:
+                plans.append(plan_lib.read_plan(path))
+    except ValueError as err:
+        raise UsageError(f"--model: {err}") from None
+    if caught:
+        print(f"warning: {caught[0].message}" + (f" ({len(caught)} of the {len(files)} "
+              f"members carry no plan)" if len(files) > 1 else ""), file=sys.stderr)
+    try:
+        return inference.ensemble_plan(plans)
+    except ValueError as err:
+        raise UsageError(f"--model: {err}") from None
+
+
 def _predict(args) -> int:
-    import csv
+    import contextlib
+    import tempfile
+
+    with contextlib.ExitStack() as stack:  # an archive's members live until the end
+        return _predict_with(args, lambda: stack.enter_context(tempfile.TemporaryDirectory(
+            prefix="tfversky-model-")))
+
+
+def _predict_with(args, unpack_into) -> int:
     import dataclasses
     import shutil
-    import warnings
 
     from tqdm.auto import tqdm
 
-    from tfversky import _files, inference, plan as plan_lib
+    from tfversky import _files, inference, lesion_report
 
     one_case = _one_case_scans(args)
     folder_mode = args.input is not None or args.output is not None
@@ -241,31 +340,37 @@ def _predict(args) -> int:
     if not folder_mode and (not one_case or not args.out):
         raise UsageError("give --image NAME=FILE for each modality and --out FILE (one case), "
                          "or -i DIR -o DIR (a folder of cases)")
-    if not os.path.isfile(args.model):
-        raise UsageError(f"--model file {args.model!r} does not exist")
+    if args.probabilities and args.save_probabilities:
+        raise UsageError("--probabilities FILE and --save-probabilities both ask for the "
+                         "probability map: give one (--save-probabilities names it "
+                         "CASE_probabilities.nii.gz beside the mask)")
+    files = _model_files(args.model, unpack_into)
+    plan = _ensemble_plan(files)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", plan_lib.PlanWarning)
-            plan = plan_lib.read_plan(args.model)
+        inference.check_uncertainty(len(files), args.tta, args.save_uncertainty)
     except ValueError as err:
-        raise UsageError(f"--model: {err}") from None
-    if caught:  # shown even with --quiet: the defaults may not be how the model was trained
-        print(f"warning: {caught[0].message}", file=sys.stderr)
+        raise UsageError(f"--save-uncertainty: {err}") from None
     if args.from_logits:
         plan = dataclasses.replace(plan, from_logits=True)
+    point = inference.operating_point(plan, args.threshold, args.min_lesion_volume)
 
-    cases, masks = _cases(args, plan, folder_mode)
+    cases, masks = _cases(args, plan, folder_mode, files + list(args.model))
 
-    model = _load_model(args.model)
+    models = [_load_model(path) for path in files]
     try:  # before any case: a window the model was not trained on is refused
-        inference.check_window(model, plan, args.patch_size)
+        for model in models:
+            inference.check_window(model, plan, args.patch_size)
     except ValueError as err:
         raise UsageError(f"--patch-size: {err}") from None
+    if not args.quiet:
+        ensemble = (f"{len(models)} members" if len(models) > 1 else "one model") + \
+            (", 8 mirrorings each" if args.tta else "")
+        print(f"predicting with {ensemble}; operating point: {point['source']}")
     grid_affine = _registration(plan) if plan.placement == "registration" else None
     options = dict(plan=plan, resample_to_first=args.resample_to_first, grid_affine=grid_affine,
-                   threshold=args.threshold, min_lesion_mm3=args.min_lesion_size,
-                   patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
-                   check_skull=not args.no_skull_check)
+                   threshold=point["threshold"], min_lesion_mm3=point["min_lesion_mm3"],
+                   tta=args.tta, patch_size=args.patch_size, overlap=args.overlap,
+                   batch_size=args.batch_size, check_skull=not args.no_skull_check)
     # Folder mode writes into a staging folder (beside a new -o, inside an existing one),
     # moved into place once every case is done: a failing case leaves nothing half-written.
     new_output = folder_mode and not os.path.isdir(args.output)
@@ -274,29 +379,31 @@ def _predict(args) -> int:
         staging = str(_files.partial_name(os.path.abspath(args.output) if new_output else
                                           os.path.join(args.output, "staging")))
         os.mkdir(staging)  # the user's umask (a renamed mkdtemp folder would be 0700)
-    rows = []
+    rows, tables = [], []
     try:
         bar = tqdm(cases.items(), desc="predict", unit="case", disable=args.quiet or
                    not folder_mode)
         for case, scans in bar:
-            out = os.path.join(staging, f"{case}.nii.gz") if folder_mode else args.out
+            outputs = _outputs(args, case, staging)
             try:
                 result = inference.segment(
-                    model, scans, out, probabilities_out=None if folder_mode else
-                    args.probabilities, brain_mask=masks[case],
+                    models, scans, outputs["mask"], probabilities_out=outputs["probabilities"],
+                    uncertainty_out=outputs["uncertainty"], brain_mask=masks[case],
                     progress=not args.quiet and not folder_mode, **options)
             except ValueError as err:  # our checks; a model's shape error spans several lines
                 where = f"case {case!r}: " if folder_mode else ""
                 raise UsageError(where + " ".join(str(err).split())) from None
-            rows.append({"case": case, "lesion_count": result.lesion_count,
+            name = case if folder_mode else _case_of(args.out)
+            tables.append(result.lesion_table(name))
+            rows.append({"case": name, "lesion_count": result.lesion_count,
                          "lesion_volume_ml": round(result.lesion_volume_ml, 4),
-                         "mask": os.path.basename(out),
+                         "threshold": point["threshold"],
+                         "min_lesion_mm3": point["min_lesion_mm3"],
+                         "operating_point": point["source"], "members": len(models),
+                         "tta": args.tta, "mask": os.path.basename(outputs["mask"]),
                          "inputs": ";".join(os.path.abspath(p) for p in scans.values())})
+        lesion_report.write_report(outputs["lesions"], outputs["summary"], tables, rows)
         if folder_mode:
-            with open(os.path.join(staging, SUMMARY_FILE), "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
             if new_output:
                 os.rename(staging, args.output)
             else:  # each file replaced in one rename: the old one or the new, never half
@@ -306,16 +413,47 @@ def _predict(args) -> int:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     if not args.quiet:
-        where = (os.path.join(args.output, SUMMARY_FILE) if folder_mode else
-                 args.out + (f" and {args.probabilities}" if args.probabilities else ""))
+        final = _outputs(args, None, args.output)
+        where = final["summary"] if folder_mode else ", ".join(
+            path for path in final.values() if path)
         total = sum(row["lesion_count"] for row in rows)
         volume = sum(row["lesion_volume_ml"] for row in rows)
         print(f"wrote {where}: {len(rows)} case(s), {total} lesion(s), {volume:.2f} mL at "
-              f"threshold {plan.threshold if args.threshold is None else args.threshold}")
+              f"threshold {point['threshold']:g}, lesions of {point['min_lesion_mm3']:g} mm^3 "
+              f"and more")
     return 0
 
 
-def _cases(args, plan, folder_mode: bool):
+def _case_of(mask_path: str) -> str:
+    """A single case's name: its mask's file name without the NIfTI ending."""
+    name = os.path.basename(mask_path)
+    return name[:-len(".nii.gz")] if name.endswith(".nii.gz") else os.path.splitext(name)[0]
+
+
+def _outputs(args, case, folder) -> dict:
+    """Every file one case writes (None: not asked for), and the report, in ``folder`` (folder
+    mode: ``CASE.nii.gz``, ``CASE_probabilities.nii.gz``, ``CASE_uncertainty.nii.gz``,
+    ``lesions.csv``, ``summary.csv``), or beside ``--out`` (named after the mask)."""
+    from tfversky.lesion_report import LESIONS_FILE, SUMMARY_FILE
+
+    if args.output is not None:
+        stem = None if case is None else os.path.join(folder, case)
+        report = (os.path.join(folder, name) for name in (LESIONS_FILE, SUMMARY_FILE))
+    else:
+        stem = os.path.join(os.path.dirname(args.out), _case_of(args.out))
+        report = (f"{stem}_{name}" for name in (LESIONS_FILE, SUMMARY_FILE))
+    lesions, summary = report
+    probabilities = args.probabilities or (
+        f"{stem}_probabilities.nii.gz" if args.save_probabilities and stem else None)
+    return {"mask": args.out if args.output is None else
+            (None if stem is None else f"{stem}.nii.gz"),
+            "probabilities": probabilities,
+            "uncertainty": f"{stem}_uncertainty.nii.gz" if args.save_uncertainty and stem
+            else None,
+            "lesions": lesions, "summary": summary}
+
+
+def _cases(args, plan, folder_mode: bool, model_files):
     """(case -> {modality: file}, case -> brain mask file or None), every name checked; the
     single case of --image/--out is case None."""
     from tfversky import inference
@@ -338,38 +476,54 @@ def _cases(args, plan, folder_mode: bool):
                 raise UsageError(f"--brain-mask {args.brain_mask!r}: with -i, give a folder "
                                  f"holding CASE.nii.gz for every case")
             masks = {case: _case_file(args.brain_mask, case) for case in cases}
-        _check_folder_outputs(args, cases, masks)
+        _check_folder_outputs(args, cases, masks, model_files)
     else:
         try:
             scans = inference.match_modalities(_one_case_scans(args), plan)
         except ValueError as err:
             raise UsageError(str(err)) from None
-        inputs = {args.model: "--model", **{path: f"the {name} scan" for name, path in
-                                            scans.items()}}
+        inputs = {**{path: "--model" for path in model_files},
+                  **{path: f"the {name} scan" for name, path in scans.items()}}
         if args.brain_mask:
             inputs[args.brain_mask] = "--brain-mask"
-        outputs = [(args.out, "--out")] + ([(args.probabilities, "--probabilities")]
-                                           if args.probabilities else [])
-        for path, flag in outputs:
-            _check_output(path, flag, inputs, args.overwrite)
-        if args.probabilities and os.path.abspath(args.probabilities) == os.path.abspath(
-                args.out):
-            raise UsageError("--probabilities and --out name the same file: choose two names")
+        outputs = _outputs(args, None, None)
+        flags = {"mask": "--out", "probabilities": "--probabilities" if args.probabilities
+                 else "--save-probabilities", "uncertainty": "--save-uncertainty",
+                 "lesions": "the lesion report", "summary": "the lesion report's summary"}
+        named = {}
+        for kind, path in outputs.items():
+            if path is None:
+                continue
+            if os.path.abspath(path) in named:
+                raise UsageError(f"{flags[kind]} and {named[os.path.abspath(path)]} name the "
+                                 f"same file {path!r}: choose two names")
+            named[os.path.abspath(path)] = flags[kind]
+            _check_output(path, flags[kind], inputs, args.overwrite,
+                          (".csv",) if path.endswith(".csv") else (".nii", ".nii.gz"))
         cases = {None: scans}
         masks = {None: args.brain_mask}
     return cases, masks
 
 
-def _check_folder_outputs(args, cases: dict, masks: dict) -> None:
-    """No output of folder mode is an input (e.g. ``-o masks --brain-mask masks``), and none
-    exists unless ``--overwrite``."""
-    inputs = {args.model: "--model"}
+def _check_folder_outputs(args, cases: dict, masks: dict, model_files) -> None:
+    """No output of folder mode is an input (e.g. ``-o masks --brain-mask masks``) or
+    another case's output, and none exists unless ``--overwrite``."""
+    inputs = {path: "--model" for path in model_files}
     for case, scans in cases.items():
         inputs.update({path: f"case {case!r}'s {name} scan" for name, path in scans.items()})
         if masks[case]:
             inputs[masks[case]] = f"case {case!r}'s --brain-mask"
-    outputs = [os.path.join(args.output, name) for name in
-               [f"{case}.nii.gz" for case in cases] + [SUMMARY_FILE]]
+    outputs, owner = [], {}
+    for case in cases:
+        for kind, path in _outputs(args, case, args.output).items():
+            if path is None or (kind in ("lesions", "summary") and path in owner):
+                continue
+            if path in owner:
+                raise UsageError(f"-o {args.output!r}: {os.path.basename(path)} would be "
+                                 f"written for case {owner[path]!r} and case {case!r}: "
+                                 f"rename one of the cases")
+            owner[path] = case
+            outputs.append(path)
     for path in outputs:
         _check_not_input(path, f"-o {args.output!r}: {os.path.basename(path)}", inputs)
     existing = [path for path in outputs if os.path.lexists(path)]
@@ -405,7 +559,7 @@ def _registration(plan):
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 usage error).
+    """Run the command line; returns the exit code (0 ok, 2 usage error or missing extra).
 
     Example (what ``python -m tfversky ...`` runs)::
 
@@ -415,8 +569,4 @@ def main(argv=None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except UsageError as err:
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return arguments.run_command(f"{parser.prog} {args.command}", args.handler, args)

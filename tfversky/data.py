@@ -30,9 +30,11 @@ to map a prediction back onto the scan (``tfversky.preprocessing.to_native``).
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from tfversky import arguments, augmentation
+from tfversky._extras import require
+
+tf = require("tensorflow", "tfversky.data")
 
 _SEED_SALT = 0x5EED  # separates this pipeline's random streams from other users of `seed`
 

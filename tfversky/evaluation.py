@@ -12,6 +12,9 @@ registered volumes:
   per scan on the reference grid, written as ``cases.csv``, ``lesions.csv`` and
   ``summary.json`` by ``write_scores``, the files ``tfversky evaluate --predictions
   --truth`` writes for any folder of masks;
+* at the model's operating point (its plan's ``threshold`` and ``min_lesion_mm3``, chosen on
+  validation by ``tfversky train``, unless the caller overrides them), the masks being
+  ``operating_point.lesion_mask``'s; the APR and the curves do not depend on it;
 * precision-recall curves, pooled and per subject;
 * voxels labelled ``ignore_index`` (nnU-Net's ``ignore`` label, e.g. 255) are left out of
   every count, not scored as background.
@@ -33,7 +36,8 @@ import pathlib
 
 import numpy as np
 
-from tfversky import detection, inference, io, metrics, plan as plan_lib, plotting
+from tfversky import (detection, inference, io, metrics, operating_point, plan as plan_lib,
+                      plotting)
 from tfversky._files import atomic_path, atomic_write_text
 
 RESULT_FILE = "evaluation.json"
@@ -55,8 +59,8 @@ def _scored(volume, ignore_index):
     return label == 1, keep
 
 
-def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress=True,
-                  total=None) -> dict:
+def evaluate_fold(model, volumes, out, *, plan=None, threshold=None, min_lesion_mm3=None,
+                  ignore_index=None, progress=True, total=None) -> dict:
     """Whole-volume inference on every test volume: metrics, NIfTI masks and figures.
 
     Args:
@@ -67,9 +71,11 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
             ``affine``, ``shape`` to map the mask back onto the scan (optional: without them
             no NIfTI is written).
         out: Output folder (created).
-        plan: The model's plan. Defaults to ``plan.read_plan(model)``; its ``threshold``,
-            ``patch_size``, ``overlap`` and ``modalities`` (the overlays use FLAIR, else
-            the first channel) apply.
+        plan: The model's plan. Defaults to ``plan.read_plan(model)``; its operating point
+            (``threshold``, ``min_lesion_mm3``), ``patch_size``, ``overlap`` and
+            ``modalities`` (the overlays use FLAIR, else the first channel) apply.
+        threshold, min_lesion_mm3: Override the plan's operating point (the masks are
+            ``operating_point.lesion_mask``'s; the APR stays threshold-free). Default None.
         ignore_index: Label value left out of the scoring (e.g. 255). Defaults to None.
         progress: tqdm bar over the volumes. Defaults to True.
         total: The number of volumes, for the bar. Defaults to None.
@@ -77,7 +83,8 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     Returns:
         ``{"pooled": {metric: value, tp, fp, fn, tn, ltpr, lfpr, lesion_f1, ...},
         "subjects": [{"subject", "scan_id", "lesion_voxels", metrics...,
-        SUBJECT_SCORES...}]}`` (one row per scan, naming its subject), also written to
+        SUBJECT_SCORES...}], "operating_point": {"threshold", "min_lesion_mm3", "from"}}``
+        (one row per scan, naming its subject; ``from``: "plan" or "arguments"), also written to
         ``out/evaluation.json``; every score of ``metrics.case_scores`` goes to
         ``cases.csv``, ``lesions.csv`` and ``summary.json`` (``write_scores``), one row per
         scan.
@@ -102,7 +109,9 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     import tqdm
 
     model_plan = plan_lib.read_plan(model) if plan is None else plan
-    threshold = model_plan.threshold
+    # The plan's operating point unless given, resolved as `tfversky predict` resolves it.
+    point = inference.operating_point(model_plan, threshold, min_lesion_mm3)
+    threshold, min_lesion_mm3 = point["threshold"], point["min_lesion_mm3"]
     out = pathlib.Path(out)
     evaluator = metrics.Evaluator(threshold)
     subjects, curves, cases, lesions = [], {}, [], []
@@ -116,11 +125,12 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
         name = str(volume.get("scan_id") or subject)
         lesion_prob = inference.segment_on_grid(model, volume["image"], model_plan)
         truth, keep = _scored(volume, ignore_index)
-        subject_evaluator = metrics.Evaluator(threshold)
-        scores = subject_evaluator.update(truth[keep], lesion_prob[keep])
-        evaluator.merge(subject_evaluator)
-        predicted = (lesion_prob >= threshold) & keep
         grid_affine = volume.get("grid_affine", np.diag([*model_plan.grid.spacing, 1.0]))
+        predicted = operating_point.lesion_mask(lesion_prob, threshold, min_lesion_mm3,
+                                                voxel_spacing(grid_affine)) & keep
+        subject_evaluator = metrics.Evaluator(threshold)
+        scores = subject_evaluator.update(truth[keep], lesion_prob[keep], predicted[keep])
+        evaluator.merge(subject_evaluator)
         case, case_lesions = metrics.case_scores(truth, predicted, voxel_spacing(grid_affine))
         cases.append({"case": name, **case})
         lesions.append(lesion_table(name, case_lesions, grid_affine))
@@ -131,7 +141,8 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
             # The records keep the scan's grid, not its header: the mask gets its affine.
             _, native, _ = inference.back_to_scan(lesion_prob, volume["grid_affine"],
                                                   volume["affine"], volume["shape"],
-                                                  threshold=threshold)
+                                                  threshold=threshold,
+                                                  min_lesion_mm3=min_lesion_mm3)
             (out / "predictions").mkdir(parents=True, exist_ok=True)
             io.save_like(native, io.grid_image(volume["shape"], volume["affine"]),
                          out / "predictions" / f"{name}_lesions.nii.gz")
@@ -161,7 +172,9 @@ def evaluate_fold(model, volumes, out, *, plan=None, ignore_index=None, progress
     summary = write_scores(out, cases, lesions, overwrite=True)
     result = {"pooled": {**{k: pooled[k] for k in metrics.PAPER_METRICS + COUNTS},
                          **{k: summary["pooled"][k] for k in _POOLED_LESION_SCORES}},
-              "subjects": subjects}
+              "subjects": subjects,
+              "operating_point": {"threshold": threshold, "min_lesion_mm3": min_lesion_mm3,
+                                  "from": point["source"]}}
     atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2, default=float))
     return result
 

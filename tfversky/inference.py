@@ -499,7 +499,7 @@ def ensemble_plan(plans) -> plan_lib.Plan:
     volumes = [p.min_lesion_mm3 for p in plans]
     return dataclasses.replace(
         first, threshold=float(np.mean(thresholds)), min_lesion_mm3=float(np.mean(volumes)),
-        operating_point={"criterion": "mean of the members' operating points",
+        operating_point={"ensemble": "the mean of the members' operating points",
                          "members": [p.operating_point for p in plans],
                          "thresholds": thresholds, "min_lesion_mm3": volumes})
 
@@ -539,9 +539,10 @@ def operating_point(plan: plan_lib.Plan, threshold: float | None = None,
     chosen = plan.operating_point
     if not chosen:
         how = "defaults, never chosen on validation"
+    elif "ensemble" in chosen:
+        how = chosen["ensemble"]
     elif chosen.get("criterion"):
-        how = f"{chosen['criterion']}" if "mean" in str(chosen["criterion"]) else \
-            f"chosen by {chosen['criterion']} on validation"
+        how = f"chosen by {chosen['criterion']} on validation"
     else:
         how = f"defaults kept: {chosen.get('reason', 'no reason recorded')}"
     parts = [f"threshold {plan.threshold:g} from the plan ({how})" if threshold is None else
@@ -621,7 +622,7 @@ def segment_on_grid(model, image: np.ndarray, plan: plan_lib.Plan | None = None,
             progress=progress, mirror=tta, keep_mirrorings=tta and uncertainty)
         lesion = probabilities[..., classes - 1]  # softmax: channel 1 is the lesion
         passes = lesion if tta and uncertainty else lesion[None]
-        total += passes.sum(axis=0)
+        total += passes.sum(axis=0, dtype=np.float64)
         if uncertainty:
             squares += np.square(passes, dtype=np.float64).sum(axis=0)
     count = len(members) * (len(MIRRORINGS) if tta and uncertainty else 1)

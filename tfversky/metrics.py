@@ -164,17 +164,27 @@ class Evaluator:
         self.positives = np.zeros(num_score_bins(mantissa_bits), np.int64)
         self.negatives = np.zeros_like(self.positives)
 
-    def update(self, y_true, y_prob) -> dict:
-        """Adds one volume (or any array of voxels); returns its own metrics."""
+    def update(self, y_true, y_prob, predicted=None) -> dict:
+        """Adds one volume (or any array of voxels); returns its own metrics.
+
+        ``predicted``: the mask the counts score, where it is not ``y_prob >= threshold``
+        (e.g. small lesions dropped: ``tfversky.operating_point.lesion_mask``); the APR
+        stays that of ``y_prob``. Defaults to None (``y_prob >= threshold``).
+        """
         y_true, y_prob = _as_foreground(y_true, y_prob)
+        if predicted is not None and np.shape(predicted) != y_true.shape:
+            raise ValueError(f"Shape mismatch: predicted.shape={np.shape(predicted)}, "
+                             f"y_true.shape={y_true.shape}: the mask must be on the same grid.")
         counts = np.zeros(4, np.int64)
         positives = np.zeros_like(self.positives)
         negatives = np.zeros_like(self.negatives)
         truth_flat, prob_flat = y_true.reshape(-1), y_prob.reshape(-1)
+        mask_flat = None if predicted is None else np.asarray(predicted, bool).reshape(-1)
         for start in range(0, truth_flat.size, _CHUNK):
             truth = _binary_truth(truth_flat[start:start + _CHUNK])
             prob = _checked_probabilities(prob_flat[start:start + _CHUNK])
-            counts += _confusion(truth, prob >= self.threshold)
+            counts += _confusion(truth, prob >= self.threshold if mask_flat is None
+                                 else mask_flat[start:start + _CHUNK])
             bins = np.asarray(score_bins(prob, self.mantissa_bits))
             positives += np.bincount(bins[truth], minlength=positives.size)
             negatives += np.bincount(bins[~truth], minlength=negatives.size)

@@ -31,7 +31,6 @@ import numpy as np
 
 from tfversky._extras import require
 
-ndimage = require("scipy.ndimage")
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceGrid:
@@ -243,6 +242,7 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     mask = np.zeros(channels.shape[:3], bool)
     for channel in np.moveaxis(channels, -1, 0):
         mask |= channel > _otsu_threshold(channel)
+    ndimage = require("scipy.ndimage")
     parts, count = ndimage.label(mask)
     if count > 1:
         mask = parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1
@@ -392,12 +392,14 @@ def _covered(matrix, source_shape, shape) -> np.ndarray | None:
     if np.all((source >= -0.5) & (source < upper)):
         return None  # the grid is a convex box: its corners inside means all of it is
     # Nearest sampling rounds each coordinate: it reads the 1s exactly inside [-0.5, n - 0.5).
+    ndimage = require("scipy.ndimage")
     return ndimage.affine_transform(np.ones(source_shape, np.float32), matrix[:3, :3],
                                     matrix[:3, 3], output_shape=shape, order=0,
                                     mode="grid-constant", cval=0.0, prefilter=False)
 
 
 def _resample(volume, matrix, shape, order, antialias, covered):
+    ndimage = require("scipy.ndimage")
     volume = np.asarray(volume, np.float32)
     if antialias:
         sigma = _antialias_sigma(matrix)

@@ -12,10 +12,11 @@
 3D U-Net with the Tversky loss (alpha weighs false positives, beta false negatives, as in
 Salehi et al. 2017) -> ``model.fit`` under a ``tf.distribute`` strategy, resumable
 (``BackupAndRestore``) -> on ``--val-subjects`` (a tenth of the training subjects by
-default), whole-volume validation and model selection
-(``tfversky.training.ValidationCallback`` on the reference-grid stage
-``tfversky.inference.segment_on_grid``) -> the selected model evaluated on the test fold
-(``tfversky.evaluation.evaluate_fold``). ``examples/train_ms.py`` is this, as a script.
+default), whole-volume validation and model selection (``--select``;
+``tfversky.training.ValidationCallback`` on the reference-grid stage
+``tfversky.inference.segment_on_grid``) -> the operating point chosen on the validation
+subjects (``--operating-point``, ``tfversky.operating_point``) into the model's plan -> the
+selected model evaluated on the test fold (``tfversky.evaluation.evaluate_fold``). ``examples/train_ms.py`` is this, as a script.
 
 ``evaluate``: a saved model on the test split of the data its run record names (or on data
 the record allows: the same grid, placement and modalities, never its training subjects), or
@@ -50,6 +51,12 @@ OUTPUT_ONLY_FLAGS = ("out", "overwrite", "verbose", "data_dir", "handler", "comm
 AUGMENT_CHOICES = ("none", "default", "all")
 LR_SCHEDULES = ("step", "poly")
 DEFAULT_FOLD = 1  # --fold's default (None on the namespace until resolve_folds: --folds)
+# Kept here, not imported, so that --help needs no TensorFlow (tests check they agree).
+SELECTION_RULES = ("last", "best", "ema")  # training.SELECTION_RULES
+OPERATING_POINT_CRITERIA = ("dsc", "f2", "lesion_f1")  # operating_point.CRITERIA
+MIN_VALIDATION_SUBJECTS, MIN_VALIDATION_LESIONS = 2, 20  # training.MIN_VALIDATION_*
+AUTO_SELECT = "best"  # what --select auto takes with enough validation data (RESULTS.md)
+DEFAULT_OPERATING_POINT = "none"  # chosen on 2 validation subjects, it overfit (RESULTS.md)
 
 
 # --- flags ------------------------------------------------------------------------------------
@@ -199,12 +206,23 @@ def add_train_arguments(parser) -> None:
                                                   arguments.parse_count_or_fraction),
                      default=0.1, metavar="N|FRACTION",
                      help="hold out N (or this fraction, rounded, at least 1, of the) training "
-                          "subjects, seeded by --seed, for whole-volume validation; model.keras "
-                          "is then the epoch best on --monitor. 0: no validation, model.keras "
+                          "subjects, seeded by --seed, for whole-volume validation (every one "
+                          "of them, every --val-every epochs), which chooses the operating "
+                          "point and, with --select, the epoch. 0: no validation, model.keras "
                           "is the last epoch")
     val.add_argument("--val-every", type=_flag(arguments.positive_int, int), default=1,
                      metavar="N",
                      help="validate every N epochs (and at the last)")
+    val.add_argument("--select", choices=("auto",) + SELECTION_RULES, default="auto",
+                     help="which epoch model.keras is: last; best (on --monitor); ema (best "
+                          "on its curve smoothed by --ema-alpha, as nnU-Net tracks it); auto: "
+                          f"{AUTO_SELECT} with enough validation data (at least "
+                          f"{MIN_VALIDATION_SUBJECTS} subjects and {MIN_VALIDATION_LESIONS} "
+                          "lesions), else last. best/last/ema.keras are all kept")
+    val.add_argument("--ema-alpha", type=_flag(arguments.smoothing_weight), default=0.9,
+                     metavar="A",
+                     help="--select ema: the smoothed curve s = A s + (1 - A) value, A in "
+                          "[0, 1)")
     val.add_argument("--monitor", default="val_dsc",
                      help="validation metric that selects the model: val_dsc, val_sensitivity, "
                           "val_specificity, val_f2 or val_apr (higher is better)")
@@ -215,7 +233,16 @@ def add_train_arguments(parser) -> None:
     ev.add_argument("--overlap", type=_flag(arguments.overlap), default=0.25,
                     help="sliding-window overlap of whole-volume inference, in [0, 1)")
     ev.add_argument("--threshold", type=_flag(arguments.threshold), default=0.5,
-                    help="lesion if p >= threshold, in (0, 1)")
+                    help="lesion if p >= threshold, in (0, 1): the operating point kept "
+                         "unless --operating-point finds a better one on validation")
+    ev.add_argument("--operating-point", choices=("none",) + OPERATING_POINT_CRITERIA,
+                    default=DEFAULT_OPERATING_POINT,
+                    help="after training, choose the threshold and minimum lesion volume "
+                         "(mm^3) on the validation subjects from a small grid to maximise "
+                         "this (lesion_f1: the MSSEG challenges' detection), and write them "
+                         "into model.keras's plan; kept at --threshold and no minimum with "
+                         f"fewer than {MIN_VALIDATION_SUBJECTS} validation subjects or "
+                         f"{MIN_VALIDATION_LESIONS} lesions. none: keep them")
     parser.add_argument("--out", default="runs/train_ms",
                         help="output folder; the same command again resumes a killed run there "
                              "(a finished one, or one made with other flags, is refused)")
@@ -265,6 +292,10 @@ def check_args(args) -> None:
     if args.monitor not in training.VALIDATION_METRICS:
         raise UsageError(f"--monitor {args.monitor!r} is not a logged metric: use one of "
                          f"{', '.join(training.VALIDATION_METRICS)}")
+    if args.select in ("best", "ema") and not args.val_subjects:
+        raise UsageError(f"--select {args.select} chooses the epoch on validation, and "
+                         f"--val-subjects 0 holds out none: give --val-subjects N (e.g. 0.2), "
+                         f"or --select last")
     for name, p in args.augment_prob:
         if name not in augmentation.TRANSFORMS:
             raise UsageError(f"--augment-prob {name}=...: unknown transform {name!r}; use one "
@@ -727,8 +758,12 @@ def train(args, strategy, out: pathlib.Path, chief: bool, started: dict) -> dict
           f"{'x'.join(map(str, grid.shape))} grid of {' x '.join(f'{s:g}' for s in grid.spacing)} "
           f"mm" + (f", label {ignore_index} ignored by the loss" if ignore_index is not None
                    else ""))
+    volumes = [] if val is None else list(data.iterate_volumes(val))
+    rule, why = selection_rule(args, volumes, grid.spacing)
+    trained = dict(test=test, modalities=modalities, ignore_index=ignore_index, record=record,
+                   validation=volumes, selection=(rule, why))
     if finished:
-        return dict(test=test, modalities=modalities, ignore_index=ignore_index, record=record)
+        return trained
     # Epochs logged after the last backup are trained again: their rows go.
     training.keep_epochs(work / training.LOG_FILE, done)
     model_plan = training_plan(args, modalities, grid, placement, record)
@@ -738,16 +773,17 @@ def train(args, strategy, out: pathlib.Path, chief: bool, started: dict) -> dict
         model = plan.attach(build_model(args, modalities, ignore_index), model_plan)
     callbacks = []
     validation = None
-    if val is not None:
+    if volumes:
         validation = training.ValidationCallback(
-            data.iterate_volumes(val), work, val_every=args.val_every, monitor=args.monitor,
-            patience=args.patience, threshold=args.threshold,
+            volumes, work, val_every=args.val_every, monitor=args.monitor,
+            patience=args.patience, select=rule, ema_alpha=args.ema_alpha,
+            threshold=args.threshold,
             # The reference-grid stage of the scan-to-mask path: what predict computes.
             predict=lambda m, image: inference.segment_on_grid(m, image, model_plan)[..., None],
             tensorboard_dir=work / "logs" / "validation", ignore_index=ignore_index,
             flair_channel=modalities.index("FLAIR") if "FLAIR" in modalities else 0)
-        print(f"validation: {len(validation.volumes)} volume(s) of the training folds held out, "
-              f"every {args.val_every} epoch(s); model.keras is the best on {args.monitor}")
+        print(f"validation: {len(volumes)} volume(s) of the training folds held out, every "
+              f"{args.val_every} epoch(s); model.keras: the {rule} epoch ({why})")
         callbacks.append(validation)  # before the loggers: they read its val_* logs
     callbacks += [training.EpochTimer(),
                   keras.callbacks.CSVLogger(str(work / training.LOG_FILE), append=True),
@@ -762,13 +798,31 @@ def train(args, strategy, out: pathlib.Path, chief: bool, started: dict) -> dict
     if chief and validation is None:  # no selection: the last epoch is the model
         training.save_model(model, out / "last.keras")
         training.save_model(model, out / "model.keras")
-    elif chief and validation.selected_epoch is None:  # the metric never defined (NaN)
-        with _files.atomic_path(out / "model.keras") as partial:
-            shutil.copyfile(out / "last.keras", partial)
     if chief:
         _write_run_json(out, {**started, "training_finished": True})
     shutil.rmtree(work / "backup", ignore_errors=True)
-    return dict(test=test, modalities=modalities, ignore_index=ignore_index, record=record)
+    return trained
+
+
+def selection_rule(args, volumes, spacing) -> tuple[str, str]:
+    """The rule that makes model.keras (``training.SELECTION_RULES``) and why: ``--select``,
+    or for ``auto`` ``AUTO_SELECT`` where the validation volumes (lesions counted on the
+    grid of ``spacing``) are enough to choose on (``training.validation_shortfall``), else
+    the last epoch."""
+    from tfversky import operating_point, training
+
+    if not volumes:
+        return "last", "no validation subjects"
+    subjects = len({v["subject"] for v in volumes})
+    lesions = sum(operating_point.count_lesions(v["label"], spacing) for v in volumes)
+    seen = f"{subjects} validation subject(s), {lesions} lesion(s)"
+    if args.select != "auto":
+        return args.select, f"--select {args.select}; {seen}"
+    shortfall = training.validation_shortfall(subjects, lesions)
+    if shortfall:
+        return "last", f"--select auto: too little validation data to choose an epoch: " \
+                       f"{shortfall}"
+    return AUTO_SELECT, f"--select auto: {seen}, enough to choose"
 
 
 # --- 5. evaluation and report -----------------------------------------------------------------
@@ -792,14 +846,17 @@ def print_report(results: dict, out: pathlib.Path, files=()) -> None:
         print(f"  {out / path}")
 
 
-def persisted_training(out: pathlib.Path, args) -> dict:
+def persisted_training(out: pathlib.Path, args, reason: str = "") -> dict:
     """``history``, ``selection`` and ``timing`` of ``results.json``, from the files a resume
     keeps (every epoch of every process that trained the run): the CSV log and the
     validation record. Keras's ``History`` holds only the last process's epochs.
 
-    ``selection``: the selected epoch (1-based; the last without a defined validation
-    metric), its logged metrics, and the validation history. ``timing``: the epochs' wall
-    time (validation included) and the training patches per second over it.
+    ``selection``: the rule that made model.keras (``rule``) and why (``reason``, from
+    ``selection_rule``), the selected epoch (1-based; the last without a defined
+    validation metric), its logged metrics, every rule's epoch and score (``rules``: the
+    files best/ema/last.keras hold them), the last epoch's validation score beside it, and
+    the validation history. ``timing``: the epochs' wall time (validation included) and the
+    training patches per second over it.
     """
     from tfversky import training
 
@@ -807,15 +864,20 @@ def persisted_training(out: pathlib.Path, args) -> dict:
     epochs = len(history.pop("epoch", []))
     state = training.read_state(out)
     if state is None:
-        selection = {"monitor": None, "selected_epoch": epochs, "best": None,
+        selection = {"rule": "last", "reason": reason, "monitor": None,
+                     "selected_epoch": epochs, "best": None,
                      "note": "no validation subjects: model.keras is the last epoch"}
-    elif state["selected_epoch"] is None:
-        selection = {"monitor": state["monitor"], "selected_epoch": epochs, "best": None,
-                     "note": f"{state['monitor']} was never defined: model.keras is the last "
-                             f"epoch", "validation_history": state["history"]}
     else:
-        selection = {k: state[k] for k in ("monitor", "selected_epoch", "best",
-                                           "stopped_epoch")}
+        rules = state["rules"]
+        selection = {"rule": state["select"], "reason": reason,
+                     **{k: state[k] for k in ("monitor", "best", "stopped_epoch")},
+                     "selected_epoch": rules[state["select"]]["epoch"] or epochs,
+                     "rules": {rule: {"epoch": rules[rule]["epoch"],
+                                      "score": rules[rule]["score"]} for rule in rules},
+                     "last_epoch_score": rules["last"]["score"]}
+        if rules[state["select"]]["epoch"] is None:
+            selection["note"] = (f"{state['monitor']} was never defined: model.keras is the "
+                                 f"last epoch")
         selection["validation_history"] = state["history"]
     if epochs:
         selection["metrics"] = {k: v[selection["selected_epoch"] - 1] for k, v in
@@ -825,6 +887,45 @@ def persisted_training(out: pathlib.Path, args) -> dict:
     return dict(history=history, selection=selection,
                 timing={"epochs": epochs, "train_seconds": seconds,
                         "patches_per_second": patches / seconds if seconds else None})
+
+
+def settle_operating_point(args, model_path: pathlib.Path, volumes, ignore_index=None):
+    """Chooses the operating point of ``--operating-point`` on the validation ``volumes``
+    (``tfversky.operating_point.choose``, on the probabilities ``tfversky evaluate``
+    scores) and writes it into the plan of ``model_path``; returns the model. A model whose
+    plan already records one (a resumed run that chose it) is left as it is.
+    """
+    import dataclasses
+
+    import keras
+
+    from tfversky import inference, operating_point, plan as plan_lib, training
+
+    model = keras.models.load_model(model_path)
+    model_plan = plan_lib.read_plan(model)
+    if model_plan.operating_point:
+        return model
+    baseline = (args.threshold, 0.0)
+    if args.operating_point == "none" or not volumes:
+        chosen = {"threshold": args.threshold, "min_lesion_mm3": 0.0, "operating_point": {
+            "criterion": None, "baseline": list(baseline),
+            "reason": "--operating-point none" if volumes else "no validation subjects"}}
+    else:
+        start = time.perf_counter()
+        scored = [{"probabilities": inference.segment_on_grid(model, v["image"], model_plan),
+                   "label": v["label"], "subject": v["subject"]} for v in volumes]
+        chosen = operating_point.choose(scored, args.operating_point, model_plan.grid.spacing,
+                                        baseline=baseline, ignore_index=ignore_index)
+        chosen["operating_point"]["seconds"] = time.perf_counter() - start
+    model.plan = dataclasses.replace(model_plan, **chosen)
+    training.save_model(model, model_path)
+    record = chosen["operating_point"]
+    print(f"operating point: threshold {chosen['threshold']:g}, minimum lesion "
+          f"{chosen['min_lesion_mm3']:g} mm^3" + (
+              f" ({record['criterion']} {record['value']:.4f} on validation, "
+              f"{record['baseline_value']:.4f} at the baseline)" if "reason" not in record
+              else f" (kept: {record['reason']})"))
+    return model
 
 
 def run(args) -> dict:
@@ -864,10 +965,12 @@ def run(args) -> dict:
     if not chief:
         return {}
     # The selected model is evaluated, loaded from its file outside the strategy: inference
-    # runs locally (the other workers have finished) and checks the artifact users get.
-    model = keras.models.load_model(out / "model.keras")
+    # runs locally (the other workers have finished) and checks the artifact users get,
+    # with the operating point chosen on validation in its plan.
+    model = settle_operating_point(args, out / "model.keras", trained["validation"],
+                                   trained["ignore_index"])
     test = trained["test"]
-    persisted = persisted_training(out, args)
+    persisted = persisted_training(out, args, reason=trained["selection"][1])
     start = time.perf_counter()
     results = evaluation.evaluate_fold(model, data.iterate_volumes(test), out,
                                        ignore_index=trained["ignore_index"],
@@ -875,14 +978,22 @@ def run(args) -> dict:
     persisted["timing"]["inference_seconds"] = time.perf_counter() - start
     identity = run_started(args)
     identity["versions"].update(tensorflow=tf.__version__, keras=keras.__version__)
+    model_plan = model.plan
     results.update(**identity, modalities=list(trained["modalities"]), **persisted,
+                   operating_point={"threshold": model_plan.threshold,
+                                    "min_lesion_mm3": model_plan.min_lesion_mm3,
+                                    **model_plan.operating_point},
                    loss_implementation=loss_impl, record=trained["record"])
     _files.atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float))
     selection = results["selection"]
-    print(f"\nselected epoch {selection['selected_epoch']}" + (
-        f" ({selection['monitor']} {selection['best']:.4f})" if selection["best"] is not None
-        else f" ({selection['note']})"))
-    print_report(results, out, ["results.json", "model.keras", "last.keras", "pr_curve.png",
+    print(f"\nmodel.keras: epoch {selection['selected_epoch']} ({selection['rule']}: "
+          f"{selection['reason']})" + (
+              f"; {selection['monitor']} there {selection['metrics'][selection['monitor']]:.4f}"
+              f", at the last epoch {selection['last_epoch_score']:.4f}"
+              if selection.get("last_epoch_score") is not None
+              and "metrics" in selection else ""))
+    print_report(results, out, ["results.json", "model.keras", "best.keras", "ema.keras",
+                                "last.keras", "validation.json", "pr_curve.png",
                                 "overlays/", "predictions/", "training_log.csv", RUN_JSON,
                                 "logs/"])
     return results
@@ -1181,6 +1292,11 @@ def add_evaluate(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: evaluation.json, evaluator.npz, subject_curves.npz, "
                              "pr_curve.png, overlays/, predictions/")
+    parser.add_argument("--min-lesion-volume", type=_flag(arguments.non_negative_number),
+                        default=None, metavar="MM3",
+                        help="--model: drop lesions smaller than this (mm^3) from the masks "
+                             "scored (default: the model's plan, chosen on validation by "
+                             "tfversky train --operating-point)")
     add_data_arguments(parser)
     add_folder_arguments(parser)
     parser.set_defaults(handler=_evaluate, dataset=None)  # None: the model's record says
@@ -1280,8 +1396,9 @@ def add_folder_arguments(parser) -> None:
     folders.add_argument("--label", type=_flag(arguments.non_negative_int, int), default=None,
                          metavar="VALUE",
                          help="the lesion's value in label maps (other values are background)")
-    folders.add_argument("--threshold", type=_flag(arguments.threshold), default=0.5,
-                         help="lesion where a probability map is >= this")
+    folders.add_argument("--threshold", type=_flag(arguments.threshold), default=None,
+                         help="lesion where a probability map is >= this (default: with "
+                              "--model, the model's plan; with --predictions, 0.5)")
     folders.add_argument("--tolerance-mm", type=_flag(arguments.non_negative_number), default=1.0,
                          metavar="MM",
                          help="the normalised surface Dice's tolerance")
@@ -1298,10 +1415,15 @@ def _evaluate_folders(args) -> int:
                          "score folders of masks: give one or the other")
     if not (args.predictions and args.truth):
         raise UsageError("--predictions DIR and --truth DIR go together: give both")
+    if args.min_lesion_volume is not None:
+        raise UsageError(f"--min-lesion-volume {args.min_lesion_volume:g}: applies to a "
+                         f"--model's probabilities; masks in --predictions are scored as they "
+                         f"are")
     try:
         summary = evaluation.evaluate_folders(
             args.predictions, args.truth, args.out, allow_missing=args.allow_missing,
-            label=args.label, threshold=args.threshold, tolerance_mm=args.tolerance_mm,
+            label=args.label, threshold=0.5 if args.threshold is None else args.threshold,
+            tolerance_mm=args.tolerance_mm,
             overwrite=args.overwrite)
     except evaluation.FolderError as err:
         raise UsageError(str(err)) from None
@@ -1320,10 +1442,11 @@ def _evaluate_folders(args) -> int:
 def _evaluate(args) -> int:
     import warnings
 
+    if args.predictions is not None or args.truth is not None:
+        return _evaluate_folders(args)  # masks alone: no TensorFlow needed
+
     from tfversky import data, evaluation, plan as plan_lib
 
-    if args.predictions is not None or args.truth is not None:
-        return _evaluate_folders(args)
     if args.model is None:
         raise UsageError("give --model FILE (a model on a dataset split) or --predictions "
                          "DIR --truth DIR (folders of masks)")
@@ -1387,10 +1510,15 @@ def _evaluate(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         results = evaluation.evaluate_fold(model, data.iterate_volumes(volumes), out,
-                                           plan=model_plan, ignore_index=ignore_index,
+                                           plan=model_plan, threshold=args.threshold,
+                                           min_lesion_mm3=args.min_lesion_volume,
+                                           ignore_index=ignore_index,
                                            total=int(volumes.cardinality()))
     except ValueError as err:
         raise UsageError(f"--split {split!r}: {' '.join(str(err).split())}") from None
+    point = results["operating_point"]
+    print(f"operating point ({point['from']}): threshold {point['threshold']:g}, minimum "
+          f"lesion {point['min_lesion_mm3']:g} mm^3")
     print_report(results, out, [evaluation.RESULT_FILE, "evaluator.npz", "pr_curve.png",
                                 "overlays/", "predictions/"])
     return 0

@@ -1,23 +1,28 @@
 """Training wiring: validation subjects, whole-volume validation, model selection, resume.
 
-On small medical datasets the model is chosen on a validation Dice computed over whole
-volumes (nnU-Net, the MONAI tutorials), not on the training loss. This module gives
-``model.fit`` what that takes:
+On small medical datasets a validation Dice computed over whole volumes (nnU-Net, the
+MONAI tutorials) says how training goes; whether it should also choose the model depends
+on how much validation there is: the maximum of a noisy curve is noise. nnU-Net predicts
+with its final checkpoint and smooths its validation pseudo-Dice with an exponential moving
+average; the paper tests the last epoch. This module gives ``model.fit`` what each takes:
 
 * ``split_subjects`` / ``split_validation``: hold validation *subjects* out of the training
   folds (all scans of one subject on the same side), seeded;
+* ``select_epochs``: the epoch each rule picks from a validation history (``last``,
+  ``best`` on the monitored metric, ``ema``: best on its smoothed curve, ``smoothed``);
 * ``ValidationCallback``: every ``val_every`` epochs, sliding-window inference on each
   validation volume, the paper's metrics pooled over them (``val_dsc``, ``val_sensitivity``,
-  ``val_specificity``, ``val_f2``, ``val_apr``) added to the epoch's logs, the best model on
-  ``monitor`` saved, the last epoch saved apart, optional early stopping, TensorBoard
-  images (FLAIR overlays, the PR curve), and a JSON state file that survives a resume.
+  ``val_specificity``, ``val_f2``, ``val_apr``) added to the epoch's logs, the model of every
+  rule saved (``best.keras``, ``ema.keras``, ``last.keras``; ``model.keras`` is the one
+  ``select`` names), optional early stopping, TensorBoard images (FLAIR overlays, the PR
+  curve), and a JSON state file that survives a resume.
 
 Wiring (what ``tfversky train`` / ``examples/train_ms.py`` do)::
 
     train_ids, val_ids = training.split_subjects(subject_ids, val_subjects=0.2, seed=0)
     train_ds, val_ds = training.split_validation(volumes, val_ids)
     validation = training.ValidationCallback(
-        data.iterate_volumes(val_ds), run_dir, val_every=5, monitor="val_dsc", patience=20)
+        data.iterate_volumes(val_ds), run_dir, val_every=5, monitor="val_dsc", select="ema")
     model.fit(patches, epochs=..., steps_per_epoch=..., callbacks=[
         validation,                       # before the loggers: they read its val_* logs
         training.EpochTimer(),            # each epoch's wall time, into the log
@@ -25,13 +30,14 @@ Wiring (what ``tfversky train`` / ``examples/train_ms.py`` do)::
         keras.callbacks.TensorBoard(run_dir / "logs"),
         keras.callbacks.BackupAndRestore(run_dir / "backup")])  # last: see Resume
     training.read_state(run_dir)["selected_epoch"]  # run_dir / "model.keras" is that epoch
+    training.read_state(run_dir)["rules"]  # each rule's epoch; best/ema/last.keras hold them
 
 Resume: ``BackupAndRestore`` restores the weights and the epoch, not a checkpoint
-callback's best value. ``ValidationCallback`` writes its history and best value to
+callback's best value. ``ValidationCallback`` writes its history and each rule's epoch to
 ``validation.json`` after every validation and reads it back when training starts, keeping
-the entries of the epochs before the one training resumes at (if the best model was saved
-by an epoch trained again, the selection restarts at that epoch, so that the saved model is
-always the selected epoch). With the backup last among
+the entries of the epochs before the one training resumes at (if a rule's model was saved
+by an epoch trained again, that rule's selection restarts at that epoch, so that each saved
+model is always its rule's epoch). With the backup last among
 the callbacks, an epoch's log row and validation are on disk before its backup: a killed
 run trains again only epochs whose records ``keep_epochs`` (the CSV log) and the callback
 (``validation.json``) then drop. These two files, not Keras's in-process ``History``
@@ -51,6 +57,7 @@ import json
 import csv
 import math
 import pathlib
+import shutil
 import time
 
 import keras
@@ -62,6 +69,14 @@ from tfversky._files import atomic_path, atomic_write_text
 
 VALIDATION_METRICS = ("val_dsc", "val_sensitivity", "val_specificity", "val_f2", "val_apr")
 _MODES = ("max", "min")
+# Which epoch becomes model.keras: the last one trained, the best validated one, or the best
+# of the validation curve smoothed by an exponential moving average (select_epochs).
+SELECTION_RULES = ("last", "best", "ema")
+EMA_ALPHA = 0.9  # nnU-Net's weight of the running average of its validation pseudo-Dice
+# Enough validation to choose on (an epoch, an operating point): fewer subjects is one
+# brain's noise; 20 lesions put a lesion-wise rate's standard error at 0.11 or less.
+MIN_VALIDATION_SUBJECTS = 2
+MIN_VALIDATION_LESIONS = 20
 STATE_FILE = "validation.json"
 LOG_FILE = "training_log.csv"  # keras.callbacks.CSVLogger's, one row per epoch
 EPOCH_SECONDS = "epoch_seconds"  # the log's column of each epoch's wall time (EpochTimer)
@@ -142,6 +157,23 @@ def split_validation(volumes: tf.data.Dataset, val_ids) -> tuple[tf.data.Dataset
     return (volumes.filter(lambda e: tf.logical_not(held_out(e))), volumes.filter(held_out))
 
 
+def validation_shortfall(subjects: int, lesions: int) -> str:
+    """Why validation data are too few to choose on (``MIN_VALIDATION_SUBJECTS`` subjects
+    and ``MIN_VALIDATION_LESIONS`` lesions), or "" when they are enough.
+
+    Example:
+
+    >>> validation_shortfall(1, 40), validation_shortfall(3, 40)
+    ('1 subject(s) (fewer than 2)', '')
+    """
+    short = []
+    if subjects < MIN_VALIDATION_SUBJECTS:
+        short.append(f"{subjects} subject(s) (fewer than {MIN_VALIDATION_SUBJECTS})")
+    if lesions < MIN_VALIDATION_LESIONS:
+        short.append(f"{lesions} lesion(s) (fewer than {MIN_VALIDATION_LESIONS})")
+    return ", ".join(short)
+
+
 # --- distribution -----------------------------------------------------------------------------
 
 
@@ -199,6 +231,88 @@ def _png_image(draw) -> tf.Tensor:
     return tf.image.decode_png(buffer.getvalue(), channels=4)[None]
 
 
+# --- model selection --------------------------------------------------------------------------
+
+
+def smoothed(values, alpha: float = EMA_ALPHA) -> list[float]:
+    """The exponential moving average of a validation curve, as nnU-Net keeps it:
+    ``s_1 = v_1``, ``s_k = alpha s_{k-1} + (1 - alpha) v_k``; a NaN value (an undefined
+    metric) leaves the average as it was (NaN until a value is defined).
+
+    Example:
+
+    >>> smoothed([0.2, 0.6, float("nan"), 1.0], alpha=0.5)
+    [0.2, 0.4, 0.4, 0.7]
+    """
+    average, curve = math.nan, []
+    for value in values:
+        if not math.isnan(value):
+            average = value if math.isnan(average) else alpha * average + (1 - alpha) * value
+        curve.append(average)
+    return curve
+
+
+def select_epochs(history, monitor: str = "val_dsc", mode: str = "max", min_delta: float = 0.0,
+                  ema_alpha: float = EMA_ALPHA, since=None) -> dict:
+    """The epoch each selection rule (``SELECTION_RULES``) picks from a validation history,
+    and the score it picked it on.
+
+    * ``last``: the last validated epoch (validation always runs at the last epoch);
+    * ``best``: the first epoch whose ``monitor`` beat every earlier one by more than
+      ``min_delta`` and was never beaten so since: the maximum of a noisy curve;
+    * ``ema``: the same on the curve smoothed by ``smoothed(..., ema_alpha)``.
+
+    Args:
+        history: Validation entries, in epoch order: dicts with ``epoch`` and ``monitor``.
+        monitor, mode, min_delta: As ``ValidationCallback``'s.
+        ema_alpha: The running average's weight of its past, in [0, 1). Defaults to 0.9.
+        since: ``{rule: epoch}``: the rule considers only later entries (a resumed run
+            whose checkpoint of that rule holds an epoch trained again). Defaults to None.
+
+    Returns:
+        ``{rule: {"epoch": int or None, "score": float or None}}`` (None: no defined value),
+        and ``"waiting"``: validations since the ``best`` epoch (what ``patience`` counts).
+
+    Example:
+
+    >>> history = [{"epoch": e, "val_dsc": v} for e, v in enumerate([0.5, 0.9, 0.6, 0.8], 1)]
+    >>> chosen = select_epochs(history, ema_alpha=0.5)
+    >>> {rule: chosen[rule]["epoch"] for rule in SELECTION_RULES}, chosen["waiting"]
+    ({'last': 4, 'best': 2, 'ema': 4}, 2)
+    """
+    since = since or {}
+
+    def better(value, than):
+        if math.isnan(value):
+            return False
+        if than is None:
+            return True
+        return value > than + min_delta if mode == "max" else value < than - min_delta
+
+    chosen = {"last": {"epoch": history[-1]["epoch"] if history else None,
+                       "score": _defined(history[-1].get(monitor)) if history else None}}
+    for rule in ("best", "ema"):
+        kept = [e for e in history if e["epoch"] > since.get(rule, 0)]
+        values = [math.nan if e.get(monitor) is None else float(e[monitor]) for e in kept]
+        if rule == "ema":
+            values = smoothed(values, ema_alpha)
+        epoch = score = None
+        waiting = 0  # validations since the last improvement
+        for entry, value in zip(kept, values):
+            if better(value, score):
+                epoch, score, waiting = entry["epoch"], value, 0
+            else:
+                waiting += 1
+        chosen[rule] = {"epoch": epoch, "score": score}
+        if rule == "best":
+            chosen["waiting"] = waiting
+    return chosen
+
+
+def _defined(value):
+    return None if value is None or math.isnan(value) else float(value)
+
+
 # --- the callback -----------------------------------------------------------------------------
 
 
@@ -208,32 +322,37 @@ class ValidationCallback(keras.callbacks.Callback):
     Every ``val_every`` epochs (and at the last epoch), each validation volume is predicted
     whole (``predict``), and the paper's metrics, pooled over all validation voxels
     (``tfversky.metrics.Evaluator``), are added to the epoch's ``logs``
-    (``VALIDATION_METRICS``; NaN on epochs without validation, so CSV columns stay put). When
-    ``monitor`` improves, the model is saved to ``best_path``; at the end of training the
-    last model goes to ``last_path``. Put this callback *before* ``CSVLogger`` and
-    ``TensorBoard`` in ``callbacks``: they read the logs it writes.
+    (``VALIDATION_METRICS``; NaN on epochs without validation, so CSV columns stay put).
+
+    One run keeps the model of every selection rule (``select_epochs``): ``best_path`` is
+    saved when ``monitor`` improves, ``ema_path`` when its smoothed curve does, and
+    ``last_path`` at the end of training; ``model_path`` is a copy of the one ``select``
+    names (of the last epoch while that rule has no defined value). Put this callback
+    *before* ``CSVLogger`` and ``TensorBoard`` in ``callbacks``: they read the logs it writes.
 
     Args:
         volumes: Validation volumes: an iterable of dicts with ``image`` (D, H, W, M) float
             and ``label`` (D, H, W) binary (e.g. ``tfversky.data.iterate_volumes``); read
             once into memory. An optional ``subject`` names the overlay images.
-        run_dir: The run folder: ``best_path``, ``last_path`` and the state file
-            ``validation.json`` go there.
+        run_dir: The run folder: the models and the state file ``validation.json`` go there.
         val_every: Validate every this many epochs. Defaults to 1.
         monitor: The metric that selects the model, one of ``VALIDATION_METRICS``.
             Defaults to ``"val_dsc"``.
         mode: ``"max"`` or ``"min"``: which way ``monitor`` improves. Defaults to "max".
         min_delta: An improvement must exceed this. Defaults to 0.
-        patience: Stop after this many validations without improvement. Defaults to None
-            (no early stopping).
+        patience: Stop after this many validations without improvement of ``monitor``.
+            Defaults to None (no early stopping).
+        select: The rule whose model ``model_path`` holds, one of ``SELECTION_RULES``.
+            Defaults to ``"best"``.
+        ema_alpha: The smoothed curve's weight of its past, in [0, 1). Defaults to 0.9.
         predict: ``predict(model, image) -> probabilities (D, H, W, C)``. Defaults to
             ``tfversky.inference.predict_volume`` with ``patch_size``, ``overlap``,
             ``batch_size``.
         patch_size, overlap, batch_size: The default predictor's sliding windows (see
             ``predict_volume``). Default to None (the model's or 128), 0.5, 1.
         threshold: Lesion where p >= threshold. Defaults to 0.5.
-        best_path, last_path: File names in ``run_dir``. Default to "model.keras" and
-            "last.keras".
+        model_path, best_path, ema_path, last_path: File names in ``run_dir``. Default to
+            "model.keras", "best.keras", "ema.keras" and "last.keras".
         tensorboard_dir: Where the image summaries go (e.g. ``run_dir / "logs" /
             "validation"``, beside Keras's scalars). Defaults to None (no images).
         image_volumes: How many validation volumes get an overlay image. Defaults to 1.
@@ -245,12 +364,15 @@ class ValidationCallback(keras.callbacks.Callback):
     Attributes:
         history: One dict per validation: ``epoch`` (1-based, as Keras prints it), the
             metrics and ``seconds`` (its wall time, inference and metrics).
-        best, selected_epoch: The best ``monitor`` value and its epoch (None before any).
+        chosen: ``select_epochs``'s answer on ``history``: each rule's epoch and score.
+        best: The best ``monitor`` value (None before any).
+        selected_epoch: The epoch of the ``select`` rule (None before any).
 
     Raises:
         ValueError: ``monitor`` not a logged validation metric, ``mode`` not max/min,
-            ``val_every`` < 1, ``patience`` < 1, no validation volumes, or a volume without
-            ``image``/``label`` (each named with its value and the fix).
+            ``select`` not a rule, ``ema_alpha`` outside [0, 1), ``val_every`` < 1,
+            ``patience`` < 1, no validation volumes, or a volume without ``image``/``label``
+            (each named with its value and the fix).
 
     Example:
 
@@ -261,16 +383,18 @@ class ValidationCallback(keras.callbacks.Callback):
     >>> image = np.random.default_rng(0).normal(size=(1, 8, 8, 8, 3)).astype("float32")
     >>> label = (image[..., 2] > 1).astype("uint8")
     >>> validation = ValidationCallback([{"image": image[0], "label": label[0]}],
-    ...                                 tempfile.mkdtemp(), patch_size=8)
+    ...                                 tempfile.mkdtemp(), patch_size=8, select="last")
     >>> _ = model.fit(image, label, epochs=2, verbose=0, callbacks=[validation])
-    >>> [h["epoch"] for h in validation.history], validation.selected_epoch in (1, 2)
-    ([1, 2], True)
+    >>> [h["epoch"] for h in validation.history], validation.selected_epoch
+    ([1, 2], 2)
     """
 
     def __init__(self, volumes, run_dir, *, val_every: int = 1, monitor: str = "val_dsc",
                  mode: str = "max", min_delta: float = 0.0, patience: int | None = None,
-                 predict=None, patch_size=None, overlap: float = 0.5, batch_size: int = 1,
-                 threshold: float = 0.5, best_path: str = "model.keras",
+                 select: str = "best", ema_alpha: float = EMA_ALPHA, predict=None,
+                 patch_size=None, overlap: float = 0.5, batch_size: int = 1,
+                 threshold: float = 0.5, model_path: str = "model.keras",
+                 best_path: str = "best.keras", ema_path: str = "ema.keras",
                  last_path: str = "last.keras", tensorboard_dir=None, image_volumes: int = 1,
                  flair_channel: int = -1, ignore_index=None):
         super().__init__()
@@ -282,6 +406,13 @@ class ValidationCallback(keras.callbacks.Callback):
         if mode not in _MODES:
             raise ValueError(f"Invalid value for argument `mode`: expected one of {_MODES}. "
                              f"Received: mode={mode!r}")
+        if select not in SELECTION_RULES:
+            raise ValueError(f"Invalid value for argument `select`: expected one of "
+                             f"{SELECTION_RULES}. Received: select={select!r}")
+        if isinstance(ema_alpha, bool) or not isinstance(ema_alpha, (int, float, np.number)) \
+                or not 0 <= ema_alpha < 1:
+            raise ValueError(f"Invalid value for argument `ema_alpha`: expected a weight in "
+                             f"[0, 1) (0: no smoothing). Received: ema_alpha={ema_alpha!r}")
         for name, value, floor in (("val_every", val_every, 1), ("image_volumes",
                                                                   image_volumes, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
@@ -303,22 +434,32 @@ class ValidationCallback(keras.callbacks.Callback):
         self.run_dir = pathlib.Path(run_dir)
         self.val_every, self.monitor, self.mode = int(val_every), monitor, mode
         self.min_delta, self.patience = float(min_delta), patience
+        self.select, self.ema_alpha = select, float(ema_alpha)
         self.threshold = threshold
         metrics.Evaluator(threshold)  # validates the threshold now, not after an epoch
         self.predict = predict or self._predict_volume
         self._window = dict(patch_size=patch_size, overlap=overlap, batch_size=batch_size)
-        self.best_path, self.last_path = self.run_dir / best_path, self.run_dir / last_path
+        self.model_path = self.run_dir / model_path
+        self.paths = {"best": self.run_dir / best_path, "ema": self.run_dir / ema_path,
+                      "last": self.run_dir / last_path}
         self.state_path = self.run_dir / STATE_FILE
         self.tensorboard_dir = None if tensorboard_dir is None else pathlib.Path(tensorboard_dir)
         self.image_volumes, self.flair_channel = int(image_volumes), flair_channel
         self.ignore_index = ignore_index
         self.history: list[dict] = []
-        self.best = None
-        self.selected_epoch = None
+        self.chosen = select_epochs([])
         self.stopped_epoch = None
-        self._wait = 0
+        self._since = {}  # rule -> epoch: its checkpoint was of an epoch trained again
         self._resumed = False
         self._writer = None
+
+    @property
+    def best(self):
+        return self.chosen["best"]["score"]
+
+    @property
+    def selected_epoch(self):
+        return self.chosen[self.select]["epoch"]
 
     @staticmethod
     def _checked_volume(volume, index):
@@ -342,33 +483,18 @@ class ValidationCallback(keras.callbacks.Callback):
 
     # -- state ---------------------------------------------------------------------------
 
-    def _better(self, value, than) -> bool:
-        if value is None or math.isnan(value):
-            return False
-        if than is None:
-            return True
-        return value > than + self.min_delta if self.mode == "max" else \
-            value < than - self.min_delta
-
-    def _replay(self, entries):
-        """Best, selected epoch and patience counter from a history, as if it just ran."""
-        self.history, self.best, self.selected_epoch, self._wait = [], None, None, 0
-        for entry in entries:
-            self._record(entry)
-
-    def _record(self, entry) -> bool:
-        self.history.append(entry)
-        value = entry.get(self.monitor)
-        if self._better(value, self.best):
-            self.best, self.selected_epoch, self._wait = value, entry["epoch"], 0
-            return True
-        self._wait += 1
-        return False
+    def _choose(self):
+        self.chosen = select_epochs(self.history, self.monitor, self.mode, self.min_delta,
+                                    self.ema_alpha, self._since)
 
     def _write_state(self):
-        state = {"monitor": self.monitor, "mode": self.mode, "best": self.best,
+        state = {"monitor": self.monitor, "mode": self.mode, "select": self.select,
+                 "ema_alpha": self.ema_alpha, "best": self.best,
                  "selected_epoch": self.selected_epoch, "stopped_epoch": self.stopped_epoch,
-                 "best_path": self.best_path.name, "history": self.history}
+                 "rules": {rule: {**self.chosen[rule], "path": self.paths[rule].name}
+                           for rule in SELECTION_RULES},
+                 "since": self._since, "model_path": self.model_path.name,
+                 "history": self.history}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # NaN is not JSON: null stands for "undefined" (e.g. sensitivity without lesions).
         atomic_write_text(self.state_path, json.dumps(_nan_to_none(state), indent=1))
@@ -377,19 +503,31 @@ class ValidationCallback(keras.callbacks.Callback):
         if not self.state_path.exists():
             return
         state = json.loads(self.state_path.read_text())
-        if (state.get("monitor"), state.get("mode")) != (self.monitor, self.mode):
+        recorded = (state.get("monitor"), state.get("mode"), state.get("select", "best"),
+                    state.get("ema_alpha", self.ema_alpha))
+        if recorded != (self.monitor, self.mode, self.select, self.ema_alpha):
             raise ValueError(
-                f"{self.state_path} selects on {state.get('monitor')}/{state.get('mode')}, but "
-                f"this run on monitor={self.monitor!r}, mode={self.mode!r}: resume with the "
-                f"same --monitor, or start in a new run folder.")
+                f"{self.state_path} selects with monitor/mode/select/ema_alpha "
+                f"{'/'.join(map(str, recorded))}, but this run with monitor={self.monitor!r}, "
+                f"mode={self.mode!r}, select={self.select!r}, ema_alpha={self.ema_alpha}: "
+                f"resume with the same --monitor and --select, or start in a new run folder.")
         # Epochs from start_epoch on are trained again (the kill came before their backup).
-        kept = [{k: math.nan if v is None else v for k, v in e.items()}
-                for e in state["history"] if e["epoch"] <= start_epoch]
-        self._replay(kept)
-        if (state.get("selected_epoch") or 0) > start_epoch:
-            # best_path holds an epoch trained again, no kept one: the selection restarts
-            # there, so the saved model is always the selected epoch.
-            self.best = self.selected_epoch = None
+        self.history = [{k: math.nan if v is None else v for k, v in e.items()}
+                        for e in state["history"] if e["epoch"] <= start_epoch]
+        self._since = {rule: epoch for rule, epoch in state.get("since", {}).items()
+                       if epoch <= start_epoch}
+        for rule, recorded in state.get("rules", {}).items():
+            if (recorded.get("epoch") or 0) > start_epoch:
+                # Its file holds an epoch trained again, no kept one: this rule's selection
+                # restarts there, so each saved model is always its rule's epoch.
+                self._since[rule] = start_epoch
+        self._choose()
+
+    def _save(self, rule):
+        save_model(self.model, self.paths[rule])
+        if rule == self.select:
+            with atomic_path(self.model_path) as partial:
+                shutil.copyfile(self.paths[rule], partial)
 
     # -- Keras hooks ---------------------------------------------------------------------
 
@@ -423,21 +561,31 @@ class ValidationCallback(keras.callbacks.Callback):
             self.model.distribute_strategy)
         entry = {"epoch": epoch + 1, **dict(zip(VALIDATION_METRICS, values.tolist())),
                  "seconds": time.perf_counter() - start}  # what validation costs
-        improved = self._record(entry)
+        self._record(entry)
         logs.update({name: entry[name] for name in VALIDATION_METRICS})
-        if self.patience is not None and self._wait >= self.patience:
+        if self.patience is not None and self.chosen["waiting"] >= self.patience:
             self.model.stop_training = True
             self.stopped_epoch = epoch + 1
         if self._chief:
-            if improved:
-                save_model(self.model, self.best_path)
+            for rule in ("best", "ema"):
+                if self.chosen[rule]["epoch"] == epoch + 1:
+                    self._save(rule)
             self._write_state()
             if self.tensorboard_dir is not None:
                 self._write_images(epoch + 1, evaluator, predictions)
 
+    def _record(self, entry):
+        """Adds a validation to the history and chooses again (tests script it here)."""
+        self.history.append(entry)
+        self._choose()
+
     def on_train_end(self, logs=None):
         if self._chief:
-            save_model(self.model, self.last_path)
+            save_model(self.model, self.paths["last"])
+            if self.select == "last" or self.selected_epoch is None:
+                # ``last``, or a rule that never had a defined value: the last epoch.
+                with atomic_path(self.model_path) as partial:
+                    shutil.copyfile(self.paths["last"], partial)
             self._write_state()
         if self._writer is not None:
             self._writer.close()
@@ -561,8 +709,9 @@ def keep_epochs(path, epochs: int) -> None:
 
 def read_state(run_dir) -> dict | None:
     """The validation record ``ValidationCallback`` keeps in ``run_dir`` (``STATE_FILE``:
-    ``monitor``, ``best``, ``selected_epoch``, ``stopped_epoch``, ``history``; null where a
-    metric was undefined), or None when the run never validated.
+    ``monitor``, ``select``, ``ema_alpha``, ``best``, ``selected_epoch``, ``stopped_epoch``,
+    ``rules`` (each rule's epoch, score and file), ``history``; null where a metric was
+    undefined), or None when the run never validated.
 
     Example:
 

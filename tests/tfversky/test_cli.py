@@ -26,6 +26,8 @@ from tfversky.preprocessing import ReferenceGrid, brain_center
 SHAPE = (20, 24, 28)
 GRID = ReferenceGrid((16, 16, 16), (2.0, 2.0, 2.0))
 PLAN = plan.Plan(grid=GRID, patch_size=16, overlap=0.25)
+# What folder mode writes for cases case_a and case_b.
+OUTPUTS = ["case_a.nii.gz", "case_b.nii.gz", "lesions.csv", "summary.csv"]
 # Keras's own saving code trips NumPy 2's copy-keyword deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -153,7 +155,7 @@ def test_resample_to_first(files, tmp_path, capsys):
 def test_min_lesion_size_in_mm3_uses_the_scans_voxel_size(files, tmp_path):
     everything, large = tmp_path / "all.nii.gz", tmp_path / "large.nii.gz"
     assert main(_args(files, everything, "--threshold", "0.3")) == 0
-    assert main(_args(files, large, "--threshold", "0.3", "--min-lesion-size", "30")) == 0
+    assert main(_args(files, large, "--threshold", "0.3", "--min-lesion-volume", "30")) == 0
     mask = np.asarray(nib.load(everything).dataobj) > 0
     expected, _ = metrics.remove_small_lesions(mask, 30.0, (1.0, 1.0, 1.2))  # 25 voxels
     np.testing.assert_array_equal(np.asarray(nib.load(large).dataobj) > 0, expected)
@@ -173,7 +175,7 @@ def test_folder_mode_writes_masks_and_summary(files, tmp_path, capsys):
     assert main(["predict", "--model", files["model"], "-i", str(images), "-o", str(out),
                  "--threshold", "0.3"]) == 0
     assert "predict" in capsys.readouterr().err  # the progress bar over the cases
-    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+    assert sorted(os.listdir(out)) == OUTPUTS
     with open(out / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["case"] for row in rows] == ["case_a", "case_b"]
@@ -192,7 +194,7 @@ def test_folder_mode_makes_a_new_output_folder_with_the_users_umask(files, tmp_p
                      str(out)]) == 0
     finally:
         os.umask(umask)
-    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+    assert sorted(os.listdir(out)) == OUTPUTS
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
     assert out.stat().st_mode & 0o777 == 0o750  # as mkdir makes it, not mkdtemp's 0700
 
@@ -244,8 +246,7 @@ def test_existing_outputs_are_replaced_only_with_overwrite(files, tmp_path, caps
     assert sorted(os.listdir(folder)) == ["notes.txt", "summary.csv"]
     assert (folder / "summary.csv").read_text() == "earlier work"
     assert main(argv + ["--overwrite"]) == 0
-    assert sorted(os.listdir(folder)) == ["case_a.nii.gz", "case_b.nii.gz", "notes.txt",
-                                          "summary.csv"]
+    assert sorted(os.listdir(folder)) == sorted(OUTPUTS + ["notes.txt"])
     assert (folder / "summary.csv").read_text().startswith("case,")
 
 
@@ -327,7 +328,7 @@ def test_folder_mode_brain_masks_come_from_a_folder_of_cases(files, tmp_path, ca
     assert "lacks case_b.nii.gz" in err and os.listdir(out) == []
     _write_scan(masks / "case_b.nii.gz", brain)
     assert main(argv) == 0
-    assert sorted(os.listdir(out)) == ["case_a.nii.gz", "case_b.nii.gz", "summary.csv"]
+    assert sorted(os.listdir(out)) == OUTPUTS
 
 
 def test_registration_plan_places_the_grid_by_registering_the_t1(files, tmp_path, monkeypatch):
@@ -493,8 +494,10 @@ def test_folder_errors_write_nothing(files, tmp_path, capsys, case, expected):
                               "got '8,8'"),
     (["--patch-size", "0"], "--patch-size: expected a positive int or three of them"),
     (["--batch-size", "0"], "--batch-size: expected an int >= 1, got '0'"),
-    (["--min-lesion-size", "-1"], "--min-lesion-size: expected a finite number >= 0, got '-1'"),
-    (["--min-lesion-size", "inf"], "--min-lesion-size: expected a finite number >= 0, got 'inf'"),
+    (["--min-lesion-volume", "-1"], "--min-lesion-volume/--min-lesion-size: expected a finite "
+                                    "number >= 0, got '-1'"),
+    (["--min-lesion-size", "inf"], "--min-lesion-volume/--min-lesion-size: expected a finite "
+                                   "number >= 0, got 'inf'"),
     (["--image", "T1"], "--image: expected NAME=FILE"),
 ])
 def test_invalid_option_values_are_one_line_argparse_errors(files, tmp_path, capsys, extra,
@@ -585,3 +588,179 @@ def test_channels_by_name_and_mha_cases_keep_the_plans_order(files, tmp_path, ca
     np.testing.assert_array_equal(np.asarray(from_folder.dataobj), one)
     np.testing.assert_allclose(from_folder.affine, nib.load(tmp_path / "one.nii.gz").affine,
                                atol=1e-4)
+
+
+# --- Ensembles, mirroring, maps, the plan's operating point and the lesion report (issue 23) --
+
+def _read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    """A run folder of `tfversky train --folds` (fold_0, fold_1), and a third model."""
+    run = tmp_path_factory.mktemp("run")
+    paths = []
+    for fold in range(2):
+        (run / f"fold_{fold}").mkdir()
+        keras.utils.set_random_seed(fold)
+        paths.append(_save_model(run / f"fold_{fold}" / "model.keras"))
+    return {"run": str(run), "files": paths}
+
+
+def test_an_ensemble_averages_its_members_and_a_run_folder_gives_its_folds(files, members,
+                                                                           tmp_path):
+    def argv(out, *models):
+        return ["predict", "--quiet", "--model", *models, "--t1", files["t1"], "--t2",
+                files["t2"], "--flair", files["flair"], "--out", str(out),
+                "--save-probabilities"]
+
+    assert main(argv(tmp_path / "both.nii.gz", *members["files"])) == 0
+    assert main(argv(tmp_path / "run.nii.gz", members["run"])) == 0
+    alone = []
+    for k, path in enumerate(members["files"]):
+        assert main(argv(tmp_path / f"m{k}.nii.gz", path)) == 0
+        alone.append(nib.load(tmp_path / f"m{k}_probabilities.nii.gz").get_fdata())
+    both = nib.load(tmp_path / "both_probabilities.nii.gz").get_fdata()
+    np.testing.assert_allclose(both, np.mean(alone, axis=0), atol=1e-5)
+    np.testing.assert_array_equal(both, nib.load(tmp_path / "run_probabilities.nii.gz")
+                                  .get_fdata())
+    rows = _read_csv(tmp_path / "both_summary.csv")
+    assert [(r["case"], r["members"], r["tta"]) for r in rows] == [("both", "2", "False")]
+
+
+def test_model_folders_and_repeated_members_are_checked(files, members, tmp_path, capsys):
+    unfinished = tmp_path / "run"
+    (unfinished / "fold_0").mkdir(parents=True)
+    (unfinished / "fold_1").mkdir()
+    os.symlink(members["files"][0], unfinished / "fold_0" / "model.keras")
+    out = tmp_path / "seg.nii.gz"
+    err = _error(capsys, _args(files, out, model=unfinished))
+    assert "fold_1 has no model.keras" in err, err
+    err = _error(capsys, _args(files, out, model=unfinished / "fold_1"))
+    assert "holding neither fold_K/model.keras" in err, err
+    argv = _args(files, out)
+    argv[argv.index("--model") + 1:argv.index("--model") + 2] = [members["files"][0],
+                                                                  members["run"]]
+    err = _error(capsys, argv)
+    assert "is given twice" in err, err
+    assert not out.exists()
+
+
+def test_members_with_different_plans_are_refused_before_any_case(files, members, tmp_path,
+                                                                   capsys, monkeypatch):
+    import tfversky.cli
+
+    monkeypatch.setattr(tfversky.cli, "_load_model", lambda path: pytest.fail("loaded"))
+    other = _save_model(tmp_path / "other.keras", dataclasses.replace(
+        PLAN, grid=ReferenceGrid((16, 16, 16), (1.5, 1.5, 1.5))))
+    argv = _args(files, tmp_path / "seg.nii.gz")
+    argv[argv.index("--model") + 1:argv.index("--model") + 2] = [members["files"][0], other]
+    err = _error(capsys, argv)
+    assert ("--model: The ensemble's members do not share a plan: member 2 has grid 16x16x16 "
+            "of 1.5x1.5x1.5 mm, member 1 16x16x16 of 2x2x2 mm") in err, err
+    assert os.listdir(tmp_path) == ["other.keras"]
+
+
+def test_uncertainty_needs_several_members_or_tta(files, tmp_path, capsys):
+    out = tmp_path / "seg.nii.gz"
+    err = _error(capsys, _args(files, out, "--save-uncertainty"))
+    assert "--save-uncertainty: " in err and "nothing to measure" in err and "--tta" in err
+    assert os.listdir(tmp_path) == []
+    assert main(_args(files, out, "--save-uncertainty", "--tta")) == 0
+    spread = nib.load(tmp_path / "seg_uncertainty.nii.gz")
+    assert spread.shape == SHAPE and spread.get_data_dtype() == np.float32
+    assert float(spread.get_fdata().max()) > 0  # a U-Net is not mirror-symmetric
+    assert sorted(os.listdir(tmp_path)) == ["seg.nii.gz", "seg_lesions.csv", "seg_summary.csv",
+                                            "seg_uncertainty.nii.gz"]
+
+
+def test_the_operating_point_comes_from_the_plan_and_the_flags_override_it(files, tmp_path,
+                                                                           capsys):
+    chosen = dataclasses.replace(PLAN, threshold=0.3, min_lesion_mm3=30.0,
+                                 operating_point={"criterion": "f2", "value": 0.7})
+    model = _save_model(tmp_path / "chosen.keras", chosen)
+    out, given = tmp_path / "plan.nii.gz", tmp_path / "given.nii.gz"
+    argv = [a for a in _args(files, out, model=model) if a != "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert ("operating point: threshold 0.3 from the plan (chosen by f2 on validation), min "
+            "lesion 30 mm^3 from the plan") in printed, printed
+    # What the plan's operating point gives, computed here from the same probabilities.
+    assert main(_args(files, given, "--save-probabilities", "--threshold", "0.4",
+                      "--min-lesion-volume", "0", model=model)) == 0
+    probabilities = nib.load(tmp_path / "given_probabilities.nii.gz").get_fdata()
+    expected, _ = metrics.remove_small_lesions(probabilities >= 0.3, 30.0, (1.0, 1.0, 1.2))
+    np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj) > 0, expected)
+    np.testing.assert_array_equal(np.asarray(nib.load(given).dataobj) > 0, probabilities >= 0.4)
+    plan_row, = _read_csv(tmp_path / "plan_summary.csv")
+    given_row, = _read_csv(tmp_path / "given_summary.csv")
+    assert (plan_row["threshold"], plan_row["min_lesion_mm3"]) == ("0.3", "30.0")
+    assert (given_row["threshold"], given_row["min_lesion_mm3"]) == ("0.4", "0.0")
+    assert given_row["operating_point"] == "threshold 0.4 given, min lesion 0 mm^3 given"
+
+
+def test_folder_mode_writes_maps_and_a_lesion_report_that_adds_up(files, members, tmp_path):
+    images, out = _case_folder(files, tmp_path / "imagesTs"), tmp_path / "out"
+    assert main(["predict", "--quiet", "--model", members["run"], "-i", str(images), "-o",
+                 str(out), "--threshold", "0.45", "--save-probabilities",
+                 "--save-uncertainty"]) == 0
+    assert sorted(os.listdir(out)) == sorted(OUTPUTS + [
+        f"{case}_{kind}.nii.gz" for case in ("case_a", "case_b")
+        for kind in ("probabilities", "uncertainty")])
+    lesions, summary = _read_csv(out / "lesions.csv"), _read_csv(out / "summary.csv")
+    assert tuple(lesions[0]) == ("case", "lesion", "voxels", "volume_mm3", "centroid_x_mm",
+                                 "centroid_y_mm", "centroid_z_mm", "max_probability",
+                                 "mean_probability")
+    for row in summary:
+        mask = np.asarray(nib.load(out / f"{row['case']}.nii.gz").dataobj) > 0
+        mine = [lesion for lesion in lesions if lesion["case"] == row["case"]]
+        assert len(mine) == int(row["lesion_count"]) > 0
+        assert sum(float(lesion["volume_mm3"]) for lesion in mine) == pytest.approx(
+            mask.sum() * 1.2)  # 1 x 1 x 1.2 mm voxels
+        assert float(row["lesion_volume_ml"]) == pytest.approx(mask.sum() * 1.2e-3, abs=1e-4)
+        assert min(float(lesion["max_probability"]) for lesion in mine) >= 0.45
+        assert row["members"] == "2" and row["threshold"] == "0.45"
+
+
+def test_existing_report_files_are_replaced_only_with_overwrite(files, tmp_path, capsys):
+    out = tmp_path / "seg.nii.gz"
+    (tmp_path / "seg_lesions.csv").write_text("earlier work")
+    err = _error(capsys, _args(files, out))
+    assert "seg_lesions.csv' exists: pass --overwrite" in err, err
+    assert not out.exists()
+    assert main(_args(files, out, "--overwrite")) == 0
+    assert (tmp_path / "seg_lesions.csv").read_text().startswith("case,lesion,")
+    err = _error(capsys, _args(files, out, "--save-probabilities", "--probabilities",
+                               str(tmp_path / "p.nii.gz")))
+    assert "give one" in err
+
+
+def test_an_archive_is_opened_by_tfversky_export_into_a_folder_removed_afterwards(
+        files, members, tmp_path, monkeypatch):
+    """The wiring of --model MODEL.zip (the archive's checks are tests/tfversky/test_export.py's):
+    its members, unpacked by export.open_archive into a temporary folder, are the ensemble."""
+    export = pytest.importorskip("tfversky.export")
+    import shutil
+
+    folders = []
+
+    def open_archive(path, into_dir):
+        folders.append(into_dir)
+        copies = [shutil.copy(member, os.path.join(into_dir, f"fold_{k}.keras"))
+                  for k, member in enumerate(members["files"])]
+        return copies, plan.read_plan(copies[0])
+
+    monkeypatch.setattr(export, "open_archive", open_archive)
+    archive = tmp_path / "model.zip"
+    archive.write_bytes(b"checked by the stand-in")
+    assert main(_args(files, tmp_path / "zip.nii.gz", "--save-probabilities",
+                      model=archive)) == 0
+    argv = _args(files, tmp_path / "run.nii.gz", "--save-probabilities", model=members["run"])
+    assert main(argv) == 0
+    np.testing.assert_array_equal(
+        nib.load(tmp_path / "zip_probabilities.nii.gz").get_fdata(),
+        nib.load(tmp_path / "run_probabilities.nii.gz").get_fdata())
+    assert len(folders) == 1 and not os.path.exists(folders[0])
+    assert _read_csv(tmp_path / "zip_summary.csv")[0]["members"] == "2"

@@ -9,6 +9,9 @@ weight normalisation; and (2) with the U-Net when one window covers the volume.
 """
 
 
+import dataclasses
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -111,6 +114,10 @@ def test_memory_is_bounded_by_the_batch_of_patches(monkeypatch):
     shapes.clear()  # a batch larger than the number of windows shrinks to it
     predict_volume(model, np.ones((20, 16, 16, 3)), patch_size=16, batch_size=8, progress=False)
     assert shapes == [(2, 16, 16, 16, 3)]
+    shapes.clear()  # mirroring: the eight mirrorings of each window in the same call
+    predict_volume(model, np.ones((24, 16, 16, 3)), patch_size=16, overlap=0.5, batch_size=2,
+                   mirror=True, progress=False)
+    assert shapes == [(16, 16, 16, 16, 3)]  # 2 windows x 8 mirrorings
 
 
 def test_progress_bar(capsys):
@@ -171,7 +178,7 @@ from tfversky import inference, io, metrics, plan, preprocessing  # noqa: E402
 SMALL_GRID = preprocessing.ReferenceGrid((80, 96, 80), (2.0, 2.0, 2.0))
 
 
-def _flair_threshold_model(z=1.25, gain=8.0):
+def _flair_threshold_model(z=1.25, gain=8.0, model_plan=None):
     """Lesion probability = sigmoid(gain * (FLAIR z-score - z)) per voxel: a sharp stand-in
     for a trained network (phantom lesions are bright on FLAIR), with no training noise."""
     inputs = keras.Input((None, None, None, 3))
@@ -180,7 +187,7 @@ def _flair_threshold_model(z=1.25, gain=8.0):
     kernel = np.zeros((1, 1, 1, 3, 2), "float32")
     kernel[0, 0, 0, 2, 1] = gain
     conv.set_weights([kernel, np.array([0.0, -gain * z], "float32")])
-    return plan.attach(model, plan.Plan(grid=SMALL_GRID))
+    return plan.attach(model, model_plan or plan.Plan(grid=SMALL_GRID))
 
 
 @pytest.fixture(scope="module")
@@ -400,3 +407,184 @@ def test_trained_model_without_window_statistics_changes_on_larger_windows():
     with pytest.raises(ValueError, match="moves the zero-padded borders"):
         inference.segment_on_grid(model, image, recorded, patch_size=32)
     assert inference.check_window(model, recorded) == (16, 16, 16)
+
+
+# --- Ensembles, test-time mirroring and the operating point (issue 23) -----------------------
+
+SCAN_SHAPE = (20, 24, 28)
+TINY_GRID = preprocessing.ReferenceGrid((16, 16, 16), (2.0, 2.0, 2.0))
+
+
+def _pointwise_planned(seed, model_plan=None, width=4):
+    """A random network of 1x1x1 convolutions (each voxel alone) carrying ``model_plan``."""
+    keras.utils.set_random_seed(seed)
+    model, _ = _pointwise_model(layers=[keras.layers.Conv3D(width, 1, activation="tanh"),
+                                        keras.layers.Conv3D(2, 1, activation="softmax")])
+    return plan.attach(model, model_plan or plan.Plan(grid=TINY_GRID, patch_size=8))
+
+
+def _mirror_symmetric_model(seed):
+    """3x3x3 kernels equal to their own mirror images along each axis, zero padding: the
+    network commutes with every flip, so mirroring can change nothing."""
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input((None, None, None, 3))
+    conv = keras.layers.Conv3D(4, 3, padding="same", activation="relu")
+    head = keras.layers.Conv3D(2, 1, activation="softmax")
+    model = keras.Model(inputs, head(conv(inputs)))
+    kernel = rng.normal(size=(3, 3, 3, 3, 4)).astype("float32")
+    for axis in range(3):
+        kernel = (kernel + np.flip(kernel, axis)) / 2
+    conv.set_weights([kernel, rng.normal(size=4).astype("float32")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_scans(tmp_path_factory):
+    """T1, T2, FLAIR files of a 20x24x28 'brain' block of noise on 1x1x1.2 mm voxels."""
+    folder = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    brain = np.zeros(SCAN_SHAPE, bool)
+    brain[3:-3, 4:-4, 4:-4] = True
+    affine = np.diag([-1.0, 1.0, 1.2, 1.0])
+    paths = {}
+    for name, mean in (("T1", 300.0), ("T2", 500.0), ("FLAIR", 200.0)):
+        paths[name] = str(folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(np.where(brain, rng.normal(mean, 50, SCAN_SHAPE), 0.0)
+                                 .astype("float32"), affine), paths[name])
+    return paths
+
+
+def test_ensemble_probability_is_the_mean_of_its_members_on_the_scans_grid(tiny_scans):
+    members = [_pointwise_planned(seed) for seed in (1, 2, 3)]
+    alone = [inference.segment(member, tiny_scans).probabilities for member in members]
+    together = inference.segment(members, tiny_scans)
+    assert together.probabilities.shape == SCAN_SHAPE
+    # Averaged on the grid, mapped back once: linear interpolation of the mean is the mean
+    # of the interpolations, up to float32 rounding.
+    np.testing.assert_allclose(together.probabilities, np.mean(alone, axis=0), atol=1e-5)
+    assert not np.allclose(alone[0], alone[1], atol=1e-3)  # the members differ
+
+
+def test_mirroring_changes_nothing_for_a_mirror_symmetric_network(odd_volume):
+    volume = odd_volume[:20, :24, :28]
+    symmetric = _mirror_symmetric_model(0)
+    # Several windows, the last flush with the end: each window is mirrored, not the volume.
+    plain = predict_volume(symmetric, volume, patch_size=16, overlap=0.5, progress=False)
+    mirrored = predict_volume(symmetric, volume, patch_size=16, overlap=0.5, mirror=True,
+                              progress=False)
+    np.testing.assert_allclose(mirrored, plain, atol=1e-5)
+    # The same network with one kernel left unsymmetric: mirroring changes its output, so
+    # the comparison above can fail.
+    lopsided = _mirror_symmetric_model(0)
+    conv = lopsided.layers[1]
+    kernel, bias = conv.get_weights()
+    kernel[0] += 1.0
+    conv.set_weights([kernel, bias])
+    changed = np.abs(predict_volume(lopsided, volume, patch_size=16, mirror=True,
+                                    progress=False) -
+                     predict_volume(lopsided, volume, patch_size=16, progress=False))
+    assert changed.max() > 1e-2
+
+
+def test_mirrorings_are_each_passes_flipped_back(odd_volume):
+    """keep_mirrorings gives the eight passes; each is the network on the mirrored volume,
+    flipped back (one window covers the volume here, so the windows cannot differ)."""
+    volume = odd_volume[:16, :16, :16]
+    model = unet3d(base_filters=2, depth=2)
+    passes = predict_volume(model, volume, patch_size=16, mirror=True, keep_mirrorings=True,
+                            progress=False)
+    assert passes.shape == (8, 16, 16, 16, 2)
+    for k, axes in enumerate(inference.MIRRORINGS):
+        spatial = tuple(a - 1 for a in axes)
+        expected = np.flip(model.predict(np.flip(volume, spatial)[None], verbose=0)[0], spatial)
+        np.testing.assert_allclose(passes[k], expected, atol=1e-5)
+    np.testing.assert_allclose(predict_volume(model, volume, patch_size=16, mirror=True,
+                                              progress=False), passes.mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="keep_mirrorings"):
+        predict_volume(model, volume, keep_mirrorings=True, progress=False)
+
+
+def test_uncertainty_is_the_spread_over_members_and_mirrorings(odd_volume):
+    image = odd_volume[:16, :16, :16]
+    a, b = _pointwise_planned(1), _pointwise_planned(2)
+    pa, pb = (inference.segment_on_grid(m, image) for m in (a, b))
+    mean, spread = inference.segment_on_grid([a, b], image, uncertainty=True)
+    np.testing.assert_allclose(mean, (pa + pb) / 2, atol=1e-6)
+    np.testing.assert_allclose(spread, np.abs(pa - pb) / 2, atol=1e-5)  # std of two values
+    # A pointwise network commutes with mirroring: eight equal passes, no spread.
+    _, alone = inference.segment_on_grid(a, image, tta=True, uncertainty=True)
+    assert alone.max() < 1e-5
+    with pytest.raises(ValueError, match="nothing to measure.*--tta"):
+        inference.segment_on_grid(a, image, uncertainty=True)
+
+
+def test_uncertainty_map_is_written_and_one_plain_member_is_refused(tiny_scans, tmp_path):
+    a, b = _pointwise_planned(1), _pointwise_planned(2)
+    result = inference.segment([a, b], tiny_scans, uncertainty_out=tmp_path / "u.nii.gz")
+    written = nib.load(tmp_path / "u.nii.gz")
+    assert written.shape == SCAN_SHAPE and written.get_data_dtype() == np.float32
+    np.testing.assert_allclose(written.get_fdata(), result.uncertainty, atol=1e-6)
+    assert result.uncertainty.max() > 0
+    with pytest.raises(ValueError, match="nothing to measure"):
+        inference.segment(a, tiny_scans, uncertainty_out=tmp_path / "v.nii.gz")
+    assert not (tmp_path / "v.nii.gz").exists()
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("modalities", ("T1", "FLAIR"), "modalities T1, FLAIR, member 1 T1, T2, FLAIR"),
+    ("grid", preprocessing.ReferenceGrid((16, 16, 16), (1.0, 1.0, 1.0)),
+     "grid 16x16x16 of 1x1x1 mm, member 1 16x16x16 of 2x2x2 mm"),
+    ("placement", "registration", "placement 'registration'"),
+    ("clip_percentiles", (1.0, 99.0), "clip_percentiles 1.0x99.0"),
+    ("training_patch_size", 8, "training_patch_size 8x8x8, member 1 None"),
+])
+def test_members_with_different_plans_are_refused(field, value, shown):
+    base = plan.Plan(grid=TINY_GRID, patch_size=8)
+    other = dataclasses.replace(base, **{field: value})
+    with pytest.raises(ValueError, match="do not share a plan: member 2 has " + re.escape(shown)):
+        inference.ensemble_plan([base, other])
+
+
+def test_members_operating_points_are_averaged_and_said_so():
+    plans = [plan.Plan(threshold=t, min_lesion_mm3=v, operating_point={"criterion": "f2"})
+             for t, v in ((0.4, 0.0), (0.6, 6.0))]
+    merged = inference.ensemble_plan(plans)
+    assert (merged.threshold, merged.min_lesion_mm3) == (0.5, 3.0)
+    assert merged.operating_point["thresholds"] == [0.4, 0.6]
+    assert "mean of the members" in inference.operating_point(merged)["source"]
+    assert inference.ensemble_plan(plans[:1]) is plans[0]
+
+
+def test_the_operating_point_comes_from_the_plan_unless_overridden(tmp_path):
+    """Two bright FLAIR cubes, of about 350 and 30 mm^3: the plan's 60 mm^3 keeps one."""
+    rng = np.random.default_rng(3)
+    brain = np.zeros(SCAN_SHAPE, np.float32)
+    brain[3:-3, 4:-4, 4:-4] = 1
+    flair = brain * rng.normal(100, 5, SCAN_SHAPE)
+    flair[5:12, 6:13, 6:12] += 200
+    flair[14:17, 16:19, 18:21] += 200
+    scans = {}
+    for name, data in (("T1", brain * rng.normal(300, 5, SCAN_SHAPE)),
+                       ("T2", brain * rng.normal(500, 5, SCAN_SHAPE)), ("FLAIR", flair)):
+        scans[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(data.astype("float32"), np.diag([1.0, 1.0, 1.2, 1.0])),
+                 scans[name])
+    chosen = plan.Plan(grid=TINY_GRID, patch_size=8, threshold=0.45, min_lesion_mm3=60.0,
+                       operating_point={"criterion": "f2", "value": 0.8})
+    model = _flair_threshold_model(z=2.0, model_plan=chosen)
+    result = inference.segment(model, scans)
+    assert (result.operating_point["threshold"], result.operating_point["min_lesion_mm3"]) \
+        == (0.45, 60.0)
+    assert result.operating_point["source"] == ("threshold 0.45 from the plan (chosen by f2 on "
+                                                "validation), min lesion 60 mm^3 from the plan")
+    _, before = metrics.remove_small_lesions(result.probabilities >= 0.45, 0, (1, 1, 1.2))
+    expected, count = metrics.remove_small_lesions(result.probabilities >= 0.45, 60.0,
+                                                   (1.0, 1.0, 1.2))
+    np.testing.assert_array_equal(result.mask, expected)
+    assert (before, count, result.lesion_count) == (2, 1, 1)
+    given = inference.segment(model, scans, threshold=0.6, min_lesion_mm3=0)
+    np.testing.assert_array_equal(given.mask, given.probabilities >= 0.6)
+    assert given.lesion_count == 2
+    assert given.operating_point["source"] == "threshold 0.6 given, min lesion 0 mm^3 given"
+    with pytest.raises(ValueError, match="min_lesion_mm3"):
+        inference.segment(model, scans, min_lesion_mm3=-1)

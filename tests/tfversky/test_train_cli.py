@@ -42,6 +42,19 @@ def test_train_validates_and_augments_by_default():
     args = train_cli.build_parser().parse_args([])
     assert (args.val_subjects, args.augment, args.monitor) == (0.1, "default", "val_dsc")
     assert train_cli.augment_config(args) is not None
+    assert (args.select, args.operating_point) == ("auto", train_cli.DEFAULT_OPERATING_POINT)
+
+
+def test_the_flags_name_the_rules_of_the_modules():
+    """train_cli keeps copies (its --help imports no TensorFlow): they must agree."""
+    from tfversky import operating_point, train_cli
+
+    assert train_cli.SELECTION_RULES == training.SELECTION_RULES
+    assert train_cli.AUTO_SELECT in training.SELECTION_RULES
+    assert train_cli.OPERATING_POINT_CRITERIA == operating_point.CRITERIA
+    assert (train_cli.MIN_VALIDATION_SUBJECTS, train_cli.MIN_VALIDATION_LESIONS) == \
+        (training.MIN_VALIDATION_SUBJECTS, training.MIN_VALIDATION_LESIONS)
+    assert train_cli.build_parser().parse_args([]).ema_alpha == training.EMA_ALPHA
 
 
 @pytest.mark.parametrize("schedule, expected", [
@@ -129,6 +142,15 @@ def test_bad_flags_are_one_line_before_any_work(extra, message, capsys, tmp_path
     (["--patch-size", "18"], "--patch-size 18: expected sizes that are each a multiple of 4 "
                              "(2^(depth-1) for --depth 3): 16 or 20 for 18"),
     (["--alpha", "0", "--beta", "0"], "--beta 0.0: expected a number > 0 when alpha is 0"),
+    # Selection and the operating point (issue 22).
+    (["--select", "best", "--val-subjects", "0"],
+     "--select best chooses the epoch on validation, and --val-subjects 0 holds out none"),
+    (["--select", "ema", "--val-subjects", "0"], "--select ema chooses the epoch"),
+    (["--select", "first"], "argument --select: invalid choice: 'first' (choose from "
+                            "'auto', 'last', 'best', 'ema')"),
+    (["--ema-alpha", "1"], "argument --ema-alpha: expected a number in [0, 1), got '1'"),
+    (["--operating-point", "recall"], "argument --operating-point: invalid choice: 'recall' "
+                                      "(choose from 'none', 'dsc', 'f2', 'lesion_f1')"),
 ])
 def test_every_flag_has_a_range_checked_before_any_work(extra, message, capsys, tmp_path):
     data_dir, out = tmp_path / "data", tmp_path / "run"
@@ -212,7 +234,8 @@ def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir,
     out = tmp_path / "run"
     assert cli.main(["train", *TINY, "--data-dir", tiny_data_dir, "--out", str(out),
                      "--epochs", "3", "--steps-per-epoch", "2", "--val-subjects", "1",
-                     "--augment", "default", "--augment-prob", "rotation=0.5"]) == 0
+                     "--select", "best", "--operating-point", "lesion_f1", "--augment",
+                     "default", "--augment-prob", "rotation=0.5"]) == 0
     results = json.loads((out / "results.json").read_text())
     # The data's version, so that runs on data a later release makes are not pooled with it.
     assert results["versions"]["dataset"] == str(tfds_ms.MsLesions.VERSION)
@@ -222,10 +245,19 @@ def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir,
     best = max(history, key=lambda h: h["val_dsc"])  # the first of equals, as Keras keeps it
     assert selection["monitor"] == "val_dsc" and selection["selected_epoch"] == best["epoch"]
     assert selection["best"] == pytest.approx(best["val_dsc"])
+    # Every rule's epoch, why this one, and the last epoch's score beside it.
+    assert selection["rule"] == "best" and selection["reason"].startswith("--select best; 1 ")
+    assert selection["rules"]["best"]["epoch"] == best["epoch"]
+    assert selection["rules"]["last"]["epoch"] == 3
+    assert selection["last_epoch_score"] == pytest.approx(history[-1]["val_dsc"])
+    # One validation subject: the operating point stays the paper's, and says why.
+    assert results["operating_point"]["threshold"] == 0.5
+    assert results["operating_point"]["reason"].startswith("too little validation data: 1 ")
     assert json.loads((out / "validation.json").read_text())["selected_epoch"] == \
         best["epoch"]
     assert results["config"]["augment"] == "default"
-    for name in ("model.keras", "last.keras", "evaluator.npz", "pr_curve.png"):
+    for name in ("model.keras", "best.keras", "ema.keras", "last.keras", "evaluator.npz",
+                 "pr_curve.png"):
         assert (out / name).exists(), name
     # One training subject validated, the other trained on; the test fold is untouched.
     assert len(results["subjects"]) == 2
@@ -254,6 +286,50 @@ def test_train_selects_on_validation_and_evaluate_scores_the_same(tiny_data_dir,
                                                          results["subjects"]]
     assert len(list((evaluated / "predictions").glob("*.nii.gz"))) == 2
     assert np.isfinite(again["pooled"]["dsc"])
+
+
+def test_the_operating_point_chosen_on_validation_rides_in_the_plan_to_evaluate(
+        tiny_data_dir, tmp_path, monkeypatch, capsys):
+    from tfversky import operating_point
+
+    calls = []
+
+    def choose(volumes, criterion, voxel_size_mm, **kwargs):
+        calls.append((volumes, criterion, voxel_size_mm, kwargs))
+        return {"threshold": 0.3, "min_lesion_mm3": 40.0, "operating_point": {
+            "criterion": criterion, "value": 0.9, "baseline_value": 0.8, "subjects": 1}}
+
+    monkeypatch.setattr(operating_point, "choose", choose)
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--data-dir", tiny_data_dir, "--out", str(out),
+                     "--epochs", "1", "--steps-per-epoch", "1", "--val-subjects", "1",
+                     "--operating-point", "f2"]) == 0
+    assert "operating point: threshold 0.3, minimum lesion 40 mm^3 (f2 0.9000 on validation" \
+        in capsys.readouterr().out
+    [(volumes, criterion, spacing, kwargs)] = calls
+    assert criterion == "f2" and spacing == (5.0, 3.6, 3.0)
+    assert kwargs["baseline"] == (0.5, 0.0)
+    assert len(volumes) == 1 and volumes[0]["probabilities"].shape == (32, 56, 64)
+    saved = plan.read_plan(out / "model.keras")
+    assert (saved.threshold, saved.min_lesion_mm3) == (0.3, 40.0)
+    assert saved.operating_point["criterion"] == "f2"
+    results = json.loads((out / "results.json").read_text())
+    assert results["operating_point"]["threshold"] == 0.3
+    assert results["selection"]["rule"] == "last"  # --select auto on one subject
+    # evaluate scores with the plan's point, as train's test did; flags override it.
+    evaluated = tmp_path / "eval"
+    assert cli.main(["evaluate", "--model", str(out / "model.keras"), "--data-dir",
+                     tiny_data_dir, "--out", str(evaluated)]) == 0
+    again = json.loads((evaluated / "evaluation.json").read_text())
+    assert again["operating_point"] == {"threshold": 0.3, "min_lesion_mm3": 40.0,
+                                        "from": "plan"}
+    assert again["pooled"] == results["pooled"]
+    assert cli.main(["evaluate", "--model", str(out / "model.keras"), "--data-dir",
+                     tiny_data_dir, "--out", str(tmp_path / "flags"), "--threshold", "0.5",
+                     "--min-lesion-volume", "0"]) == 0
+    flags = json.loads((tmp_path / "flags" / "evaluation.json").read_text())
+    assert flags["operating_point"] == {"threshold": 0.5, "min_lesion_mm3": 0.0,
+                                        "from": "arguments"}
 
 
 def test_evaluate_refuses_training_folds_and_other_folds(tiny_data_dir, tmp_path, capsys):
@@ -347,16 +423,20 @@ def test_evaluate_folders_never_write_into_an_input(tmp_path, capsys):
     (["--model", "m.keras"], "give one or the other"),
     (["--truth", "only"], "--predictions DIR and --truth DIR go together"),
     ([], "give --model FILE (a model on a dataset split) or --predictions"),
+    (["--min-lesion-volume", "10"], "--min-lesion-volume 10: applies to a --model's "
+                                    "probabilities"),
 ])
 def test_evaluate_modes_do_not_mix(argv, message, tmp_path, capsys):
-    folders = _mask_folders(tmp_path) if argv and argv[0] == "--model" else []
+    folders = _mask_folders(tmp_path) if argv and argv[0] in ("--model",
+                                                             "--min-lesion-volume") else []
     line = _one_line_error(["evaluate", *folders, *argv, "--out", str(tmp_path / "o")], capsys)
     assert message in line, line
 
 
 # --- the run folder: nothing finished is overwritten, a resume is checked -----------------------
 
-RUN = [*TINY, "--epochs", "3", "--steps-per-epoch", "2", "--val-subjects", "1"]
+RUN = [*TINY, "--epochs", "3", "--steps-per-epoch", "2", "--val-subjects", "1", "--select",
+       "best"]
 
 
 VALIDATION = training.ValidationCallback  # the tests below replace it with scripted ones
@@ -432,8 +512,8 @@ def test_killed_run_resumes_only_with_its_flags_and_a_finished_one_is_kept(
     capsys.readouterr()
 
     # Other flags: refused, each named, before anything is built or touched.
-    line = _one_line_error(command + ["--alpha", "0.5", "--seed", "3", "--val-subjects", "0"],
-                           capsys)
+    line = _one_line_error(command + ["--alpha", "0.5", "--seed", "3", "--val-subjects", "0",
+                                      "--select", "last"], capsys)
     for flag in ("--alpha 0.3 there, 0.5 now", "--seed 0 there, 3 now",
                  "--val-subjects 1 there, 0 now", "--overwrite"):
         assert flag in line, line

@@ -1,6 +1,7 @@
 """Validation split, whole-volume validation, model selection, resume, TensorBoard images."""
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -97,6 +98,80 @@ def test_selection_picks_the_best_validation_epoch_not_the_lowest_training_loss(
     assert state["history"][1]["val_dsc"] == pytest.approx(_dsc(0.9))
 
 
+def _history(values, monitor="val_dsc"):
+    return [{"epoch": e, monitor: v} for e, v in enumerate(values, 1)]
+
+
+@pytest.mark.parametrize("values, alpha, expected", [
+    # Noisy plateau (issue 22's curve): best takes the spike, ema the smoothed plateau.
+    ([0.82, 0.89, 0.92, 0.91, 0.90, 0.90, 0.82, 0.89, 0.90], 0.5,
+     {"last": 9, "best": 3, "ema": 6}),
+    # Steadily rising: every rule takes the last epoch.
+    ([0.1, 0.2, 0.3, 0.4], 0.9, {"last": 4, "best": 4, "ema": 4}),
+    # A late spike, smoothed away: ema keeps the early plateau (the first of equals).
+    ([0.8, 0.8, 0.5, 0.95, 0.4], 0.5, {"last": 5, "best": 4, "ema": 1}),
+    # An undefined metric (NaN) is skipped, never selected.
+    ([math.nan, 0.5, math.nan], 0.9, {"last": 3, "best": 2, "ema": 2}),
+    ([math.nan, math.nan], 0.9, {"last": 2, "best": None, "ema": None}),
+    # alpha 0: no smoothing, ema is best.
+    ([0.3, 0.7, 0.6], 0.0, {"last": 3, "best": 2, "ema": 2}),
+])
+def test_each_rule_picks_its_epoch_on_a_scripted_curve(values, alpha, expected):
+    chosen = training.select_epochs(_history(values), ema_alpha=alpha)
+    assert {rule: chosen[rule]["epoch"] for rule in training.SELECTION_RULES} == expected
+    smooth = training.smoothed(values, alpha)
+    if expected["ema"] is not None:
+        assert chosen["ema"]["score"] == pytest.approx(smooth[expected["ema"] - 1])
+        assert chosen["best"]["score"] == pytest.approx(values[expected["best"] - 1])
+
+
+def test_select_epochs_min_mode_min_delta_waiting_and_restart():
+    history = _history([0.5, 0.4, 0.45, 0.39, 0.6], monitor="val_f2")
+    chosen = training.select_epochs(history, "val_f2", mode="min", min_delta=0.02)
+    assert chosen["best"]["epoch"] == 2 and chosen["waiting"] == 3  # 0.39 is within 0.02
+    # A rule restarted after epoch 3 (its checkpoint was of an epoch trained again).
+    restarted = training.select_epochs(history, "val_f2", mode="min", min_delta=0.02,
+                                       since={"best": 3})
+    assert restarted["best"]["epoch"] == 4 and restarted["waiting"] == 1
+
+
+def test_one_run_keeps_the_model_of_every_rule(tmp_path):
+    volume = _volume()
+    found = [0.5, 0.9, 0.8, 0.6, 0.5]  # best 2; smoothed (alpha 0.5) best at 3
+    chosen = training.select_epochs(_history([_dsc(f) for f in found]), ema_alpha=0.5)
+    assert (chosen["best"]["epoch"], chosen["ema"]["epoch"]) == (2, 3)
+    recorder = WeightsPerEpoch()
+    validation = training.ValidationCallback([volume], tmp_path, select="ema", ema_alpha=0.5,
+                                             predict=Scripted(found, volume))
+    _tiny_model().fit(*_train_data(), epochs=5, verbose=0, callbacks=[validation, recorder])
+    assert validation.selected_epoch == 3 and validation.best == pytest.approx(_dsc(0.9))
+    for name, epoch in (("best", 2), ("ema", 3), ("last", 5), ("model", 3)):
+        assert _same_weights(tmp_path / f"{name}.keras", recorder.weights[epoch]), name
+    state = training.read_state(tmp_path)
+    assert state["select"] == "ema" and state["selected_epoch"] == 3
+    assert {rule: state["rules"][rule]["epoch"] for rule in state["rules"]} == \
+        {"last": 5, "best": 2, "ema": 3}
+    assert state["rules"]["last"]["score"] == pytest.approx(_dsc(0.5))
+
+
+def test_select_last_makes_model_keras_the_last_epoch(tmp_path):
+    volume = _volume()
+    recorder = WeightsPerEpoch()
+    validation = training.ValidationCallback([volume], tmp_path, select="last",
+                                             predict=Scripted([0.9, 0.5, 0.6], volume))
+    _tiny_model().fit(*_train_data(), epochs=3, verbose=0, callbacks=[validation, recorder])
+    assert validation.selected_epoch == 3
+    assert _same_weights(tmp_path / "model.keras", recorder.weights[3])
+    assert _same_weights(tmp_path / "best.keras", recorder.weights[1])
+
+
+def test_validation_shortfall_names_what_is_missing():
+    assert training.validation_shortfall(training.MIN_VALIDATION_SUBJECTS,
+                                         training.MIN_VALIDATION_LESIONS) == ""
+    assert training.validation_shortfall(1, 5) == \
+        "1 subject(s) (fewer than 2), 5 lesion(s) (fewer than 20)"
+
+
 def test_val_every_validates_every_nth_and_the_last_epoch_and_keeps_csv_columns(tmp_path):
     volume = _volume()
     predict = Scripted([0.2, 0.4, 0.8], volume)
@@ -184,8 +259,10 @@ def test_resume_after_a_kill_between_saving_the_best_and_the_backup(tmp_path):
     state = json.loads((tmp_path / "validation.json").read_text())
     state["history"].append({"epoch": 3, **{m: 0.99 for m in training.VALIDATION_METRICS}})
     state.update(selected_epoch=3, best=0.99)
+    state["rules"]["best"].update(epoch=3, score=0.99)
     (tmp_path / "validation.json").write_text(json.dumps(state))
-    _tiny_model(seed=2).save(tmp_path / "model.keras")  # the model of that lost epoch 3
+    for name in ("best.keras", "model.keras"):  # the model of that lost epoch 3
+        _tiny_model(seed=2).save(tmp_path / name)
 
     recorder = WeightsPerEpoch()
     second, second_callbacks = callbacks([0.6, 0.5], recorder)
@@ -272,6 +349,8 @@ def test_split_subjects_errors(value, match):
     ({"patience": 0}, r"`patience`.*patience=0"),
     ({"min_delta": -1}, r"`min_delta`"),
     ({"threshold": 1.5}, r"`threshold`"),
+    ({"select": "first"}, r"`select`.*'last', 'best', 'ema'.*select='first'"),
+    ({"ema_alpha": 1.0}, r"`ema_alpha`.*\[0, 1\).*ema_alpha=1.0"),
 ])
 def test_callback_argument_errors(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
