@@ -135,7 +135,13 @@ def _add_evaluate(subparsers) -> None:
     train_cli.add_evaluate(subparsers)
 
 
-_SUBCOMMANDS = (_add_predict, _add_train, _add_evaluate)
+def _add_export(subparsers) -> None:
+    from tfversky import export
+
+    export.add_export(subparsers)
+
+
+_SUBCOMMANDS = (_add_predict, _add_train, _add_evaluate, _add_export)
 
 
 def build_parser() -> argparse.ArgumentParser:

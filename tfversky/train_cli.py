@@ -4,6 +4,8 @@
     tfversky train --dataset ms_lesions/synthetic_lowres --val-every 2 --patience 5 \\
         --out runs/val
     tfversky evaluate --model runs/val/model.keras --out runs/val/test
+    tfversky train --dataset ms_lesions/synthetic_realistic_by_centre_lowres --folds all \\
+        --holdout-fold 3 --out runs/cv                         # cross-validation, fold 3 unseen
 
 ``train``: data (a ``ms_lesions`` config through the dataset adapter its entry point names,
 ``tfversky._adapters``) -> patches with nnU-Net's augmentations (``--augment default``) ->
@@ -29,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -46,6 +50,7 @@ RUN_JSON = "run.json"  # the run's flags and versions, written before training s
 OUTPUT_ONLY_FLAGS = ("out", "overwrite", "verbose", "data_dir", "handler", "command")
 AUGMENT_CHOICES = ("none", "default", "all")
 LR_SCHEDULES = ("step", "poly")
+DEFAULT_FOLD = 1  # --fold's default (None on the namespace until resolve_folds: --folds)
 # Kept here, not imported, so that --help needs no TensorFlow (tests check they agree).
 SELECTION_RULES = ("last", "best", "ema")  # training.SELECTION_RULES
 OPERATING_POINT_CRITERIA = ("dsc", "f2", "lesion_f1")  # operating_point.CRITERIA
@@ -119,9 +124,20 @@ def add_train_arguments(parser) -> None:
     """Every flag of ``tfversky train`` (and ``examples/train_ms.py``) on ``parser``."""
     add_data_arguments(parser)
     data = parser.add_argument_group("training data")
-    data.add_argument("--fold", type=_flag(arguments.non_negative_int, int), default=1,
-                      help="test fold; training uses the other(s). Fold 1 of the synthetic data "
-                           "holds its highest- and lowest-lesion-load subjects")
+    data.add_argument("--fold", type=_flag(arguments.non_negative_int, int), default=None,
+                      help=f"test fold, {DEFAULT_FOLD} unless given (or --folds); training "
+                           f"uses the other(s). Fold 1 of the synthetic data holds its "
+                           f"highest- and lowest-lesion-load subjects")
+    data.add_argument("--folds", nargs="+", default=None, metavar="K|all",
+                      help="cross-validation: one run per fold (test fold K, as --fold K) in "
+                           "OUT/fold_K/, then OUT/results.json pooling every fold's test "
+                           "subjects; 'all' or a list (e.g. 0 2). Resumable per fold")
+    data.add_argument("--holdout-fold", type=_flag(arguments.non_negative_int, int),
+                      default=None, metavar="T",
+                      help="a fold no run trains, validates or tests on: it leaves the training "
+                           "folds (of --fold, or of every --folds run, 'all' then meaning the "
+                           "other folds), so an ensemble of the runs can be tested on subjects "
+                           "none of its members saw")
     data.add_argument("--patch-size", type=_flag(arguments.patch_size, int), default=48,
                       help="cubic training patch edge; a multiple of 2^(depth-1)")
     data.add_argument("--lesion-fraction", type=_flag(arguments.probability), default=0.5,
@@ -477,14 +493,18 @@ def run_record(args, builder, description, splits: tuple[str, str], folds: tuple
 
 
 def resolve_folds(args, builder=None) -> tuple[str, str] | None:
-    """Sets ``args.num_folds`` to the dataset's folds when not given, checks ``--fold``
-    against them, and returns ``data.fold_splits``'s (training, test) split names.
+    """Sets ``args.num_folds`` to the dataset's folds when not given (and ``args.fold`` to
+    ``DEFAULT_FOLD`` when None), checks ``--fold`` and ``--holdout-fold`` against them, and
+    returns the (training, test) split names: ``data.fold_splits``'s, the holdout fold left
+    out of training.
 
     A config declares its folds; a user dataset's may come from its ``splits_final.json``,
     known only once it is open: without ``builder``, None then.
     """
     from tfversky import data
 
+    if args.fold is None:
+        args.fold = DEFAULT_FOLD
     folds = dataset_adapter(args).num_folds(args, builder)
     if folds is None:
         return None
@@ -492,7 +512,29 @@ def resolve_folds(args, builder=None) -> tuple[str, str] | None:
     if not 0 <= args.fold < args.num_folds:
         raise UsageError(f"--fold {args.fold}: {args.dataset} has {args.num_folds} folds; "
                          f"use --fold 0 to {args.num_folds - 1}")
-    return data.fold_splits(args.fold, args.num_folds)
+    train, test = data.fold_splits(args.fold, args.num_folds)
+    holdout = getattr(args, "holdout_fold", None)
+    if holdout is None:
+        return train, test
+    check_holdout_fold(args)
+    if holdout == args.fold:
+        raise UsageError(f"--holdout-fold {holdout} is the test fold (--fold {args.fold}): "
+                         f"the holdout fold is left out of every run; test on another fold")
+    return "+".join(p for p in train.split("+") if p != f"fold{holdout}"), test
+
+
+def check_holdout_fold(args) -> None:
+    """``--holdout-fold`` against ``args.num_folds``: a fold of the dataset, leaving a
+    training fold and a test fold beside it."""
+    holdout = args.holdout_fold
+    if not 0 <= holdout < args.num_folds:
+        raise UsageError(f"--holdout-fold {holdout}: {args.dataset} has {args.num_folds} "
+                         f"folds; use --holdout-fold 0 to {args.num_folds - 1}")
+    if args.num_folds < 3:
+        raise UsageError(f"--holdout-fold {holdout}: {args.dataset} has {args.num_folds} "
+                         f"folds, and a holdout fold needs 3 or more (one held out, one to "
+                         f"test on, one to train on); leave --holdout-fold out, or give the "
+                         f"dataset more folds (--num-folds for nnunet/bids)")
 
 
 def load_splits(args, skip_batches: int = 0):
@@ -888,7 +930,10 @@ def settle_operating_point(args, model_path: pathlib.Path, volumes, ignore_index
 
 def run(args) -> dict:
     """Trains, selects and evaluates one run (``tfversky train``); returns ``results.json``'s
-    content (empty on a non-chief worker)."""
+    content (empty on a non-chief worker). With ``--folds``, a cross-validation
+    (``run_folds``)."""
+    if getattr(args, "folds", None) is not None:
+        return run_folds(args)
     check_args(args)
     started = check_run_folder(args)  # a refusal leaves the folder as it was
     strategy = make_strategy(args.strategy, args.cpu_replicas)  # before any other TF work
@@ -951,6 +996,258 @@ def run(args) -> dict:
                                 "last.keras", "validation.json", "pr_curve.png",
                                 "overlays/", "predictions/", "training_log.csv", RUN_JSON,
                                 "logs/"])
+    return results
+
+
+# --- 6. cross-validation: one run per fold, their test folds pooled (--folds) ----------------
+
+FOLD_FOLDER = "fold_{}"  # OUT/fold_K: the run whose test fold is K
+_FOLD_FOLDER = re.compile(r"fold_(\d+)")
+
+
+def fold_args(args, fold: int) -> argparse.Namespace:
+    """The flags of fold ``fold``'s run of a cross-validation: those of ``tfversky train
+    --fold FOLD --out OUT/fold_FOLD``, so each fold's folder is an ordinary run."""
+    return argparse.Namespace(**{**vars(args), "fold": fold, "folds": None,
+                                 "out": str(pathlib.Path(args.out) / FOLD_FOLDER.format(fold))})
+
+
+def check_folds(args) -> list[int]:
+    """``--folds`` and what goes with it, before any work: the folds to run (sorted), every
+    flag checked as ``check_args`` checks a run's. Sets ``args.num_folds``.
+
+    Raises:
+        UsageError: ``--fold`` with ``--folds``; multi-worker training; a ``--folds`` value
+            that is not ``all`` or a fold of the dataset (naming its folds); the holdout
+            fold among ``--folds``; any flag ``check_args`` refuses.
+    """
+    if args.fold is not None:
+        raise UsageError(f"--fold {args.fold} and --folds {' '.join(args.folds)}: --fold "
+                         f"trains one run, --folds one per fold; give one of them")
+    if args.strategy == "multiworker":
+        raise UsageError("--folds with --strategy multiworker: run the folds one by one "
+                         "(--fold K --out OUT/fold_K on the workers), or --folds on one "
+                         "machine (--strategy mirrored uses its GPUs)")
+    words = [str(value) for value in args.folds]
+    if "all" in words and len(words) > 1 or not all(w == "all" or w.isdigit() for w in words):
+        raise UsageError(f"--folds {' '.join(words)}: expected 'all' or fold numbers (e.g. "
+                         f"--folds 0 2)")
+    holdout = args.holdout_fold
+    # Every other flag as a run checks it (nothing built): fold 0's, or 1's if 0 is held out.
+    probe = fold_args(args, 1 if holdout == 0 else 0)
+    check_args(probe)
+    if probe.num_folds is None:  # a user dataset whose folds only its build tells
+        adapter = dataset_adapter(args)
+        resolve_folds(probe, adapter.open_dataset(args))
+    args.num_folds = probe.num_folds
+    if holdout is not None:
+        check_holdout_fold(args)
+    valid = [k for k in range(args.num_folds) if k != holdout]
+    if words == ["all"]:
+        return valid
+    requested = sorted({int(w) for w in words})
+    for fold in requested:
+        if fold == holdout:
+            raise UsageError(f"--folds {' '.join(words)}: fold {fold} is the holdout fold "
+                             f"(--holdout-fold {holdout}), which no run trains or tests on; "
+                             f"give folds among {', '.join(map(str, valid))}, or all")
+        if fold >= args.num_folds:
+            raise UsageError(f"--folds {' '.join(words)}: {args.dataset} has "
+                             f"{args.num_folds} folds (0 to {args.num_folds - 1}); give "
+                             f"folds among them, or all")
+    return requested
+
+
+def fold_folders(out) -> dict[int, pathlib.Path]:
+    """``{K: OUT/fold_K}`` of the fold folders ``out`` holds (a ``--folds`` run's)."""
+    out = pathlib.Path(out)
+    if not out.is_dir():
+        return {}
+    return {int(m[1]): p for p in out.iterdir()
+            if p.is_dir() and (m := _FOLD_FOLDER.fullmatch(p.name))}
+
+
+def check_cross_validation_folder(args, folds: list[int]) -> dict[int, bool]:
+    """What ``--out`` holds, checked before any work: ``{K: finished}`` for each fold of
+    ``folds``. A cross-validation folder holds fold folders made with the same flags (one
+    cross-validation: their test folds are pooled), each resumed or started over as a run's
+    folder is (``check_run_folder``); a finished fold is kept (``--overwrite``: started over).
+
+    Raises:
+        UsageError: ``--out`` is a file, a single run's folder, or a non-empty folder with
+            no fold folders; a fold folder of another fold count or holdout, or made with
+            other flags or data (each named); a killed fold ``check_run_folder`` refuses.
+    """
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file: give a folder for the "
+                         f"cross-validation")
+    existing = fold_folders(out)
+    if any((out / name).exists() for name in _RUN_FILES if name != "results.json"):
+        raise UsageError(f"--out {args.out!r} holds a single run ({RUN_JSON}, model.keras): "
+                         f"--folds writes one run per fold into OUT/fold_K; choose another "
+                         f"--out")
+    if out.is_dir() and not existing and any(not p.name.startswith(".") for p in
+                                             out.iterdir()):
+        raise UsageError(f"--out {args.out!r} is not empty and holds no cross-validation "
+                         f"(fold_K folders): choose a new or empty folder")
+    again = "give the flags it was made with, or another --out"
+    for fold, folder in sorted(existing.items()):
+        if fold >= args.num_folds or fold == args.holdout_fold:
+            raise UsageError(f"--out {args.out!r} holds {folder.name}, not a fold of this "
+                             f"cross-validation ({args.dataset}: {args.num_folds} folds"
+                             + (f", fold {args.holdout_fold} held out" if
+                                args.holdout_fold is not None else "") + f"): {again}")
+        saved = next((folder / name for name in ("results.json", RUN_JSON)
+                      if (folder / name).exists()), None)
+        if saved is None or (args.overwrite and fold in folds):
+            continue  # nothing recorded, or started over: check_run_folder below
+        differ = flags_differing(json.loads(saved.read_text()), fold_args(args, fold),
+                                 ignore=OUTPUT_ONLY_FLAGS)
+        if differ:
+            raise UsageError(f"--out {args.out!r}: {folder.name} was made with other flags or "
+                             f"data ({'; '.join(differ)}), and one cross-validation pools "
+                             f"runs of one recipe: {again}")
+    finished = {}
+    for fold in folds:
+        run_args = fold_args(args, fold)
+        finished[fold] = (pathlib.Path(run_args.out) / "results.json").exists() and \
+            not args.overwrite
+        if not finished[fold]:
+            check_run_folder(run_args)
+    return finished
+
+
+def run_folds(args) -> dict:
+    """Cross-validation (``tfversky train --folds``): one run per fold of ``--folds`` in
+    ``OUT/fold_K`` (each as ``--fold K`` writes it; a finished one is kept, a killed one
+    resumed), then ``OUT/results.json`` pooling the test folds of every finished fold in
+    ``OUT`` (``pool_cross_validation``). Returns its content."""
+    folds = check_folds(args)
+    finished = check_cross_validation_folder(args, folds)
+    for number, fold in enumerate(folds, 1):
+        where = pathlib.Path(args.out) / FOLD_FOLDER.format(fold)
+        if finished[fold]:
+            print(f"fold {fold} ({number} of {len(folds)}): finished before, kept in {where}")
+            continue
+        print(f"\n=== fold {fold} ({number} of {len(folds)}): test fold {fold}, run in "
+              f"{where} ===")
+        run(fold_args(args, fold))
+    return pool_cross_validation(args)
+
+
+def _subject_mean(rows: list[dict]) -> dict:
+    """Each numeric score averaged over the subjects (a subject's scans first averaged:
+    ``statistics.subject_means``; NaN, e.g. no lesion, left out)."""
+    import numpy as np
+
+    from tfversky import statistics
+
+    means = {}
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)) and key not in ("lesion_voxels", "fold"):
+            per_subject = statistics.subject_means((r["subject"], r[key]) for r in rows)
+            means[key] = float(np.mean(list(per_subject.values()))) if per_subject \
+                else math.nan
+    return means
+
+
+def _read_cases(folder: pathlib.Path) -> list[dict]:
+    """The rows of a run's ``cases.csv`` (``evaluation.write_scores``), numbers as floats."""
+    import csv
+
+    with open(folder / "cases.csv", newline="") as handle:
+        return [{k: v if k == "case" else float(v) for k, v in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def pool_cross_validation(args) -> dict:
+    """Pools the test folds of every finished fold in ``--out`` into ``OUT/results.json``,
+    as nnU-Net scores its cross-validation: every subject once, predicted by the run that
+    never trained on it. ``pooled``: over all test voxels and lesions (each fold's mask at
+    its own plan's threshold; APR from the pooled histograms); ``subject_mean``: each score
+    averaged over the subjects; ``folds``: each fold's own, with ``fold_mean`` (mean and
+    sd over folds) beside. Also writes ``evaluator.npz`` and ``subject_curves.npz`` of the
+    pooled folds, so ``evaluation.load_fold(OUT)`` reads the cross-validation as one test.
+
+    Returns:
+        What ``results.json`` holds: ``cross_validation`` (the folds pooled, the missing
+        ones, the holdout fold), ``pooled``, ``subject_mean``, ``folds``, ``fold_mean``,
+        ``subjects`` (every fold's rows, each naming its ``fold``), ``config``,
+        ``versions`` and ``record`` (the dataset and the recipe, ``fold`` left out).
+    """
+    import numpy as np
+
+    from tfversky import evaluation, metrics, statistics
+
+    out = pathlib.Path(args.out)
+    done = {k: p for k, p in sorted(fold_folders(out).items())
+            if (p / "results.json").exists()}
+    if not done:
+        return {}
+    expected = [k for k in range(args.num_folds) if k != args.holdout_fold]
+    pooled_evaluator, rows, curves, cases, folds = None, [], {}, [], {}
+    for fold, folder in done.items():
+        results = json.loads((folder / "results.json").read_text())
+        evaluator, subjects, fold_curves = evaluation.load_fold(folder)
+        if pooled_evaluator is None:
+            pooled_evaluator = metrics.Evaluator(evaluator.threshold, evaluator.mantissa_bits)
+        # Not Evaluator.merge: each fold counts its masks at its own plan's threshold (the
+        # held-out masks as its model makes them); the APR histograms do not depend on it.
+        for name in ("counts", "positives", "negatives"):
+            getattr(pooled_evaluator, name)[:] += getattr(evaluator, name)
+        rows += [{**row, "fold": fold} for row in subjects]
+        curves.update(fold_curves)
+        cases += _read_cases(folder)
+        splits = results["record"]["splits"]
+        folds[FOLD_FOLDER.format(fold)] = {
+            "test": splits["test"], "train": splits["train"],
+            "subjects": len(set(splits["test_subjects"])),
+            "threshold": evaluator.threshold,
+            "selected_epoch": results["selection"]["selected_epoch"],
+            "pooled": results["pooled"], "subject_mean": _subject_mean(subjects)}
+    lesion_keys = [k for k in next(iter(folds.values()))["pooled"]
+                   if k not in metrics.PAPER_METRICS + metrics.COUNTS]
+    summary = metrics.summarize_cases(cases)
+    pooled = {**{k: v for k, v in pooled_evaluator.result().items()
+                 if k in metrics.PAPER_METRICS + metrics.COUNTS},
+              **{k: summary["pooled"][k] for k in lesion_keys}}
+    fold_mean = {k: {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1))
+                     if len(values) > 1 else math.nan}
+                 for k in metrics.PAPER_METRICS + ("lesion_f1",)
+                 for values in [[f["pooled"][k] for f in folds.values()]]}
+    last = json.loads((done[max(done)] / "results.json").read_text())
+    digests = {f: json.loads((p / "results.json").read_text())["record"]["dataset"]["digest"]
+               for f, p in done.items()}
+    if len(set(digests.values())) > 1:
+        raise UsageError(f"--out {args.out!r}: its folds were tested on different copies of "
+                         f"{args.dataset} (digests {digests}): their folds may overlap, so "
+                         f"they are not pooled; train them again on one copy (--overwrite)")
+    record = dict(last["record"])
+    record["recipe"] = {k: v for k, v in record["recipe"].items() if k != "fold"}
+    record.pop("splits", None)  # each fold's: under folds
+    missing = [k for k in expected if k not in done]
+    results = {
+        "cross_validation": {
+            "num_folds": args.num_folds, "folds": sorted(done), "missing": missing,
+            "complete": not missing, "holdout_fold": args.holdout_fold,
+            "sample": statistics.units(rows)},
+        "pooled": pooled, "subject_mean": _subject_mean(rows), "folds": folds,
+        "fold_mean": fold_mean, "subjects": rows,
+        "config": {k: v for k, v in run_started(args)["config"].items() if k != "fold"},
+        "versions": last["versions"], "record": record}
+    pooled_evaluator.save(out / "evaluator.npz")
+    with _files.atomic_path(out / "subject_curves.npz") as partial:
+        np.savez_compressed(partial, **{f"{name}/{part}": values for name, curve in
+                                        curves.items() for part, values in curve.items()})
+    _files.atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float))
+    print(f"\ncross-validation: folds {', '.join(map(str, sorted(done)))} of "
+          f"{args.num_folds} pooled"
+          + (f" (not yet run: {', '.join(map(str, missing))})" if missing else "")
+          + (f"; fold {args.holdout_fold} held out of every run" if args.holdout_fold
+             is not None else ""))
+    print_report(results, out, ["results.json", "evaluator.npz", "subject_curves.npz"] + [
+        f"{FOLD_FOLDER.format(k)}/" for k in sorted(done)])
     return results
 
 

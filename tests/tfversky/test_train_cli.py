@@ -641,3 +641,116 @@ def test_a_model_takes_scans_like_its_training_scans(raw_training, tmp_path, cap
     else:
         assert code == 2 and "does not look skull-stripped" in err, err
         assert "The model was trained on skull-stripped scans" in err
+
+
+# --- cross-validation: train --folds (issue 23, item 1) ---------------------------------------
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--folds", "2"], "--folds 2: ms_lesions/synthetic_tiny has 2 folds (0 to 1); give folds "
+                       "among them, or all"),
+    (["--folds", "all", "--fold", "0"], "--fold 0 and --folds all: --fold trains one run, "
+                                        "--folds one per fold; give one of them"),
+    (["--folds", "0", "x"], "--folds 0 x: expected 'all' or fold numbers"),
+    (["--folds", "all", "1"], "--folds all 1: expected 'all' or fold numbers"),
+    (["--folds", "all", "--holdout-fold", "1"], "--holdout-fold 1: ms_lesions/synthetic_tiny "
+                                                "has 2 folds, and a holdout fold needs 3 or more"),
+    (["--folds", "all", "--strategy", "multiworker"], "--folds with --strategy multiworker"),
+    (["--folds", "all", "--alpha", "-1"], "argument --alpha: expected a finite number >= 0"),
+])
+def test_folds_are_checked_before_any_work(extra, message, capsys, tmp_path):
+    data_dir, out = tmp_path / "data", tmp_path / "cv"
+    line = _one_line_error(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out),
+                            *extra], capsys)
+    assert message in line, line
+    assert not data_dir.exists() and not out.exists()
+
+
+def test_a_holdout_fold_is_left_out_of_every_run(tmp_path):
+    """--holdout-fold T: fold T is in no run's training split, so an ensemble of the runs
+    can be tested on it; combinations that would train or test on it are refused."""
+    from tfversky import train_cli
+    from tfversky.arguments import UsageError
+
+    def parsed(*flags):
+        return train_cli.build_parser().parse_args(
+            ["--dataset", "ms_lesions/synthetic_realistic_by_centre_lowres", "--data-dir",
+             str(tmp_path / "data"), "--out", str(tmp_path / "cv"), *flags])
+
+    args = parsed("--fold", "0", "--holdout-fold", "3")
+    assert train_cli.resolve_folds(args) == ("fold1+fold2", "fold0")
+    assert train_cli.resolve_folds(parsed("--fold", "0")) == ("fold1+fold2+fold3", "fold0")
+    assert train_cli.resolve_folds(parsed()) == ("fold0+fold2+fold3", "fold1")  # --fold 1
+    assert train_cli.check_folds(parsed("--folds", "all", "--holdout-fold", "3")) == [0, 1, 2]
+    assert train_cli.check_folds(parsed("--folds", "2", "0")) == [0, 2]
+    for flags, message in [
+            (("--folds", "1", "3", "--holdout-fold", "3"),
+             "--folds 1 3: fold 3 is the holdout fold (--holdout-fold 3), which no run trains "
+             "or tests on; give folds among 0, 1, 2, or all"),
+            (("--fold", "3", "--holdout-fold", "3"), "--holdout-fold 3 is the test fold"),
+            (("--folds", "all", "--holdout-fold", "4"), "--holdout-fold 4: "
+             "ms_lesions/synthetic_realistic_by_centre_lowres has 4 folds; use --holdout-fold "
+             "0 to 3")]:
+        with pytest.raises(UsageError) as refused:
+            args = parsed(*flags)
+            train_cli.check_folds(args) if args.folds else train_cli.resolve_folds(args)
+        assert message in str(refused.value), refused.value
+    assert not (tmp_path / "data").exists() and not (tmp_path / "cv").exists()
+
+
+@pytest.mark.slow
+def test_folds_train_one_run_per_fold_resume_and_pool(tiny_data_dir, tmp_path, capsys):
+    from tfversky import evaluation, export, metrics
+
+    out = tmp_path / "cv"
+    command = ["train", *TINY, "--data-dir", tiny_data_dir, "--out", str(out), "--epochs", "1",
+               "--steps-per-epoch", "1", "--val-subjects", "0", "--augment", "none"]
+    assert cli.main(command + ["--folds", "0"]) == 0
+    partial = json.loads((out / "results.json").read_text())["cross_validation"]
+    assert (partial["folds"], partial["missing"], partial["complete"]) == ([0], [1], False)
+    fold0 = _files_of(out / "fold_0")
+    # A fold killed during its test (training finished): resumed, not trained again; a
+    # finished fold is kept as it was.
+    assert cli.main(command + ["--folds", "all"]) == 0
+    (out / "fold_1" / "results.json").unlink()
+    log = (out / "fold_1" / "training_log.csv").read_text()
+    capsys.readouterr()
+    assert cli.main(command + ["--folds", "all"]) == 0
+    printed = capsys.readouterr().out
+    assert "fold 0 (1 of 2): finished before" in printed and "finished before: evaluating" \
+        in printed
+    assert (out / "fold_1" / "training_log.csv").read_text() == log
+    assert _files_of(out / "fold_0") == fold0
+    # Each fold's folder is the run `train --fold K` writes.
+    for fold in (0, 1):
+        results = json.loads((out / f"fold_{fold}" / "results.json").read_text())
+        assert results["record"]["splits"]["test"] == f"fold{fold}"
+        assert results["config"]["fold"] == fold and results["config"]["folds"] is None
+        assert (out / f"fold_{fold}" / "model.keras").exists()
+    # The pooled results: every subject once, the counts summed over the folds.
+    pooled = json.loads((out / "results.json").read_text())
+    folds = [json.loads((out / f"fold_{k}" / "results.json").read_text()) for k in (0, 1)]
+    assert pooled["cross_validation"] == {"num_folds": 2, "folds": [0, 1], "missing": [],
+                                          "complete": True, "holdout_fold": None,
+                                          "sample": "4 subjects (4 scans)"}
+    for count in metrics.COUNTS + ("lesions_reference", "lesions_predicted"):
+        assert pooled["pooled"][count] == sum(f["pooled"][count] for f in folds), count
+    assert sorted(s["subject"] for s in pooled["subjects"]) == sorted(
+        s["subject"] for f in folds for s in f["subjects"])
+    rows = pooled["subjects"]
+    assert pooled["subject_mean"]["dsc"] == pytest.approx(np.mean([r["dsc"] for r in rows]))
+    assert pooled["fold_mean"]["dsc"]["mean"] == pytest.approx(
+        np.mean([f["pooled"]["dsc"] for f in folds]))
+    evaluator, subjects, _ = evaluation.load_fold(out)  # the folder reads as one test
+    assert evaluator.result()["apr"] == pytest.approx(pooled["pooled"]["apr"])
+    # Another recipe in the same folder: refused, naming the fold and the flag.
+    before = _files_of(out)
+    line = _one_line_error(command + ["--folds", "1", "--alpha", "0.5"], capsys)
+    assert "fold_0 was made with other flags or data (--alpha 0.3 there, 0.5 now)" in line
+    line = _one_line_error(command + ["--fold", "1"], capsys)  # a single run over it
+    assert "holds a finished run" in line, line
+    assert _files_of(out) == before
+    # The folds export as one ensemble.
+    card = export.export_run(out, tmp_path / "cv.zip")
+    assert card["scores"]["pooled"]["dsc"] == pooled["pooled"]["dsc"]
+    assert [m["tested_on"] for m in card["members"]] == ["fold0", "fold1"]
