@@ -245,8 +245,6 @@ def _model_files(given, unpack_into) -> list:
     --folds`` gives every fold_K/model.keras (in fold order), a plain run folder its
     model.keras; an archive of ``tfversky export`` (.zip) its members, checked and unpacked
     into the folder ``unpack_into()`` returns (``tfversky.export.open_archive``)."""
-    import re
-
     files = []
     for path in given:
         if path.endswith(".zip") and os.path.isfile(path):
@@ -258,9 +256,9 @@ def _model_files(given, unpack_into) -> list:
                 raise UsageError(f"--model {path!r}: {' '.join(str(err).split())}") from None
             files += [str(member) for member in members]
         elif os.path.isdir(path):
-            folds = sorted((name for name in os.listdir(path) if re.fullmatch(r"fold_\d+", name)
-                            and os.path.isdir(os.path.join(path, name))),
-                           key=lambda name: int(name[len("fold_"):]))
+            from tfversky.train_cli import fold_folders  # one rule for what a fold folder is
+
+            folds = [folder.name for _, folder in sorted(fold_folders(path).items())]
             if folds:
                 unfinished = [name for name in folds
                               if not os.path.isfile(os.path.join(path, name, "model.keras"))]
