@@ -93,3 +93,24 @@ def _remove(path: pathlib.Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def csv_text(columns, tables) -> str:
+    """CSV text of ``columns`` from tables of columns (dicts of sequences), row after row.
+
+    Example:
+
+    >>> csv_text(("a", "b"), [{"a": [1, 2], "b": [3, 4]}, {"a": [5], "b": [6]}])
+    'a,b\\n1,3\\n2,4\\n5,6\\n'
+    """
+    import csv
+    import io
+
+    import numpy as np
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    for table in tables:  # column by column: no Python object per lesion is kept
+        writer.writerows(zip(*(np.asarray(table[k]).tolist() for k in columns)))
+    return text.getvalue()

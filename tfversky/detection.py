@@ -227,3 +227,15 @@ def lesion_centroids(ids, sizes) -> np.ndarray:
     centroids = np.stack([np.bincount(labels, weights=axis, minlength=len(sizes))
                           for axis in inside], axis=1) / np.maximum(sizes, 1)[:, None]
     return centroids[1:]
+
+
+def to_world(voxels, affine) -> np.ndarray:
+    """(n, 3) voxel coordinates (e.g. ``lesion_centroids``) in world mm: ``affine`` applied.
+
+    Example:
+
+    >>> to_world(np.array([[1.0, 2.0, 3.0]]), np.diag([2.0, 1.0, 0.5, 1.0])).tolist()
+    [[2.0, 2.0, 1.5]]
+    """
+    affine = np.asarray(affine, float)
+    return np.asarray(voxels, float).reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]

@@ -38,7 +38,7 @@ import numpy as np
 
 from tfversky import (detection, inference, io, metrics, operating_point, plan as plan_lib,
                       plotting)
-from tfversky._files import atomic_path, atomic_write_text
+from tfversky._files import atomic_path, atomic_write_text, csv_text
 
 RESULT_FILE = "evaluation.json"
 COUNTS = metrics.COUNTS
@@ -437,8 +437,7 @@ def score_pairs(pairs: dict, *, label: int | None = None, threshold: float = 0.5
 def lesion_table(case: str, lesions: dict, affine) -> dict:
     """``metrics.case_scores``' lesions as ``LESION_COLUMNS`` (NumPy columns), the centroids
     in world mm (the grid's affine applied to the voxel centroid)."""
-    affine = np.asarray(affine, float)
-    world = lesions["centroid_voxel"] @ affine[:3, :3].T + affine[:3, 3]
+    world = detection.to_world(lesions["centroid_voxel"], affine)
     return {"case": np.full(len(world), case), "side": lesions["side"],
             "lesion": lesions["lesion"], "voxels": lesions["voxels"],
             "volume_mm3": lesions["volume_mm3"], "centroid_x_mm": world[:, 0],
@@ -480,25 +479,14 @@ def write_scores(out, cases: list, lesions: list, *, overwrite: bool = False,
     Raises:
         FolderError: the files exist and not ``overwrite``.
     """
-    import csv
-    import io as text_io
-
     check_outputs(out, overwrite)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {**metrics.summarize_cases(cases), **(details or {})}
     columns = ("case",) + metrics.CASE_COLUMNS + metrics.CASE_EXTRAS
-    text = text_io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([case[k] for k in columns] for case in cases)
-    atomic_write_text(out / CASES_FILE, text.getvalue())
-    text = text_io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(LESION_COLUMNS)
-    for table in lesions:  # column by column: no Python object per lesion is kept
-        writer.writerows(zip(*(table[k].tolist() for k in LESION_COLUMNS)))
-    atomic_write_text(out / LESIONS_FILE, text.getvalue())
+    atomic_write_text(out / CASES_FILE, csv_text(
+        columns, [{k: [case[k]] for k in columns} for case in cases]))
+    atomic_write_text(out / LESIONS_FILE, csv_text(LESION_COLUMNS, lesions))
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=float))
     return summary
 

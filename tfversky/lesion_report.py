@@ -17,13 +17,10 @@ lesion volumes add up to its mask's volume.
 
 from __future__ import annotations
 
-import csv
-import io as text_io
-
 import numpy as np
 
 from tfversky import detection, inference, metrics
-from tfversky._files import atomic_write_text
+from tfversky._files import atomic_write_text, csv_text
 
 LESIONS_FILE, SUMMARY_FILE = "lesions.csv", "summary.csv"
 LESION_COLUMNS = ("case", "lesion", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",
@@ -68,29 +65,12 @@ def lesion_table(case: str, mask, probabilities, affine) -> dict:
     np.maximum.at(highest, labels, lesion_probabilities)
     mean = np.bincount(labels, weights=lesion_probabilities,
                        minlength=count + 1) / np.maximum(sizes, 1)
-    affine = np.asarray(affine, float)
-    world = detection.lesion_centroids(ids, sizes) @ affine[:3, :3].T + affine[:3, 3]
+    world = detection.to_world(detection.lesion_centroids(ids, sizes), affine)
     return {"case": np.full(count, case), "lesion": np.arange(1, count + 1),
             "voxels": sizes[1:], "volume_mm3": sizes[1:] * float(np.prod(spacing)),
             "centroid_x_mm": world[:, 0], "centroid_y_mm": world[:, 1],
             "centroid_z_mm": world[:, 2], "max_probability": highest[1:],
             "mean_probability": mean[1:]}
-
-
-def csv_text(columns, tables) -> str:
-    """CSV text of ``columns`` from tables of columns (dicts of sequences), row after row.
-
-    Example:
-
-    >>> csv_text(("a", "b"), [{"a": [1, 2], "b": [3, 4]}, {"a": [5], "b": [6]}])
-    'a,b\\n1,3\\n2,4\\n5,6\\n'
-    """
-    text = text_io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(columns)
-    for table in tables:  # column by column: no Python object per lesion is kept
-        writer.writerows(zip(*(np.asarray(table[k]).tolist() for k in columns)))
-    return text.getvalue()
 
 
 def write_report(lesions_path, summary_path, tables: list, rows: list) -> None:
