@@ -14,7 +14,7 @@ grid (what ``tfversky evaluate`` scores), to maximise one criterion:
 
 Chosen on too little data they would fit its noise, as selecting an epoch on one
 validation volume does (issue 22): with fewer validation subjects or lesions than
-``tfversky.training.MIN_VALIDATION_SUBJECTS`` / ``MIN_VALIDATION_LESIONS``, the defaults
+``tfversky.validation_rules.MIN_VALIDATION_SUBJECTS`` / ``MIN_VALIDATION_LESIONS``, the defaults
 (0.5, no minimum) are kept, and the record says why. A grid point replaces the defaults only
 where it beats them on validation.
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from tfversky import detection, metrics
+from tfversky.validation_rules import OPERATING_POINT_CRITERIA as CRITERIA, validation_shortfall
 
-CRITERIA = ("dsc", "f2", "lesion_f1")
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_LESION_MM3 = (0.0, 5.0, 10.0, 20.0, 40.0)  # 10 mm^3 ~ a sphere 2.7 mm across
 BASELINE = (0.5, 0.0)  # the paper's threshold, every lesion kept
@@ -103,7 +103,7 @@ def choose(volumes, criterion: str, voxel_size_mm, *, thresholds=THRESHOLDS,
     Every (threshold, minimum volume) of the grid is scored on the subjects pooled; the
     best replaces ``baseline`` only where it scores higher on them (of equally good points,
     the one nearest the baseline: the threshold first). With too little validation data
-    (``training.validation_shortfall``) nothing is scored and the baseline is kept.
+    (``validation_rules.validation_shortfall``) nothing is scored and the baseline is kept.
 
     Args:
         volumes: Validation volumes: dicts with ``probabilities`` (D, H, W) lesion
@@ -136,8 +136,6 @@ def choose(volumes, criterion: str, voxel_size_mm, *, thresholds=THRESHOLDS,
     >>> chosen["threshold"], chosen["min_lesion_mm3"], chosen["operating_point"]["reason"]
     (0.5, 0.0, 'too little validation data: 2 lesion(s) (fewer than 20)')
     """
-    from tfversky import training
-
     check_criterion(criterion)
     thresholds, volumes_mm3 = check_grid(tuple(thresholds) + (baseline[0],),
                                          tuple(min_lesion_mm3) + (baseline[1],))
@@ -154,7 +152,7 @@ def choose(volumes, criterion: str, voxel_size_mm, *, thresholds=THRESHOLDS,
     record = {"criterion": criterion, "subjects": subjects, "lesions": lesions,
               "baseline": list(baseline)}
     keep_baseline = {"threshold": float(baseline[0]), "min_lesion_mm3": float(baseline[1])}
-    shortfall = training.validation_shortfall(subjects, lesions)
+    shortfall = validation_shortfall(subjects, lesions)
     if shortfall:
         return {**keep_baseline, "operating_point": {
             **record, "value": None, "reason": f"too little validation data: {shortfall}"}}

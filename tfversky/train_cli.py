@@ -41,6 +41,9 @@ import time
 
 from tfversky import _files, arguments
 from tfversky.arguments import UsageError, flag_type as _flag
+from tfversky.validation_rules import (AUTO_SELECT, EMA_ALPHA, MIN_VALIDATION_LESIONS,
+                                       MIN_VALIDATION_SUBJECTS, OPERATING_POINT_CRITERIA,
+                                       SELECTION_RULES, validation_shortfall)
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "default")
 RUN_JSON = "run.json"  # the run's flags and versions, written before training starts
@@ -52,10 +55,6 @@ AUGMENT_CHOICES = ("none", "default", "all")
 LR_SCHEDULES = ("step", "poly")
 DEFAULT_FOLD = 1  # --fold's default (None on the namespace until resolve_folds: --folds)
 # Kept here, not imported, so that --help needs no TensorFlow (tests check they agree).
-SELECTION_RULES = ("last", "best", "ema")  # training.SELECTION_RULES
-OPERATING_POINT_CRITERIA = ("dsc", "f2", "lesion_f1")  # operating_point.CRITERIA
-MIN_VALIDATION_SUBJECTS, MIN_VALIDATION_LESIONS = 2, 20  # training.MIN_VALIDATION_*
-AUTO_SELECT = "best"  # what --select auto takes with enough validation data (RESULTS.md)
 DEFAULT_OPERATING_POINT = "none"  # chosen on 2 validation subjects, it overfit (RESULTS.md)
 
 
@@ -219,7 +218,7 @@ def add_train_arguments(parser) -> None:
                           f"{AUTO_SELECT} with enough validation data (at least "
                           f"{MIN_VALIDATION_SUBJECTS} subjects and {MIN_VALIDATION_LESIONS} "
                           "lesions), else last. best/last/ema.keras are all kept")
-    val.add_argument("--ema-alpha", type=_flag(arguments.smoothing_weight), default=0.9,
+    val.add_argument("--ema-alpha", type=_flag(arguments.smoothing_weight), default=EMA_ALPHA,
                      metavar="A",
                      help="--select ema: the smoothed curve s = A s + (1 - A) value, A in "
                           "[0, 1)")
@@ -407,12 +406,20 @@ def dataset_version(args) -> str | None:
     return None if version is None else str(version(args))
 
 
+# Flags that act only through the validation subjects: with --val-subjects 0 on both sides
+# they cannot change the model (a run recorded before one of them existed stays comparable).
+VALIDATION_ONLY_FLAGS = ("val_every", "select", "ema_alpha", "monitor", "patience",
+                         "operating_point")
+
+
 def flags_differing(saved: dict, args, ignore=()) -> list[str]:
     """How ``args`` differ from a run's record (``saved``: its ``results.json`` or
     ``run.json``): one ``--flag X there, Y now`` per flag (those in ``ignore`` left out), and
     the dataset's version where the run recorded one. Runs that differ cannot be resumed,
     reused or pooled as if they were the same."""
     config = saved.get("config", {})
+    if config.get("val_subjects") == 0 and getattr(args, "val_subjects", None) == 0:
+        ignore = (*ignore, *VALIDATION_ONLY_FLAGS)
     # Compared as JSON, the way each run saved its flags.
     expected = json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in ignore},
                                      default=str))
@@ -805,11 +812,11 @@ def train(args, strategy, out: pathlib.Path, chief: bool, started: dict) -> dict
 
 
 def selection_rule(args, volumes, spacing) -> tuple[str, str]:
-    """The rule that makes model.keras (``training.SELECTION_RULES``) and why: ``--select``,
+    """The rule that makes model.keras (``SELECTION_RULES``) and why: ``--select``,
     or for ``auto`` ``AUTO_SELECT`` where the validation volumes (lesions counted on the
-    grid of ``spacing``) are enough to choose on (``training.validation_shortfall``), else
+    grid of ``spacing``) are enough to choose on (``validation_shortfall``), else
     the last epoch."""
-    from tfversky import operating_point, training
+    from tfversky import operating_point
 
     if not volumes:
         return "last", "no validation subjects"
@@ -818,7 +825,7 @@ def selection_rule(args, volumes, spacing) -> tuple[str, str]:
     seen = f"{subjects} validation subject(s), {lesions} lesion(s)"
     if args.select != "auto":
         return args.select, f"--select {args.select}; {seen}"
-    shortfall = training.validation_shortfall(subjects, lesions)
+    shortfall = validation_shortfall(subjects, lesions)
     if shortfall:
         return "last", f"--select auto: too little validation data to choose an epoch: " \
                        f"{shortfall}"
@@ -843,7 +850,8 @@ def print_report(results: dict, out: pathlib.Path, files=()) -> None:
         print(f"{name:<{width}}  " + "  ".join(f"{100 * row[k]:>10.2f}%" for k in keys))
     print(f"\nwritten to {out}:")
     for path in files:
-        print(f"  {out / path}")
+        if (out / path).exists():  # best/ema.keras only where validation chose
+            print(f"  {out / path}")
 
 
 def persisted_training(out: pathlib.Path, args, reason: str = "") -> dict:

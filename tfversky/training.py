@@ -66,17 +66,12 @@ import tensorflow as tf
 
 from tfversky import metrics, plotting
 from tfversky._files import atomic_path, atomic_write_text
+from tfversky.validation_rules import (  # noqa: F401  (training.X names them too)
+    EMA_ALPHA, MIN_VALIDATION_LESIONS, MIN_VALIDATION_SUBJECTS, SELECTION_RULES,
+    validation_shortfall)
 
 VALIDATION_METRICS = ("val_dsc", "val_sensitivity", "val_specificity", "val_f2", "val_apr")
 _MODES = ("max", "min")
-# Which epoch becomes model.keras: the last one trained, the best validated one, or the best
-# of the validation curve smoothed by an exponential moving average (select_epochs).
-SELECTION_RULES = ("last", "best", "ema")
-EMA_ALPHA = 0.9  # nnU-Net's weight of the running average of its validation pseudo-Dice
-# Enough validation to choose on (an epoch, an operating point): fewer subjects is one
-# brain's noise; 20 lesions put a lesion-wise rate's standard error at 0.11 or less.
-MIN_VALIDATION_SUBJECTS = 2
-MIN_VALIDATION_LESIONS = 20
 STATE_FILE = "validation.json"
 LOG_FILE = "training_log.csv"  # keras.callbacks.CSVLogger's, one row per epoch
 EPOCH_SECONDS = "epoch_seconds"  # the log's column of each epoch's wall time (EpochTimer)
@@ -155,23 +150,6 @@ def split_validation(volumes: tf.data.Dataset, val_ids) -> tuple[tf.data.Dataset
         return tf.reduce_any(tf.equal(element["subject"], ids))
 
     return (volumes.filter(lambda e: tf.logical_not(held_out(e))), volumes.filter(held_out))
-
-
-def validation_shortfall(subjects: int, lesions: int) -> str:
-    """Why validation data are too few to choose on (``MIN_VALIDATION_SUBJECTS`` subjects
-    and ``MIN_VALIDATION_LESIONS`` lesions), or "" when they are enough.
-
-    Example:
-
-    >>> validation_shortfall(1, 40), validation_shortfall(3, 40)
-    ('1 subject(s) (fewer than 2)', '')
-    """
-    short = []
-    if subjects < MIN_VALIDATION_SUBJECTS:
-        short.append(f"{subjects} subject(s) (fewer than {MIN_VALIDATION_SUBJECTS})")
-    if lesions < MIN_VALIDATION_LESIONS:
-        short.append(f"{lesions} lesion(s) (fewer than {MIN_VALIDATION_LESIONS})")
-    return ", ".join(short)
 
 
 # --- distribution -----------------------------------------------------------------------------

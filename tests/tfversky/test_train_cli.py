@@ -46,15 +46,16 @@ def test_train_validates_and_augments_by_default():
 
 
 def test_the_flags_name_the_rules_of_the_modules():
-    """train_cli keeps copies (its --help imports no TensorFlow): they must agree."""
-    from tfversky import operating_point, train_cli
+    """train_cli, training and operating_point take their rules from one TF-free module."""
+    from tfversky import operating_point, train_cli, validation_rules
 
-    assert train_cli.SELECTION_RULES == training.SELECTION_RULES
-    assert train_cli.AUTO_SELECT in training.SELECTION_RULES
-    assert train_cli.OPERATING_POINT_CRITERIA == operating_point.CRITERIA
-    assert (train_cli.MIN_VALIDATION_SUBJECTS, train_cli.MIN_VALIDATION_LESIONS) == \
-        (training.MIN_VALIDATION_SUBJECTS, training.MIN_VALIDATION_LESIONS)
+    assert train_cli.SELECTION_RULES is training.SELECTION_RULES is \
+        validation_rules.SELECTION_RULES
+    assert train_cli.OPERATING_POINT_CRITERIA is operating_point.CRITERIA
     assert train_cli.build_parser().parse_args([]).ema_alpha == training.EMA_ALPHA
+    parser = train_cli.build_parser()
+    select = next(a for a in parser._actions if a.dest == "select")
+    assert select.choices == ("auto",) + validation_rules.SELECTION_RULES
 
 
 @pytest.mark.parametrize("schedule, expected", [
@@ -188,6 +189,22 @@ def test_a_namespace_made_in_python_is_checked_by_the_same_rules(tmp_path):
             train_cli.run(bad)
         assert str(refused.value).startswith(message), refused.value
     assert not (tmp_path / "data").exists()
+
+
+def test_validation_flags_matter_only_where_there_is_validation():
+    """A run recorded before --select existed, without validation subjects, compares equal
+    to today's flags; with validation subjects, the missing --select is a difference."""
+    from tfversky import train_cli
+
+    args = train_cli.build_parser().parse_args(["--val-subjects", "0"])
+    config = json.loads(json.dumps(vars(args), default=str))
+    older = {k: v for k, v in config.items() if k not in ("select", "ema_alpha")}
+    assert train_cli.flags_differing({"config": older}, args) == []
+    assert train_cli.flags_differing({"config": {**older, "alpha": 0.1}}, args) == [
+        f"--alpha 0.1 there, {args.alpha!r} now"]
+    validated = argparse.Namespace(**{**vars(args), "val_subjects": 2})
+    differ = train_cli.flags_differing({"config": {**older, "val_subjects": 2}}, validated)
+    assert differ == ["--select None there, 'auto' now", "--ema-alpha None there, 0.9 now"]
 
 
 def test_more_validation_subjects_than_training_ones(tiny_data_dir, capsys, tmp_path):

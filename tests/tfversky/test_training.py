@@ -165,13 +165,6 @@ def test_select_last_makes_model_keras_the_last_epoch(tmp_path):
     assert _same_weights(tmp_path / "best.keras", recorder.weights[1])
 
 
-def test_validation_shortfall_names_what_is_missing():
-    assert training.validation_shortfall(training.MIN_VALIDATION_SUBJECTS,
-                                         training.MIN_VALIDATION_LESIONS) == ""
-    assert training.validation_shortfall(1, 5) == \
-        "1 subject(s) (fewer than 2), 5 lesion(s) (fewer than 20)"
-
-
 def test_val_every_validates_every_nth_and_the_last_epoch_and_keeps_csv_columns(tmp_path):
     volume = _volume()
     predict = Scripted([0.2, 0.4, 0.8], volume)
