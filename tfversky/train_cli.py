@@ -41,9 +41,10 @@ import time
 
 from tfversky import _files, arguments
 from tfversky.arguments import UsageError, flag_type as _flag
-from tfversky.validation_rules import (AUTO_SELECT, EMA_ALPHA, MIN_VALIDATION_LESIONS,
-                                       MIN_VALIDATION_SUBJECTS, OPERATING_POINT_CRITERIA,
-                                       SELECTION_RULES, validation_shortfall)
+from tfversky.validation_rules import (AUTO_SELECT, DEFAULT_OPERATING_POINT, EMA_ALPHA,
+                                       MIN_VALIDATION_LESIONS, MIN_VALIDATION_SUBJECTS,
+                                       OPERATING_POINT_CRITERIA, SELECTION_RULES,
+                                       validation_shortfall)
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "default")
 RUN_JSON = "run.json"  # the run's flags and versions, written before training starts
@@ -54,8 +55,6 @@ OUTPUT_ONLY_FLAGS = ("out", "overwrite", "verbose", "data_dir", "handler", "comm
 AUGMENT_CHOICES = ("none", "default", "all")
 LR_SCHEDULES = ("step", "poly")
 DEFAULT_FOLD = 1  # --fold's default (None on the namespace until resolve_folds: --folds)
-# Kept here, not imported, so that --help needs no TensorFlow (tests check they agree).
-DEFAULT_OPERATING_POINT = "none"  # chosen on 2 validation subjects, it overfit (RESULTS.md)
 
 
 # --- flags ------------------------------------------------------------------------------------

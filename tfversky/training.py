@@ -64,7 +64,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfversky import metrics, plotting
+from tfversky import arguments, metrics, plotting
 from tfversky._files import atomic_path, atomic_write_text
 from tfversky.validation_rules import (  # noqa: F401  (training.X names them too)
     EMA_ALPHA, MIN_VALIDATION_LESIONS, MIN_VALIDATION_SUBJECTS, SELECTION_RULES,
@@ -387,10 +387,7 @@ class ValidationCallback(keras.callbacks.Callback):
         if select not in SELECTION_RULES:
             raise ValueError(f"Invalid value for argument `select`: expected one of "
                              f"{SELECTION_RULES}. Received: select={select!r}")
-        if isinstance(ema_alpha, bool) or not isinstance(ema_alpha, (int, float, np.number)) \
-                or not 0 <= ema_alpha < 1:
-            raise ValueError(f"Invalid value for argument `ema_alpha`: expected a weight in "
-                             f"[0, 1) (0: no smoothing). Received: ema_alpha={ema_alpha!r}")
+        ema_alpha = arguments.smoothing_weight(ema_alpha)  # --ema-alpha's rule
         for name, value, floor in (("val_every", val_every, 1), ("image_volumes",
                                                                   image_volumes, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
@@ -412,7 +409,7 @@ class ValidationCallback(keras.callbacks.Callback):
         self.run_dir = pathlib.Path(run_dir)
         self.val_every, self.monitor, self.mode = int(val_every), monitor, mode
         self.min_delta, self.patience = float(min_delta), patience
-        self.select, self.ema_alpha = select, float(ema_alpha)
+        self.select, self.ema_alpha = select, ema_alpha
         self.threshold = threshold
         metrics.Evaluator(threshold)  # validates the threshold now, not after an epoch
         self.predict = predict or self._predict_volume
