@@ -91,7 +91,7 @@ def run_members(run_dir) -> tuple[list[tuple[str, pathlib.Path]], dict]:
                                f"a finished tfversky train run")
         return [("model", model)], results
     holdout = cross_validation.get("holdout_fold")
-    expected = [k for k in range(cross_validation["num_folds"]) if k != holdout]
+    expected = train_cli.cross_validation_folds(cross_validation["num_folds"], holdout)
     for fold in expected:
         folder = run_dir / train_cli.FOLD_FOLDER.format(fold)
         state = ("missing" if not folder.is_dir() else "unfinished (no results.json)"

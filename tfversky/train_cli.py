@@ -1012,6 +1012,15 @@ FOLD_FOLDER = "fold_{}"  # OUT/fold_K: the run whose test fold is K
 _FOLD_FOLDER = re.compile(r"fold_(\d+)")
 
 
+def cross_validation_folds(num_folds: int, holdout_fold: int | None) -> list[int]:
+    """The test folds of a cross-validation: every fold of the dataset but the holdout one.
+
+    >>> cross_validation_folds(4, 3), cross_validation_folds(2, None)
+    ([0, 1, 2], [0, 1])
+    """
+    return [k for k in range(num_folds) if k != holdout_fold]
+
+
 def fold_args(args, fold: int) -> argparse.Namespace:
     """The flags of fold ``fold``'s run of a cross-validation: those of ``tfversky train
     --fold FOLD --out OUT/fold_FOLD``, so each fold's folder is an ordinary run."""
@@ -1049,7 +1058,7 @@ def check_folds(args) -> list[int]:
     args.num_folds = probe.num_folds
     if holdout is not None:
         check_holdout_fold(args)
-    valid = [k for k in range(args.num_folds) if k != holdout]
+    valid = cross_validation_folds(args.num_folds, holdout)
     if words == ["all"]:
         return valid
     requested = sorted({int(w) for w in words})
@@ -1192,10 +1201,15 @@ def pool_cross_validation(args) -> dict:
             if (p / "results.json").exists()}
     if not done:
         return {}
-    expected = [k for k in range(args.num_folds) if k != args.holdout_fold]
+    saved = {k: json.loads((p / "results.json").read_text()) for k, p in done.items()}
+    digests = {k: results["record"]["dataset"]["digest"] for k, results in saved.items()}
+    if len(set(digests.values())) > 1:
+        raise UsageError(f"--out {args.out!r}: its folds were tested on different copies of "
+                         f"{args.dataset} (digests {digests}): their folds may overlap, so "
+                         f"they are not pooled; train them again on one copy (--overwrite)")
     pooled_evaluator, rows, curves, cases, folds = None, [], {}, [], {}
     for fold, folder in done.items():
-        results = json.loads((folder / "results.json").read_text())
+        results = saved[fold]
         evaluator, subjects, fold_curves = evaluation.load_fold(folder)
         if pooled_evaluator is None:
             pooled_evaluator = metrics.Evaluator(evaluator.threshold, evaluator.mantissa_bits)
@@ -1223,17 +1237,12 @@ def pool_cross_validation(args) -> dict:
                      if len(values) > 1 else math.nan}
                  for k in metrics.PAPER_METRICS + ("lesion_f1",)
                  for values in [[f["pooled"][k] for f in folds.values()]]}
-    last = json.loads((done[max(done)] / "results.json").read_text())
-    digests = {f: json.loads((p / "results.json").read_text())["record"]["dataset"]["digest"]
-               for f, p in done.items()}
-    if len(set(digests.values())) > 1:
-        raise UsageError(f"--out {args.out!r}: its folds were tested on different copies of "
-                         f"{args.dataset} (digests {digests}): their folds may overlap, so "
-                         f"they are not pooled; train them again on one copy (--overwrite)")
+    last = saved[max(saved)]
     record = dict(last["record"])
     record["recipe"] = {k: v for k, v in record["recipe"].items() if k != "fold"}
     record.pop("splits", None)  # each fold's: under folds
-    missing = [k for k in expected if k not in done]
+    missing = [k for k in cross_validation_folds(args.num_folds, args.holdout_fold)
+               if k not in done]
     results = {
         "cross_validation": {
             "num_folds": args.num_folds, "folds": sorted(done), "missing": missing,
