@@ -21,6 +21,7 @@ The subject is the unit: each subject's scans and seeds are averaged first.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -95,8 +96,6 @@ def describe(c) -> str:
 
 
 def scaled(c, factor: float):
-    import dataclasses
-
     return dataclasses.replace(c, difference=factor * c.difference, ci_low=factor * c.ci_low,
                                ci_high=factor * c.ci_high)
 
@@ -147,8 +146,6 @@ def main(argv=None) -> int:
             raw[setting, metric] = statistics.paired_comparison(
                 {s: long[setting][metric][s] for s in shared},
                 {s: short[setting][metric][s] for s in shared})
-    import dataclasses
-
     adjusted = statistics.holm([c.p_value for c in raw.values()])
     print("| alpha, beta | metric | short (mean) | long (mean) | change | subjects |\n"
           "|---|---|---|---|---|---|")
