@@ -51,7 +51,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_ms import layouts, realistic, scans, synth
+from tfds_ms import layouts, realistic, scans, synth, threads
 from tfversky import modalities as mods, preprocessing
 from tfversky.preprocessing import PAPER_GRID, ReferenceGrid
 
@@ -569,11 +569,15 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
                 for k in range(config.num_folds)}
 
     def _generate_examples(self, fold_scans):
-        # One scan at a time: memory stays bounded by one subject, whatever the dataset's size.
+        # A few scans at a time, on as many threads, yielded in order (tfds_ms.threads): memory
+        # stays bounded by a few subjects, whatever the dataset's size.
         config, metadata = self.builder_config, self.info.metadata
-        for scan in fold_scans:
-            example = scans.make_example(scan, config.grid, config.register,
-                                         config.clip_percentiles)
+
+        def prepare(scan):
+            return scan, scans.make_example(scan, config.grid, config.register,
+                                            config.clip_percentiles)
+
+        for scan, example in threads.ordered_map(prepare, fold_scans):
             # Saved with the metadata once every split is written.
             metadata["skull_stripped"] = example["skull_stripped"] and \
                 metadata.get("skull_stripped") is not False

@@ -42,7 +42,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from tfds_ms import layouts
+from tfds_ms import layouts, threads
 from tfversky import preprocessing
 
 LAYOUTS = ("isbi2015", "msseg2016", "nnunet", "bids")
@@ -621,10 +621,17 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
     anatomy = load_anatomy(resolution)
     anatomy_seconds = time.perf_counter() - start
     records, tests, taken = [], [], set()
-    for index in tqdm(range(subjects + test_subjects), desc=f"phantom ({layout})",
-                      unit="subject", disable=not progress):
+
+    def timed_subject(index):
         tick = time.perf_counter()
-        subject = (make_subject or synthesize_subject)(anatomy, index, seed)
+        return index, (make_subject or synthesize_subject)(anatomy, index, seed), tick
+
+    # Subjects are made on several threads; each is written here, in order (test subjects'
+    # axis orders depend on those before them).
+    made = threads.ordered_map(timed_subject, range(subjects + test_subjects))
+    for index, subject, tick in tqdm(made, total=subjects + test_subjects,
+                                     desc=f"phantom ({layout})", unit="subject",
+                                     disable=not progress):
         is_test = index >= subjects
         axcodes = _unused_axcodes(taken)[0] if is_test else None
         written = write_subject(subject, out, layout, rater_masks, chosen,

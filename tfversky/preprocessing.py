@@ -25,6 +25,7 @@ with a 4x4 voxel-to-world (RAS+ mm) affine, as nibabel gives them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 import numpy as np
@@ -385,7 +386,17 @@ def _antialias_sigma(matrix: np.ndarray) -> np.ndarray:
 
 def _covered(matrix, source_shape, shape) -> np.ndarray | None:
     """Which grid voxels' centres fall inside the source's field of view (within half a
-    voxel of its edge voxels' centres), as float32 0/1; None when all of them do."""
+    voxel of its edge voxels' centres), as read-only float32 0/1; None when all of them do.
+
+    A scan's modalities, its label and a phantom's tissue maps share one mapping, so the last
+    few masks are kept (a third of the phantom build went into recomputing them)."""
+    key = (np.asarray(matrix, float).tobytes(), tuple(source_shape), tuple(shape))
+    return _covered_by_mapping(*key)
+
+
+@functools.lru_cache(maxsize=2)
+def _covered_by_mapping(matrix_bytes: bytes, source_shape, shape) -> np.ndarray | None:
+    matrix = np.frombuffer(matrix_bytes, float).reshape(4, 4)
     corners = np.array(list(itertools.product(*[(0, n - 1) for n in shape])), float).T
     source = matrix[:3, :3] @ corners + matrix[:3, 3:4]
     upper = np.asarray(source_shape, float)[:, None] - 0.5
@@ -393,9 +404,11 @@ def _covered(matrix, source_shape, shape) -> np.ndarray | None:
         return None  # the grid is a convex box: its corners inside means all of it is
     # Nearest sampling rounds each coordinate: it reads the 1s exactly inside [-0.5, n - 0.5).
     ndimage = require("scipy.ndimage")
-    return ndimage.affine_transform(np.ones(source_shape, np.float32), matrix[:3, :3],
-                                    matrix[:3, 3], output_shape=shape, order=0,
-                                    mode="grid-constant", cval=0.0, prefilter=False)
+    covered = ndimage.affine_transform(np.ones(source_shape, np.float32), matrix[:3, :3],
+                                       matrix[:3, 3], output_shape=shape, order=0,
+                                       mode="grid-constant", cval=0.0, prefilter=False)
+    covered.setflags(write=False)  # shared by the cache
+    return covered
 
 
 def _resample(volume, matrix, shape, order, antialias, covered):
@@ -474,7 +487,9 @@ def _volume_kept(soft: np.ndarray) -> np.ndarray:
     count = int(round(float(soft.sum(dtype=np.float64))))
     if count == 0:
         return np.zeros(soft.shape, bool)
-    threshold = np.partition(soft.ravel(), -count)[-count]
+    # The count-th largest value; only the (few) voxels the class reaches can hold it.
+    reached = soft[soft > 0]
+    threshold = np.partition(reached, -count)[-count] if count <= reached.size else 0.0
     return soft >= np.clip(threshold, 0.3, 0.7)
 
 

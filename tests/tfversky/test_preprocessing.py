@@ -296,3 +296,28 @@ def test_normalisation_options_have_one_check(scheme, clip, match):
     if scheme == "zscore":  # normalize_intensity refuses what it cannot do, by the same rule
         with pytest.raises(ValueError, match=match):
             preprocessing.normalize_intensity(np.ones((4, 4, 4, 1)), clip_percentiles=clip)
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 40, 64])
+def test_volume_kept_takes_the_count_th_largest_value_as_a_full_sort_does(count):
+    """The threshold is sought among the voxels a class reaches only; a full sort agrees,
+    also when the class's summed volume exceeds the voxels it reaches."""
+    rng = np.random.default_rng(count)
+    soft = np.zeros((4, 4, 4), np.float32)
+    soft.flat[rng.choice(64, 20, replace=False)] = rng.uniform(0.05, 1.0, 20)
+    soft *= count / max(float(soft.sum()), 1e-9)  # the summed partial volume is `count`
+    kept = preprocessing._volume_kept(soft)
+    reference = np.sort(soft.ravel())[::-1][int(round(float(soft.sum(dtype=np.float64)))) - 1] \
+        if count else None
+    expected = (soft >= np.clip(reference, 0.3, 0.7)) if count else np.zeros(soft.shape, bool)
+    assert np.array_equal(kept, expected)
+
+
+def test_coverage_masks_are_shared_and_read_only():
+    """One scan's modalities and label share one mapping: its coverage mask is made once."""
+    rotated = np.eye(4)
+    rotated[:3, :3] = _rotation((0, 0, 20))
+    matrix = np.linalg.inv(rotated)
+    first = preprocessing._covered(matrix, (8, 8, 8), (10, 10, 10))
+    assert first is not None and not first.flags.writeable
+    assert preprocessing._covered(matrix.copy(), (8, 8, 8), (10, 10, 10)) is first
