@@ -6,7 +6,7 @@ STAMP := $(VENV)/.tfversky-installed
 DEMO_STAMP := $(VENV)/.tfversky-demo-installed
 SOURCES := pyproject.toml setup.py CMakeLists.txt $(shell find csrc -type f)
 
-.PHONY: install test demo bench clean
+.PHONY: install demo-install test demo bench clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-demo.txt $(SOURCES)
 	TFVERSKY_REQUIRE_OP=1 $(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
-# `make demo` alone installs only what the demo runs (a third less time on 2 cores:
+# `make demo` alone installs only what the demo runs (174 s -> 108 s on 2 idle cores:
 # benchmarks/RESULTS.md): TensorFlow, the dataset's tools, and the TensorFlow op without the
 # pybind11 module and, with no NVIDIA driver, without the XLA lowering (Keras compiles with
 # XLA on a GPU only). After `make install` or `make test`, the demo uses the full install.
@@ -37,7 +37,7 @@ $(DEMO_STAMP): requirements-demo.txt $(SOURCES)
 test: install
 	$(PY) -m pytest -q
 
-# The main job: builds the synthetic MS phantom (TFDS, ~2 min), trains, evaluates the test fold.
+# The main job: builds the synthetic MS phantom (TFDS, ~1 min), trains, evaluates the test fold.
 # `make demo DEMO_ARGS="--dataset ms_lesions/synthetic_lowres --patch-size 32"` runs it on the
 # low-resolution phantom in about a quarter of the CPU time, but tests ~6 DSC points lower
 # (benchmarks/RESULTS.md, "make demo in under 5 minutes?"), so the full grid stays the default.
@@ -45,7 +45,8 @@ test: install
 # choose an epoch (--select auto keeps the last), so validation only draws the curve, and each
 # costs a third of an epoch's training; the model and the test scores are the same.
 DEMO_ARGS ?= --val-every 4
-demo: $(if $(wildcard $(STAMP)),$(STAMP),$(DEMO_STAMP))
+demo-install: $(if $(wildcard $(STAMP)),$(STAMP),$(DEMO_STAMP))
+demo: demo-install
 	$(PY) examples/train_ms.py $(DEMO_ARGS) --out runs/demo
 
 # The fused op against pure TensorFlow (XLA included) and the memory floor: benchmarks/RESULTS.md.
