@@ -14,25 +14,26 @@ install: $(STAMP)
 # Its CUDA kernels only where an NVIDIA driver is (TFVERSKY_CUDA=1 builds them anyway, as CI does).
 # TFVERSKY_REQUIRE_OP: here a failed op build stops the install (elsewhere the package installs
 # without the op, see setup.py).
-$(STAMP): requirements.txt requirements-demo.txt $(SOURCES)
+# $(call install_venv,REQUIREMENTS,CMAKE OPTIONS): the options come before the user's own
+# CMAKE_ARGS, which can override them.
+define install_venv
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	TFVERSKY_REQUIRE_OP=1 $(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) -m pip install -q -r $(1)
+	CMAKE_ARGS="$(2) $${CMAKE_ARGS:-}" TFVERSKY_REQUIRE_OP=1 $(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
+endef
+
+$(STAMP): requirements.txt requirements-demo.txt $(SOURCES)
+	$(call install_venv,requirements.txt,)
 
 # `make demo` alone installs only what the demo runs (174 s -> 108 s on 2 idle cores:
 # benchmarks/RESULTS.md): TensorFlow, the dataset's tools, and the TensorFlow op without the
-# pybind11 module and, with no NVIDIA driver, without the XLA lowering (Keras compiles with
-# XLA on a GPU only). After `make install` or `make test`, the demo uses the full install.
-HAS_NVIDIA_DRIVER := $(shell (test -e /proc/driver/nvidia/version || nvidia-smi -L) >/dev/null 2>&1 && echo 1)
-DEMO_CMAKE_ARGS := -DTFVERSKY_PYBIND=OFF $(if $(HAS_NVIDIA_DRIVER),,-DTFVERSKY_XLA=OFF)
+# pybind11 module and, with no NVIDIA driver, without the XLA lowering (TFVERSKY_XLA=GPU:
+# Keras compiles with XLA on a GPU only). After `make install` or `make test`, the demo uses
+# the full install.
 $(DEMO_STAMP): requirements-demo.txt $(SOURCES)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-demo.txt
-	CMAKE_ARGS="$(DEMO_CMAKE_ARGS)" TFVERSKY_REQUIRE_OP=1 $(PY) -m pip install -q --no-build-isolation -e .
-	touch $@
+	$(call install_venv,requirements-demo.txt,-DTFVERSKY_PYBIND=OFF -DTFVERSKY_XLA=GPU)
 
 test: install
 	$(PY) -m pytest -q
