@@ -574,10 +574,10 @@ class MsLesions(tfds.core.GeneratorBasedBuilder):
         config, metadata = self.builder_config, self.info.metadata
 
         def prepare(scan):
-            return scan, scans.make_example(scan, config.grid, config.register,
-                                            config.clip_percentiles)
+            return scans.make_example(scan, config.grid, config.register,
+                                      config.clip_percentiles)
 
-        for scan, example in threads.ordered_map(prepare, fold_scans):
+        for scan, example in zip(fold_scans, threads.ordered_map(prepare, fold_scans)):
             # Saved with the metadata once every split is written.
             metadata["skull_stripped"] = example["skull_stripped"] and \
                 metadata.get("skull_stripped") is not False

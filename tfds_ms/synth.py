@@ -624,14 +624,14 @@ def synthesize(out, subjects: int = 15, layout: str = "msseg2016", seed: int = 0
 
     def timed_subject(index):
         tick = time.perf_counter()
-        return index, (make_subject or synthesize_subject)(anatomy, index, seed), tick
+        return tick, (make_subject or synthesize_subject)(anatomy, index, seed)
 
     # Subjects are made on several threads; each is written here, in order (test subjects'
     # axis orders depend on those before them).
     made = threads.ordered_map(timed_subject, range(subjects + test_subjects))
-    for index, subject, tick in tqdm(made, total=subjects + test_subjects,
-                                     desc=f"phantom ({layout})", unit="subject",
-                                     disable=not progress):
+    for index, (tick, subject) in enumerate(tqdm(made, total=subjects + test_subjects,
+                                                 desc=f"phantom ({layout})", unit="subject",
+                                                 disable=not progress)):
         is_test = index >= subjects
         axcodes = _unused_axcodes(taken)[0] if is_test else None
         written = write_subject(subject, out, layout, rater_masks, chosen,
