@@ -11,6 +11,18 @@
 # test DSC (so a faster demo that tests worse shows).
 set -euo pipefail
 repo=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
+# Every REF is checked before anything is cloned or installed.
+if [ $# -eq 0 ]; then
+  echo "time_demo.sh: no REF given: pass one or more commits, e.g. 4077b20 HEAD" >&2; exit 2
+fi
+for ref in "$@"; do
+  if ! git -C "$repo" rev-parse -q --verify "$ref^{commit}" >/dev/null; then
+    echo "time_demo.sh: REF $ref: not a commit of $repo; pass a commit, branch or tag" >&2
+    exit 2
+  fi
+done
+work=""
+trap 'if [ -n "$work" ]; then rm -rf "$work"; fi' EXIT  # the clone and its venv, always
 for ref in "$@"; do
   work=$(mktemp -d)
   git clone -q "$repo" "$work/clone"
@@ -38,4 +50,5 @@ print(f"{ref}: install {t1 - t0:.0f} s, phantom {t2 - t1:.0f} s, demo {t3 - t2:.
 PY
   cd "$repo"
   rm -rf "$work"
+  work=""
 done
